@@ -1,0 +1,137 @@
+"""The `mnv2` command: `mnv2 operator | demo | render | crd | status | plot | sandbox`.
+
+Each subcommand parses its flags here and hands over to the module that owns the work, imported
+lazily so that `mnv2 crd` does not pay for kopf or the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"mnv2 {name}: not implemented yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from mnv2_operator import handlers
+
+    return handlers.run_operator(
+        namespaces=args.namespace,
+        liveness=args.liveness,
+        standalone=args.standalone,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mnv2_operator import demo
+
+    return demo.run_demo(args)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from mnv2_operator import render
+
+    return render.render_cli(args.filename, output=args.output)
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from mnv2_operator import crd
+
+    return crd.crd_cli(write=args.write)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from mnv2_operator import show
+
+    return show.status_cli(args.job, namespace=args.namespace, kubeconfig=args.kubeconfig)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mnv2_operator import show
+
+    return show.plot_cli(
+        args.source, output=args.output, namespace=args.namespace, kubeconfig=args.kubeconfig
+    )
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from mnv2_operator.sandbox import cli as sandbox_cli
+
+    return sandbox_cli.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnv2", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("operator", help="run the operator (kopf) against the configured cluster")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: cluster-wide",
+    )
+    p.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL served by kopf"
+    )
+    p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
+    p.set_defaults(run=_cmd_operator)
+
+    p = sub.add_parser("demo", help="train MobileNetV2 on digits through the operator on an embedded cluster")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the sandbox running afterwards and print its kubeconfig"
+    )
+    p.add_argument(
+        "--state-dir", default=".sandbox", help="where the sandbox keeps volumes, logs, kubeconfig"
+    )
+    p.add_argument("-f", "--filename", default=None, help="job manifest (default: the digits CPU example)")
+    p.set_defaults(run=_cmd_demo)
+
+    p = sub.add_parser("render", help="print the Kubernetes objects a job would create (dry run)")
+    p.add_argument("-f", "--filename", required=True, help="MobileNetV2TrainingJob manifest ('-' for stdin)")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(run=_cmd_render)
+
+    p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the spec models")
+    p.add_argument("--write", action="store_true", help="write it to manifests/crd/ and the Helm chart")
+    p.set_defaults(run=_cmd_crd)
+
+    for name, helptext in (
+        ("status", "show a job's phase, progress and metrics"),
+        ("plot", "plot loss and accuracy curves to a PNG"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "status":
+            p.add_argument("job", help="job name")
+            p.set_defaults(run=_cmd_status)
+        else:
+            p.add_argument("source", help="job name or path to a metrics.jsonl file")
+            p.add_argument("-o", "--output", default=None, help="PNG path (default: <job>-curves.png)")
+            p.set_defaults(run=_cmd_plot)
+        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument(
+            "--kubeconfig", default=None, help="kubeconfig path (default: $KUBECONFIG or ~/.kube/config)"
+        )
+
+    p = sub.add_parser("sandbox", help="run the embedded single-machine cluster in the foreground")
+    p.add_argument("--state-dir", default=".sandbox", help="where volumes, logs and the kubeconfig go")
+    p.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (0: pick a free one)")
+    p.set_defaults(run=_cmd_sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
