@@ -1,0 +1,490 @@
+"""Reading a job the way a person does: `mnv2 status` (a table) and `mnv2 plot` (curves as a PNG).
+
+The formatting functions are pure (a job dict or metrics records in, text or numbers out) so they are
+tested without a cluster. Only `load_api_client` and `get_job` talk to the API, always through an
+explicit kubeconfig resolved at call time (never from the environment at import time), so the same
+code reads a real cluster or the embedded sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GROUP = "training.mnv2.dev"
+VERSION = "v1alpha1"
+PLURAL = "mobilenetv2trainingjobs"
+KIND = "MobileNetV2TrainingJob"
+
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+class ShowError(Exception):
+    """A problem the user can fix (no such job, no cluster, no metrics); the message says how."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Small formatting helpers (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    """A finite float from a status field, or None when absent or not a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def fmt_fraction(value: Any) -> str:
+    """An accuracy in 0..1 as `0.956`; `-` when unknown."""
+    number = _num(value)
+    return "-" if number is None else f"{number:.3f}"
+
+
+def fmt_loss(value: Any) -> str:
+    number = _num(value)
+    return "-" if number is None else f"{number:.4f}"
+
+
+def fmt_lr(value: Any) -> str:
+    number = _num(value)
+    return "-" if number is None else f"{number:.3g}"
+
+
+def fmt_rate(value: Any) -> str:
+    number = _num(value)
+    return "-" if number is None else f"{number:.1f}"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes it (`2026-11-27T18:00:00Z`), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """`1h02m`, `4m05s`, `12s` — like kubectl's AGE column, a little more precise."""
+    if seconds is None or seconds < 0:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns separated by two spaces (the last column is not padded)."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# The status table (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def format_status(job: Mapping[str, Any], now: datetime | None = None) -> str:
+    """A job object (as the API returns it) as a readable multi-line table.
+
+    Args:
+        job: the MobileNetV2TrainingJob, with `metadata`, `spec` and (maybe partial) `status`.
+        now: the time ages are measured against; the current time when None.
+
+    Returns:
+        Text with sections for the phase, workers, progress, metrics, checkpoints and conditions.
+        Fields the status does not have yet print as `-`, so a fresh job reads fine too.
+    """
+    now = now or datetime.now(UTC)
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    progress = status.get("progress") or {}
+    metrics = status.get("metrics") or {}
+    checkpoints = status.get("checkpoints") or {}
+    workers = status.get("workers") or {}
+
+    name = f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+    rows: list[tuple[str, str]] = [("Job", name)]
+    phase = status.get("phase") or "Pending (not yet seen by the operator)"
+    rows.append(("Phase", f"{phase}   restarts: {status.get('restarts', 0) or 0}"))
+    if status.get("message"):
+        rows.append(("Message", str(status["message"])))
+    rows.append(
+        (
+            "Workers",
+            f"active {workers.get('active', 0) or 0}, succeeded {workers.get('succeeded', 0) or 0}, "
+            f"failed {workers.get('failed', 0) or 0}",
+        )
+    )
+    started = parse_time(status.get("startTime"))
+    completed = parse_time(status.get("completionTime"))
+    created = parse_time(meta.get("creationTimestamp"))
+    if created:
+        rows.append(("Age", fmt_duration((now - created).total_seconds())))
+    if started:
+        end = completed or now
+        label = "ran" if completed else "running for"
+        rows.append(
+            ("Started", f"{status['startTime']}   ({label} {fmt_duration((end - started).total_seconds())})")
+        )
+    if completed:
+        rows.append(("Completed", str(status["completionTime"])))
+
+    epoch, total = progress.get("epoch"), progress.get("totalEpochs")
+    epoch_text = "-" if epoch is None else f"{epoch}/{total if total is not None else '?'}"
+    updated = parse_time(progress.get("updatedAt"))
+    updated_text = f"   (updated {fmt_duration((now - updated).total_seconds())} ago)" if updated else ""
+    rows.append(
+        (
+            "Progress",
+            f"epoch {epoch_text}   step {progress.get('step', '-')}   loss {fmt_loss(progress.get('loss'))}   "
+            f"lr {fmt_lr(progress.get('lr'))}   images/s {fmt_rate(progress.get('imagesPerSecond'))}"
+            f"{updated_text}",
+        )
+    )
+    best_epoch = metrics.get("bestEpoch")
+    best = fmt_fraction(metrics.get("bestTop1"))
+    if best_epoch is not None and best != "-":
+        best += f" (epoch {best_epoch})"
+    rows.append(
+        (
+            "Metrics",
+            f"top-1 {fmt_fraction(metrics.get('top1'))}   top-5 {fmt_fraction(metrics.get('top5'))}   best top-1 {best}",
+        )
+    )
+    rows.append(("Checkpoints", f"latest {checkpoints.get('latest') or '-'}"))
+    rows.append(("", f"best   {checkpoints.get('best') or '-'}"))
+
+    lines = _table(rows, indent="")
+    conditions = status.get("conditions") or []
+    lines.append("Conditions")
+    if not conditions:
+        lines.append("  -")
+    else:
+        table = [("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")]
+        for cond in conditions:
+            since = parse_time(cond.get("lastTransitionTime"))
+            table.append(
+                (
+                    str(cond.get("type", "?")),
+                    str(cond.get("status", "?")),
+                    str(cond.get("reason", "") or "-"),
+                    fmt_duration((now - since).total_seconds()) + " ago" if since else "-",
+                    str(cond.get("message", "") or ""),
+                )
+            )
+        lines.extend(_table(table))
+    return "\n".join(lines) + "\n"
+
+
+def format_progress_line(job: Mapping[str, Any], width: int = 20, elapsed: float | None = None) -> str:
+    """One line for a terminal progress bar: `[######....] epoch 6/15  loss 0.61  top-1 0.902  Running`.
+
+    Args:
+        job: the job object.
+        width: characters inside the bar.
+        elapsed: seconds since the demo applied the job, shown at the end when given.
+    """
+    status = job.get("status") or {}
+    progress = status.get("progress") or {}
+    metrics = status.get("metrics") or {}
+    epoch = _num(progress.get("epoch"))
+    total = _num(progress.get("totalEpochs"))
+    if epoch is not None and total:
+        done = max(0.0, min(1.0, epoch / total))
+        filled = int(round(done * width))
+        bar = "[" + "#" * filled + "." * (width - filled) + "]"
+        epoch_text = f"epoch {int(epoch)}/{int(total)}"
+    else:
+        bar = "[" + "." * width + "]"
+        epoch_text = "epoch -/-"
+    parts = [
+        bar,
+        epoch_text,
+        f"loss {fmt_loss(progress.get('loss'))}",
+        f"top-1 {fmt_fraction(metrics.get('top1'))}",
+        str(status.get("phase") or "Pending"),
+    ]
+    restarts = status.get("restarts") or 0
+    if restarts:
+        parts.append(f"restarts {restarts}")
+    if elapsed is not None:
+        parts.append(fmt_duration(elapsed))
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics.jsonl -> curves -> PNG
+# --------------------------------------------------------------------------------------------------
+
+# The trainer's report.py owns the record's key names; these alternatives keep `mnv2 plot` working
+# with MindCV-style names too (`val_top1`, `train_loss`).
+_KEYS = {
+    "epoch": ("epoch",),
+    "loss": ("loss", "train_loss"),
+    "top1": ("top1", "val_top1", "acc1"),
+    "top5": ("top5", "val_top5", "acc5"),
+}
+
+
+def _pick(record: Mapping[str, Any], names: Iterable[str]) -> float | None:
+    for key in names:
+        if key in record:
+            return _num(record[key])
+    return None
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file (one JSON object per line; blank lines skipped).
+
+    Raises:
+        ShowError: the file is missing, or a line is not a JSON object (the message gives the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShowError(f"{path}: no such metrics file (the trainer writes metrics.jsonl in --ckpt_save_dir)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            # A line cut short by a killed writer is the last one; anything else is a real problem.
+            raise ShowError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise ShowError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def curves(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Per-epoch series from metrics records: `epoch`, `loss`, `top1`, `top5` (equal lengths).
+
+    A resumed run writes the epochs after its checkpoint again; the last record of an epoch wins, so
+    the curve shows what the finished run did. Records without an epoch are ignored. Missing values
+    are NaN (matplotlib leaves a gap).
+    """
+    by_epoch: dict[float, Mapping[str, Any]] = {}
+    for record in records:
+        epoch = _pick(record, _KEYS["epoch"])
+        if epoch is not None:
+            by_epoch[epoch] = record
+    out: dict[str, list[float]] = {"epoch": [], "loss": [], "top1": [], "top5": []}
+    for epoch in sorted(by_epoch):
+        record = by_epoch[epoch]
+        out["epoch"].append(epoch)
+        for key in ("loss", "top1", "top5"):
+            value = _pick(record, _KEYS[key])
+            out[key].append(math.nan if value is None else value)
+    return out
+
+
+def plot_curves(
+    series: Mapping[str, Sequence[float]], output: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Write a PNG: training loss (left) and validation top-1/top-5 (right) against the epoch.
+
+    Raises:
+        ShowError: there is no epoch to plot.
+    """
+    if not series.get("epoch"):
+        raise ShowError("no epoch records to plot yet (the trainer writes one line per finished epoch)")
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and none needed for a file
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        ax_loss.plot(series["epoch"], series["loss"], marker="o", color="tab:red")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("training loss")
+        ax_loss.grid(alpha=0.3)
+        ax_acc.plot(series["epoch"], series["top1"], marker="o", label="top-1")
+        ax_acc.plot(series["epoch"], series["top5"], marker="s", label="top-5")
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("validation accuracy")
+        ax_acc.set_ylim(0, 1.02)
+        ax_acc.grid(alpha=0.3)
+        ax_acc.legend(loc="lower right")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(output, dpi=100)
+    finally:
+        plt.close(fig)
+    return output
+
+
+def metrics_path_from_status(job: Mapping[str, Any]) -> Path | None:
+    """Where the job's metrics.jsonl should be, from the checkpoint paths in its status.
+
+    The trainer writes metrics.jsonl next to its checkpoints (in --ckpt_save_dir). On the sandbox those
+    paths are local folders; on a real cluster they are inside the pod's volume.
+    """
+    checkpoints = (job.get("status") or {}).get("checkpoints") or {}
+    for key in ("latest", "best"):
+        value = checkpoints.get(key)
+        if isinstance(value, str) and value:
+            return Path(value).parent / "metrics.jsonl"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Talking to a cluster
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_kubeconfig(kubeconfig: str | None) -> str | None:
+    """The kubeconfig file to use: the explicit one, else $KUBECONFIG (read now), else ~/.kube/config.
+
+    Returns None when none exists (then in-cluster configuration is tried).
+
+    Raises:
+        ShowError: an explicitly given kubeconfig does not exist.
+    """
+    if kubeconfig:
+        if not Path(kubeconfig).is_file():
+            raise ShowError(f"--kubeconfig {kubeconfig}: no such file")
+        return kubeconfig
+    env = os.environ.get("KUBECONFIG", "")
+    for candidate in [p for p in env.split(os.pathsep) if p] + [str(Path.home() / ".kube" / "config")]:
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """A `kubernetes.client.ApiClient` for the given kubeconfig (see `resolve_kubeconfig`).
+
+    Raises:
+        ShowError: no kubeconfig and not inside a pod.
+    """
+    from kubernetes import config
+
+    path = resolve_kubeconfig(kubeconfig)
+    if path is not None:
+        return config.new_client_from_config(config_file=path)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException as exc:
+        raise ShowError(
+            "no cluster configured: pass --kubeconfig, set KUBECONFIG, or run `mnv2 demo --keep` and "
+            "use the kubeconfig it prints"
+        ) from exc
+    from kubernetes import client
+
+    return client.ApiClient()
+
+
+def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
+    """The job object as a dict.
+
+    Raises:
+        ShowError: the job (or the CRD) does not exist, or the API cannot be reached.
+    """
+    import urllib3
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(api_client)
+    host = api_client.configuration.host
+    try:
+        return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise ShowError(
+                f"reading job {namespace}/{name} from {host}: HTTP {exc.status} {exc.reason}"
+            ) from exc
+        # Same 404 for "no such job" and "no such resource type": tell them apart for the user.
+        try:
+            api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1)
+        except ApiException as list_exc:
+            if list_exc.status == 404:
+                raise ShowError(
+                    f"the cluster at {host} does not know {KIND} ({PLURAL}.{GROUP}): install the CRD "
+                    "(`mnv2 crd | kubectl apply -f -` or the Helm chart)"
+                ) from exc
+        raise ShowError(
+            f"job {name!r} not found in namespace {namespace!r} at {host} "
+            f"(`kubectl get mnv2 -n {namespace}` lists the jobs there)"
+        ) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ShowError(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
+
+
+def status_cli(job: str, namespace: str = "default", kubeconfig: str | None = None) -> int:
+    """`mnv2 status <job>`: print the table; exit 1 with a message when the job cannot be read."""
+    try:
+        api_client = load_api_client(kubeconfig)
+        obj = get_job(api_client, job, namespace)
+    except ShowError as exc:
+        print(f"mnv2 status: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_status(obj))
+    return 0
+
+
+def plot_cli(
+    source: str, output: str | None = None, namespace: str = "default", kubeconfig: str | None = None
+) -> int:
+    """`mnv2 plot <job | metrics.jsonl>`: write the curves PNG and print its path.
+
+    A path to an existing file (or anything ending in `.jsonl`) is read directly. Otherwise `source` is
+    a job name: its metrics.jsonl is found next to the checkpoints its status names, which works when
+    that folder is reachable from here (the sandbox maps volumes to local folders).
+    """
+    try:
+        if source.endswith(".jsonl") or Path(source).is_file():
+            metrics_file = Path(source)
+            title = metrics_file.parent.name or str(metrics_file)
+            default_output = metrics_file.with_name("curves.png")
+        else:
+            job = get_job(load_api_client(kubeconfig), source, namespace)
+            metrics_file = metrics_path_from_status(job)
+            if metrics_file is None:
+                raise ShowError(
+                    f"job {namespace}/{source} has no checkpoint in its status yet, so its metrics.jsonl "
+                    "cannot be located; try again after its first epoch"
+                )
+            if not metrics_file.is_file():
+                raise ShowError(
+                    f"job {namespace}/{source} writes its metrics to {metrics_file}, which is on the job's "
+                    f"volume, not on this machine: copy it (`kubectl cp {source}-worker-0:{metrics_file} "
+                    "metrics.jsonl`) and run `mnv2 plot metrics.jsonl`"
+                )
+            title = f"{namespace}/{source}"
+            default_output = Path(f"{source}-curves.png")
+        path = plot_curves(curves(read_metrics(metrics_file)), output or default_output, title=title)
+    except ShowError as exc:
+        print(f"mnv2 plot: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

@@ -1,0 +1,271 @@
+"""`mnv2 status` / `mnv2 plot`: the pure formatting, metrics parsing, plotting and error paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from mnv2_operator import show
+
+NOW = datetime(2026, 11, 27, 19, 0, 0, tzinfo=UTC)
+
+
+def finished_job() -> dict[str, Any]:
+    return {
+        "apiVersion": "training.mnv2.dev/v1alpha1",
+        "kind": "MobileNetV2TrainingJob",
+        "metadata": {"name": "digits-cpu", "namespace": "demo", "creationTimestamp": "2026-11-27T18:50:00Z"},
+        "status": {
+            "phase": "Succeeded",
+            "restarts": 1,
+            "message": "all 1 workers succeeded",
+            "workers": {"active": 0, "succeeded": 1, "failed": 0},
+            "startTime": "2026-11-27T18:50:02Z",
+            "completionTime": "2026-11-27T18:55:32Z",
+            "conditions": [
+                {
+                    "type": "Restarting",
+                    "status": "False",
+                    "reason": "WorkerFailed",
+                    "message": "pod digits-cpu-worker-0 exited 137",
+                    "lastTransitionTime": "2026-11-27T18:52:00Z",
+                },
+                {
+                    "type": "Succeeded",
+                    "status": "True",
+                    "reason": "AllWorkersSucceeded",
+                    "message": "",
+                    "lastTransitionTime": "2026-11-27T18:55:32Z",
+                },
+            ],
+            "progress": {
+                "epoch": 15,
+                "totalEpochs": 15,
+                "step": 675,
+                "loss": 0.52345,
+                "lr": 0.000123,
+                "imagesPerSecond": 110.27,
+                "updatedAt": "2026-11-27T18:55:30Z",
+            },
+            "metrics": {"top1": 0.9556, "top5": 0.9972, "bestTop1": 0.9583, "bestEpoch": 14},
+            "checkpoints": {
+                "latest": "/out/ckpt/mobilenet_v2_035-15_45.ckpt",
+                "best": "/out/ckpt/mobilenet_v2_035_best.ckpt",
+            },
+        },
+    }
+
+
+def test_status_table_shows_every_section() -> None:
+    text = show.format_status(finished_job(), now=NOW)
+    lines = text.splitlines()
+    assert lines[0].split() == ["Job", "demo/digits-cpu"]
+    phase_line = next(line for line in lines if line.startswith("Phase"))
+    assert "Succeeded" in phase_line and "restarts: 1" in phase_line
+    assert "all 1 workers succeeded" in text
+    assert "active 0, succeeded 1, failed 0" in text
+    assert "(ran 5m30s)" in text
+    progress = next(line for line in lines if line.startswith("Progress"))
+    for part in (
+        "epoch 15/15",
+        "step 675",
+        "loss 0.5234",
+        "lr 0.000123",
+        "images/s 110.3",
+        "updated 4m30s ago",
+    ):
+        assert part in progress
+    metrics = next(line for line in lines if line.startswith("Metrics"))
+    assert "top-1 0.956" in metrics and "top-5 0.997" in metrics and "best top-1 0.958 (epoch 14)" in metrics
+    assert "latest /out/ckpt/mobilenet_v2_035-15_45.ckpt" in text
+    assert "best   /out/ckpt/mobilenet_v2_035_best.ckpt" in text
+    # Conditions as an aligned table: header, then one row per condition, columns lined up.
+    header_index = lines.index(next(line for line in lines if line.strip().startswith("TYPE")))
+    header, restarting, succeeded = lines[header_index : header_index + 3]
+    assert restarting.split()[:4] == ["Restarting", "False", "WorkerFailed", "8m00s"]
+    assert succeeded.split()[:3] == ["Succeeded", "True", "AllWorkersSucceeded"]
+    assert header.index("REASON") == restarting.index("WorkerFailed") == succeeded.index("AllWorkers")
+    assert restarting.endswith("pod digits-cpu-worker-0 exited 137")
+
+
+def test_status_table_of_a_fresh_job_has_placeholders() -> None:
+    job = {"metadata": {"name": "new", "namespace": "default"}}
+    text = show.format_status(job, now=NOW)
+    assert "Pending (not yet seen by the operator)" in text
+    assert "epoch -   step -   loss -" in text
+    assert "top-1 -   top-5 -   best top-1 -" in text
+    assert "latest -" in text
+    assert text.rstrip().endswith("Conditions\n  -")
+
+
+def test_status_table_ignores_non_numbers() -> None:
+    job = finished_job()
+    job["status"]["metrics"] = {"top1": "n/a", "top5": float("nan"), "bestTop1": True}
+    text = show.format_status(job, now=NOW)
+    assert "top-1 -   top-5 -   best top-1 -" in text
+
+
+@pytest.mark.parametrize(
+    ("epoch", "total", "filled"),
+    [(0, 15, 0), (3, 15, 4), (15, 15, 20), (20, 15, 20)],
+)
+def test_progress_line_bar_follows_epochs(epoch: int, total: int, filled: int) -> None:
+    job = {"status": {"phase": "Running", "progress": {"epoch": epoch, "totalEpochs": total, "loss": 1.5}}}
+    line = show.format_progress_line(job, width=20, elapsed=65)
+    bar = line.split()[0]
+    assert bar == "[" + "#" * filled + "." * (20 - filled) + "]"
+    assert f"epoch {epoch}/{total}" in line
+    assert "loss 1.5000" in line and "top-1 -" in line and "Running" in line and line.endswith("1m05s")
+
+
+def test_progress_line_before_any_report_and_with_restarts() -> None:
+    line = show.format_progress_line({"status": {"phase": "Restarting", "restarts": 2}})
+    assert line.startswith("[" + "." * 20 + "]  epoch -/-")
+    assert "Restarting" in line and "restarts 2" in line
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_curves_keep_the_last_record_of_each_epoch(tmp_path: Path) -> None:
+    # A run killed after epoch 3 and resumed from its epoch-2 checkpoint writes epoch 3 again.
+    records = [
+        {"epoch": 1, "loss": 2.0, "top1": 0.3, "top5": 0.7},
+        {"epoch": 2, "loss": 1.5, "top1": 0.5, "top5": 0.9},
+        {"epoch": 3, "loss": 1.4, "top1": 0.55, "top5": 0.92},
+        {"epoch": 3, "loss": 1.2, "top1": 0.6, "top5": 0.93},
+        {"epoch": 4, "train_loss": 1.0, "val_top1": 0.7},
+        {"note": "no epoch: ignored"},
+    ]
+    series = show.curves(show.read_metrics(write_jsonl(tmp_path / "metrics.jsonl", records)))
+    assert series["epoch"] == [1, 2, 3, 4]
+    assert series["loss"] == [2.0, 1.5, 1.2, 1.0]
+    assert series["top1"] == [0.3, 0.5, 0.6, 0.7]
+    assert series["top5"][:3] == [0.7, 0.9, 0.93] and math.isnan(series["top5"][3])
+
+
+def test_read_metrics_names_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "loss": \n', encoding="utf-8")
+    with pytest.raises(show.ShowError, match=r"metrics.jsonl:2: not JSON"):
+        show.read_metrics(path)
+    path.write_text("[1, 2]\n", encoding="utf-8")
+    with pytest.raises(show.ShowError, match=r":1: expected a JSON object per line, got list"):
+        show.read_metrics(path)
+    with pytest.raises(show.ShowError, match="no such metrics file"):
+        show.read_metrics(tmp_path / "missing.jsonl")
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    series = {"epoch": [1, 2, 3], "loss": [2.0, 1.0, 0.5], "top1": [0.4, 0.8, 0.9], "top5": [0.8, 0.95, 1.0]}
+    out = show.plot_curves(series, tmp_path / "sub" / "curves.png", title="demo/digits-cpu")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1000, 400)
+
+
+def test_plot_without_epochs_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(show.ShowError, match="no epoch records"):
+        show.plot_curves({"epoch": [], "loss": [], "top1": [], "top5": []}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_cli_from_a_metrics_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(
+        tmp_path / "metrics.jsonl", [{"epoch": e, "loss": 1 / e, "top1": e / 4} for e in (1, 2, 3)]
+    )
+    assert show.plot_cli(str(path)) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert show.plot_cli(str(tmp_path / "nope.jsonl")) == 1
+    assert "no such metrics file" in capsys.readouterr().err
+
+
+def test_metrics_path_is_next_to_the_checkpoints() -> None:
+    assert show.metrics_path_from_status(finished_job()) == Path("/out/ckpt/metrics.jsonl")
+    assert show.metrics_path_from_status({"status": {"checkpoints": {"latest": None}}}) is None
+
+
+def test_kubeconfig_is_resolved_at_call_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text("{}", encoding="utf-8")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    assert show.resolve_kubeconfig(None) == str(cfg)
+    monkeypatch.delenv("KUBECONFIG")
+    assert show.resolve_kubeconfig(None) is None
+    with pytest.raises(show.ShowError, match="--kubeconfig /nonexistent: no such file"):
+        show.resolve_kubeconfig("/nonexistent")
+
+
+class FakeCustomObjects:
+    """Stands in for kubernetes.client.CustomObjectsApi: the job and the CRD may or may not exist."""
+
+    def __init__(self, jobs: dict[str, dict[str, Any]], crd_installed: bool) -> None:
+        self.jobs, self.crd_installed = jobs, crd_installed
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):  # noqa: ANN001
+        assert (group, version, plural) == (show.GROUP, show.VERSION, show.PLURAL)
+        if not self.crd_installed or name not in self.jobs:
+            raise ApiException(status=404, reason="Not Found")
+        return self.jobs[name]
+
+    def list_namespaced_custom_object(self, group, version, namespace, plural, limit=None):  # noqa: ANN001
+        if not self.crd_installed:
+            raise ApiException(status=404, reason="Not Found")
+        return {"items": list(self.jobs.values())[:limit]}
+
+
+@pytest.mark.parametrize(
+    ("crd_installed", "message"),
+    [
+        (True, "job 'missing' not found in namespace 'demo' at http://api.example:6443"),
+        (
+            False,
+            "does not know MobileNetV2TrainingJob (mobilenetv2trainingjobs.training.mnv2.dev): install the CRD",
+        ),
+    ],
+)
+def test_missing_job_or_crd_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, crd_installed: bool, message: str
+) -> None:
+    from kubernetes import client
+
+    fake = FakeCustomObjects({"digits-cpu": finished_job()}, crd_installed)
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda _api_client: fake)
+    api_client = SimpleNamespace(configuration=SimpleNamespace(host="http://api.example:6443"))
+    with pytest.raises(show.ShowError) as exc:
+        show.get_job(api_client, "missing", "demo")
+    assert message in str(exc.value)
+    if crd_installed:
+        assert show.get_job(api_client, "digits-cpu", "demo")["status"]["phase"] == "Succeeded"
+
+
+def test_status_cli_reports_an_unreachable_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 9 on localhost: nothing listens there, the connection is refused at once.
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert show.status_cli("digits-cpu", namespace="default", kubeconfig=str(cfg)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnv2 status: cannot reach the Kubernetes API at http://127.0.0.1:9")
