@@ -1,0 +1,56 @@
+"""The sandbox: an embedded single-machine Kubernetes stand-in (API server + kubelet).
+
+Used when no real cluster is configured (``mnv2 demo``, ``mnv2 sandbox``, the contract/integration
+tests). Real clients -- kubectl, kopf, the ``kubernetes`` Python client -- talk to it unchanged.
+
+Public API::
+
+    from mnv2_operator.sandbox import Sandbox
+
+    with Sandbox(state_dir, kubelet="process" | "simulated", port=0) as sb:   # or sb = Sandbox(...).start()
+        sb.url                    # "http://127.0.0.1:<port>"
+        sb.kubeconfig_path        # <state_dir>/kubeconfig (plain http, any/no token accepted)
+        sb.api_client()           # kubernetes.client.ApiClient configured for this sandbox
+        sb.kubectl("get", "pods", "-l", "app=x")      # CompletedProcess of .venv/bin/kubectl --kubeconfig ...
+        sb.kubectl("apply", "-f", "-", input=yaml_text, check=True)
+        sb.audit                  # list[AuditRecord]: every API request (verb, group, resource, ...)
+        sb.kubelet                # Kubelet
+        sb.kubelet.default_outcome = (2.0, 0)       # simulated: pods end by themselves after 2 s, exit 0
+        sb.kubelet.finish("default", "pod-0", exit_code=1, reason="Error")   # simulated: end a pod now
+        sb.kubelet.kill("default", "pod-0")         # process: SIGKILL the pod's process (node fault, 137)
+        sb.kubelet.logs("default", "pod-0")         # the pod's log text
+    # stop(): stops the kubelet (kills pod processes) and the API server; state_dir is kept.
+
+``Sandbox`` runs the API server and the kubelet in one background thread with its own asyncio loop,
+so tests, ``kopf.testing.KopfRunner`` and the sandbox can share a process. ``start()`` returns once
+the server answers; ``stop()`` is idempotent. Both work as a context manager.
+
+``AuditRecord`` fields: ``verb`` (get/list/watch/create/update/patch/delete/deletecollection),
+``group`` ("" for core), ``version``, ``resource`` (plural), ``subresource`` ("" or e.g. "status",
+"log"), ``namespace`` ("" if cluster-scoped or all namespaces), ``name`` ("" for collections),
+``code`` (HTTP status). Non-resource requests (discovery, /version, /openapi) are not recorded.
+
+Kubelet modes:
+- ``"simulated"``: no processes. A created pod goes Pending -> Running within ~0.1-0.5 s and stays
+  Running until ``finish()`` ends it (Succeeded if exit_code == 0 else Failed), or by itself after
+  ``default_outcome = (seconds, exit_code)`` if set. Deleting a pod removes it at once.
+- ``"process"``: runs the first container's command+args as a local process group. Env (values,
+  downward API fieldRef, configMapKeyRef, secretKeyRef), workingDir, volumes mapped under
+  ``<state_dir>/volumes`` (configMap files, emptyDir per pod, PVC ``volumes/pvc/<claim>[/subPath]``,
+  hostPath ``volumes/hostpath/<path>``); every volumeMount ``mountPath`` prefix appearing in
+  command/args/env values is rewritten to its local folder. Pod env also gets ``KUBECONFIG`` (the
+  sandbox's), ``HOSTNAME`` = pod name, and the directory of ``sys.executable`` first on ``PATH``.
+  Logs go to ``<state_dir>/pods/<ns>/<name>/log`` and are served by ``pods/log``. Deleting a pod
+  sends SIGTERM to the process group, SIGKILL after terminationGracePeriodSeconds (capped at 30 s).
+  Device resources (requests/limits such as ``huawei.com/Ascend910``) and images are ignored.
+
+Every pod is bound to the one Node ``sandbox`` (``spec.nodeName``) whatever its nodeSelector.
+"""
+
+from __future__ import annotations
+
+from mnv2_operator.sandbox.kubelet import Kubelet
+from mnv2_operator.sandbox.server import AuditRecord
+from mnv2_operator.sandbox.sandbox import Sandbox
+
+__all__ = ["AuditRecord", "Kubelet", "Sandbox"]
