@@ -1,0 +1,496 @@
+"""The operator's half of a job's status, and what to do next: a pure function of what is observed.
+
+`reconcile()` takes the job's run policy, the pods that currently exist for the job (as pod-shaped
+dicts), the previous status and the current time, and returns a `Decision`: the operator's status
+keys (`phase`, `conditions`, `workers`, `restarts`, `startTime`, `completionTime`,
+`observedGeneration`, `message`) plus the actions that move the job forward (create pods of the
+current attempt, delete pods, delete the job after its TTL) and when to look again.
+
+It is level-triggered: the same inputs always give the same decision, so replaying it after an
+operator restart, or twice for one event, does no harm. It never reads or writes the trainer's keys
+(`progress`, `metrics`, `checkpoints`).
+
+The current attempt is `status.restarts`: pods carry their attempt in a label, and pods of any other
+attempt are stale (left over from a gang restart) and only ever deleted. Pods of one rank share a
+name across attempts (`<job>-worker-<i>`), so a rank is re-created only once no pod of that name
+exists any more, not even a terminating one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Pod labels set by render.py, read back here. Kept as plain strings so this module imports nothing.
+LABEL_JOB = "training.mnv2.dev/job-name"
+LABEL_ATTEMPT = "training.mnv2.dev/attempt"
+LABEL_RANK = "training.mnv2.dev/node-rank"
+
+PENDING = "Pending"
+RUNNING = "Running"
+RESTARTING = "Restarting"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+PHASES = (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+TERMINAL = (SUCCEEDED, FAILED)
+
+CONDITION_TYPES = ("Created", RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+
+# Reasons (CamelCase, as metav1.Condition requires).
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_BACKOFF = "BackoffLimitExceeded"
+REASON_DEADLINE = "DeadlineExceeded"
+
+# The keys of status this module owns; everything else belongs to the trainer.
+OPERATOR_KEYS = (
+    "phase",
+    "conditions",
+    "workers",
+    "restarts",
+    "startTime",
+    "completionTime",
+    "observedGeneration",
+    "message",
+)
+
+_ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What the job asks for, in the terms this module needs.
+
+    Attributes:
+        workers: number of pods in the gang (one per node).
+        backoff_limit: gang restarts allowed before the job fails.
+        active_deadline_seconds: wall-clock limit for the running job, counted from `startTime`.
+        ttl_seconds_after_finished: delete the finished job this long after `completionTime`.
+        clean_pod_policy: which pods to delete once the job finished: `Running`, `All` or `None`.
+        suspend: delete the pods but keep the job and its other children.
+    """
+
+    workers: int
+    backoff_limit: int = 3
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    clean_pod_policy: str = "Running"
+    suspend: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Policy:
+        """Build from a spec in its camelCase (YAML) form, e.g. `JobSpec.model_dump(by_alias=True)`."""
+        run = spec.get("runPolicy") or {}
+        return cls(
+            workers=int(spec.get("nodes") or 1),
+            backoff_limit=int(run.get("backoffLimit", 3) if run.get("backoffLimit") is not None else 3),
+            active_deadline_seconds=run.get("activeDeadlineSeconds"),
+            ttl_seconds_after_finished=run.get("ttlSecondsAfterFinished"),
+            clean_pod_policy=str(run.get("cleanPodPolicy") or "Running"),
+            suspend=bool(run.get("suspend", False)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the job (`type` is Normal or Warning)."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The operator's next status and the actions that follow from it.
+
+    Attributes:
+        status: the operator's status keys (all of `OPERATOR_KEYS` that apply), to merge-patch.
+        attempt: the attempt that pods should be created for (`status.restarts`).
+        create_ranks: ranks whose pod of `attempt` should be created now.
+        delete_pods: names of pods to delete (stale attempts, suspend, restart, clean-up).
+        delete_job: the job's TTL after finishing has passed: delete the job itself.
+        events: transitions to announce as Kubernetes Events.
+        requeue_after: seconds until a time-based transition (deadline, TTL) or a re-check is due.
+    """
+
+    status: dict[str, Any]
+    attempt: int
+    create_ranks: tuple[int, ...] = ()
+    delete_pods: tuple[str, ...] = ()
+    delete_job: bool = False
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Small readers of pod-shaped dicts.
+
+
+def format_time(t: dt.datetime) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes times."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """Parse a Kubernetes timestamp; None for missing or malformed values."""
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def pod_name(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+def pod_attempt(pod: Mapping[str, Any]) -> int:
+    """The attempt label of a pod; -1 when missing or unreadable (treated as stale)."""
+    value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_ATTEMPT)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def pod_rank(pod: Mapping[str, Any]) -> int:
+    """The node rank of a pod, from its label or else from the `-worker-<i>` name suffix."""
+    value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RANK)
+    if value is None:
+        value = pod_name(pod).rsplit("-", 1)[-1]
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def pod_deleting(pod: Mapping[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str:
+    """Why a failed pod failed, e.g. `exit code 1 (Error)`, from its terminated container state."""
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term and term.get("exitCode", 0) != 0:
+            reason = term.get("reason") or "Error"
+            return f"exit code {term.get('exitCode')} ({reason})"
+    return str(status.get("reason") or status.get("message") or "pod failed")
+
+
+def worker_pod_name(job: str, rank: int) -> str:
+    return f"{job}-worker-{rank}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions.
+
+
+def build_conditions(
+    previous: Sequence[Mapping[str, Any]] | None,
+    phase: str,
+    reasons: Mapping[str, tuple[str, str]],
+    generation: int | None,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """Every condition type; those in `reasons` True, `lastTransitionTime` kept when unchanged.
+
+    Args:
+        previous: the conditions in the current status.
+        phase: the new phase; False conditions name it as their reason (metav1 wants a reason).
+        reasons: condition type -> (reason, message) for the conditions that are True now.
+        generation: the job's metadata.generation.
+        now: the time of this evaluation.
+    """
+    prev = {c.get("type"): c for c in previous or []}
+    out = []
+    for ctype in CONDITION_TYPES:
+        if ctype in reasons:
+            status, (reason, message) = "True", reasons[ctype]
+        else:
+            status, reason, message = "False", phase, f"the job is {phase}"
+        old = prev.get(ctype)
+        transition = (
+            old.get("lastTransitionTime")
+            if old and old.get("status") == status and old.get("lastTransitionTime")
+            else format_time(now)
+        )
+        cond: dict[str, Any] = {
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": transition,
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision.
+
+
+def invalid_spec(
+    previous: Mapping[str, Any] | None, message: str, generation: int | None, now: dt.datetime
+) -> Decision:
+    """The status of a job whose spec does not validate: Failed, nothing created."""
+    prev = dict(previous or {})
+    text = f"invalid spec: {message}"
+    status = {
+        "phase": FAILED,
+        "conditions": build_conditions(
+            prev.get("conditions"), FAILED, {FAILED: (REASON_INVALID_SPEC, text)}, generation, now
+        ),
+        "workers": {"active": 0, "succeeded": 0, "failed": 0},
+        "restarts": int(prev.get("restarts") or 0),
+        "startTime": prev.get("startTime"),
+        "completionTime": prev.get("completionTime") or format_time(now),
+        "observedGeneration": generation,
+        "message": text,
+    }
+    events = ()
+    if prev.get("phase") != FAILED or prev.get("message") != text:
+        events = (Event("Warning", REASON_INVALID_SPEC, text),)
+    return Decision(status=status, attempt=int(prev.get("restarts") or 0), events=events)
+
+
+def _failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:
+    if prev.get("phase") != FAILED:
+        return False
+    return any(
+        c.get("type") == FAILED and c.get("status") == "True" and c.get("reason") == REASON_INVALID_SPEC
+        for c in prev.get("conditions") or []
+    )
+
+
+def _elapsed(since: str | None, now: dt.datetime) -> float | None:
+    t = parse_time(since)
+    return None if t is None else (now - t).total_seconds()
+
+
+def reconcile(
+    job: str,
+    policy: Policy,
+    pods: Iterable[Mapping[str, Any]],
+    previous: Mapping[str, Any] | None,
+    generation: int | None,
+    now: dt.datetime,
+) -> Decision:
+    """Decide the operator's status and next actions for one job.
+
+    Args:
+        job: the job's name (pods are named `<job>-worker-<rank>`).
+        policy: what the spec asks for.
+        pods: every pod that exists for the job, of any attempt, including terminating ones.
+        previous: the job's current status (trainer keys are ignored).
+        generation: the job's metadata.generation, copied to `observedGeneration`.
+        now: the current time (timezone-aware).
+
+    Returns:
+        The decision; applying its actions and then calling again converges to a fixed point.
+    """
+    prev = dict(previous or {})
+    if _failed_by_invalid_spec(prev):
+        # The spec was fixed: start as a new job (nothing was created while it was invalid).
+        prev = {"conditions": prev.get("conditions")}
+    pods = list(pods)
+    attempt = int(prev.get("restarts") or 0)
+    prev_phase = prev.get("phase")
+    start_time = prev.get("startTime")
+    completion = prev.get("completionTime")
+
+    current = [p for p in pods if pod_attempt(p) == attempt]
+    stale = [p for p in pods if pod_attempt(p) != attempt]
+    live = {pod_rank(p): p for p in current if not pod_deleting(p)}
+    names_present = {pod_name(p) for p in pods}
+
+    counts = {
+        "active": sum(pod_phase(p) in _ACTIVE_POD_PHASES for p in live.values()),
+        "succeeded": sum(pod_phase(p) == "Succeeded" for p in live.values()),
+        "failed": sum(pod_phase(p) == "Failed" for p in live.values()),
+    }
+    delete: list[str] = [pod_name(p) for p in stale if not pod_deleting(p)]
+    create: list[int] = []
+    events: list[Event] = []
+    requeue: float | None = None
+    delete_job = False
+    restarts = attempt
+    conds: dict[str, tuple[str, str]] = {}
+
+    def delete_all(which: Iterable[Mapping[str, Any]]) -> None:
+        for p in which:
+            if not pod_deleting(p) and pod_name(p) not in delete:
+                delete.append(pod_name(p))
+
+    # The spec is valid, so the handler creates the children on this pass if they are missing.
+    conds["Created"] = (
+        "ChildrenCreated",
+        f"service, config, RBAC and {policy.workers} worker pod(s) managed",
+    )
+
+    if prev_phase in TERMINAL:
+        phase = prev_phase
+        message = prev.get("message") or ""
+        reason = next(
+            (
+                c.get("reason", "")
+                for c in prev.get("conditions") or []
+                if c.get("type") == phase and c.get("status") == "True"
+            ),
+            phase,
+        )
+        conds[phase] = (reason, message)
+        completion = completion or format_time(now)
+        # Active pods of a finished gang can never make progress (msrun needs every member), so
+        # they go whatever cleanPodPolicy says; the policy decides about the finished ones.
+        delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
+        if policy.clean_pod_policy == "All":
+            delete_all(current)
+        if policy.ttl_seconds_after_finished is not None:
+            waited = _elapsed(completion, now) or 0.0
+            left = policy.ttl_seconds_after_finished - waited
+            if left <= 0:
+                delete_job = True
+                events.append(
+                    Event(
+                        "Normal",
+                        "Deleted",
+                        f"ttlSecondsAfterFinished ({policy.ttl_seconds_after_finished}s) passed",
+                    )
+                )
+            else:
+                requeue = left
+    elif policy.suspend:
+        phase = SUSPENDED
+        delete_all(current)
+        message = "suspended: pods deleted; set runPolicy.suspend to false to resume"
+        conds[SUSPENDED] = ("JobSuspended", message)
+        # Like a Kubernetes Job, the deadline clock stops while suspended and restarts on resume.
+        start_time = None
+    else:
+        failed = [p for p in live.values() if pod_phase(p) == "Failed"]
+        lost: list[str] = []
+        if prev_phase == RUNNING:
+            # Every member was running: a missing or terminating member was lost under our feet
+            # (evicted, deleted by someone). msrun cannot continue without it.
+            lost = [worker_pod_name(job, r) for r in range(policy.workers) if r not in live]
+        if start_time is None:
+            start_time = format_time(now)
+        elapsed = _elapsed(start_time, now) or 0.0
+        deadline = policy.active_deadline_seconds
+        if deadline is not None and elapsed >= deadline:
+            phase = FAILED
+            message = f"activeDeadlineSeconds ({deadline}s) exceeded; pods deleted"
+            conds[FAILED] = (REASON_DEADLINE, message)
+            completion = format_time(now)
+            delete_all(current)
+        elif failed or lost:
+            what = "; ".join(
+                [f"{pod_name(p)} failed: {pod_failure(p)}" for p in failed] + [f"{n} was lost" for n in lost]
+            )
+            if attempt < policy.backoff_limit:
+                restarts = attempt + 1
+                phase = RESTARTING
+                message = (
+                    f"{what}; restarting the gang from the latest checkpoint "
+                    f"(restart {restarts} of {policy.backoff_limit})"
+                )
+                conds[RESTARTING] = ("WorkerFailed", message)
+                delete_all(current)
+            else:
+                phase = FAILED
+                message = f"{what}; backoffLimit ({policy.backoff_limit}) reached"
+                conds[FAILED] = (REASON_BACKOFF, message)
+                completion = format_time(now)
+                delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
+                if policy.clean_pod_policy == "All":
+                    delete_all(current)
+        else:
+            create = [
+                r
+                for r in range(policy.workers)
+                if r not in live and worker_pod_name(job, r) not in names_present
+            ]
+            n = policy.workers
+            if len(live) == n and all(pod_phase(p) == "Succeeded" for p in live.values()):
+                phase = SUCCEEDED
+                message = f"all {n} worker(s) succeeded"
+                conds[SUCCEEDED] = ("AllWorkersSucceeded", message)
+                completion = format_time(now)
+                if policy.clean_pod_policy == "All":
+                    delete_all(current)
+            elif len(live) == n and all(pod_phase(p) in ("Running", "Succeeded") for p in live.values()):
+                phase = RUNNING
+                message = f"{counts['active']} worker(s) running, {counts['succeeded']} succeeded"
+                conds[RUNNING] = ("AllWorkersRunning", message)
+            else:
+                phase = RESTARTING if prev_phase == RESTARTING else PENDING
+                waiting = n - sum(pod_phase(p) in ("Running", "Succeeded") for p in live.values())
+                message = f"waiting for {waiting} of {n} worker(s) to start (attempt {attempt})"
+                if phase == RESTARTING:
+                    # Keep saying why the gang restarts until it runs again.
+                    why = next(
+                        (
+                            c.get("message") or ""
+                            for c in prev.get("conditions") or []
+                            if c.get("type") == RESTARTING and c.get("status") == "True"
+                        ),
+                        f"restart {attempt} of {policy.backoff_limit}",
+                    )
+                    conds[RESTARTING] = ("WorkerFailed", why)
+                    message = f"{message}; {why}"
+            if deadline is not None and phase not in TERMINAL:
+                requeue = max(deadline - elapsed, 0.0)
+        if phase in TERMINAL and policy.ttl_seconds_after_finished is not None:
+            requeue = float(policy.ttl_seconds_after_finished)
+
+    if phase != prev_phase or restarts != attempt:
+        kind = "Warning" if phase in (FAILED, RESTARTING) else "Normal"
+        events.insert(0, Event(kind, phase, message))
+    # A rank whose old pod is still terminating must be created once it is gone. The pod's DELETED
+    # event normally triggers that; this is the safety net if the event is missed.
+    if phase in (PENDING, RESTARTING) and (stale or any(pod_deleting(p) for p in current)):
+        requeue = 1.0 if requeue is None else min(requeue, 1.0)
+
+    status = {
+        "phase": phase,
+        "conditions": build_conditions(prev.get("conditions"), phase, conds, generation, now),
+        "workers": counts,
+        "restarts": restarts,
+        "startTime": start_time,
+        "completionTime": completion if phase in TERMINAL else None,
+        "observedGeneration": generation,
+        "message": message,
+    }
+    return Decision(
+        status=status,
+        attempt=restarts,
+        create_ranks=tuple(create) if phase in (PENDING, RESTARTING) else (),
+        delete_pods=tuple(delete),
+        delete_job=delete_job,
+        events=tuple(events),
+        requeue_after=requeue,
+    )
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether any operator key differs (the trainer's keys are not compared)."""
+    old = old or {}
+    return any(old.get(k) != new.get(k) for k in OPERATOR_KEYS)
+
+
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of the operator's keys that changed (None deletes a key)."""
+    old = old or {}
+    return {k: new.get(k) for k in OPERATOR_KEYS if old.get(k) != new.get(k)}
