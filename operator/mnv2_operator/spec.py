@@ -1,0 +1,838 @@
+"""The `MobileNetV2TrainingJob` custom resource as pydantic models: the single source of truth.
+
+The CRD (``crd.py``) is generated from these models, so every ``description`` here becomes
+``kubectl explain`` text and every constraint here is also enforced by the API server. Field names are
+snake_case in Python and camelCase in YAML (``devices_per_node`` <-> ``devicesPerNode``); both are
+accepted when building models in Python.
+
+A minimal job names a model and a dataset; everything else has a default::
+
+    spec:
+      model: {name: mobilenet_v2_075}
+      dataset: {type: imagefolder, pvc: {claimName: imagenet}}
+      output: {pvc: {claimName: mnv2-runs}}
+
+``parse_spec`` validates a spec mapping and raises :class:`SpecError` listing every problem as
+``spec.<camelCase path>: <problem>; <fix>``. Checks that need several fields (validate mode needs a
+checkpoint, devices per node allowed by the accelerator, ...) and the training config (recipe name,
+MindCV-key overrides, resolved by ``mnv2_trainer.config``) run after the per-field checks.
+
+Defaults that a cluster administrator may want to change (trainer image, accelerator resource name and
+node selector) are not baked into the CRD: they are left empty in a stored job and filled in at render
+time from :class:`OperatorDefaults`, which the operator reads from its environment (``MNV2_DEFAULT_*``,
+set by the Helm chart's ``jobDefaults``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from mnv2_operator import __version__
+
+GROUP = "training.mnv2.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MobileNetV2TrainingJob"
+PLURAL = "mobilenetv2trainingjobs"
+SINGULAR = "mobilenetv2trainingjob"
+SHORT_NAMES = ("mnv2job", "mnv2")
+
+#: Trainer image when neither the job nor the operator's environment names one. Same repository as
+#: the Helm chart's ``jobDefaults.trainerImage`` and tagged with this package's version (the chart's
+#: appVersion), so chart and operator agree out of the box.
+DEFAULT_IMAGE = f"ghcr.io/mnv2-operator/mnv2-trainer:{__version__}"
+DEFAULT_RESOURCE_NAME = "huawei.com/Ascend910"
+DEFAULT_NODE_SELECTOR: dict[str, str] = {"accelerator": "huawei-Ascend910"}
+DEFAULT_RECIPE = "mobilenet_v2_0.75_ascend"
+
+#: Where the pod mounts things. The trainer gets these paths as command-line flags (the sandbox's
+#: process kubelet maps mount paths in flags to local folders), so they are part of the contract.
+DATA_MOUNT = "/data"
+OUTPUT_MOUNT = "/output"
+CONFIG_MOUNT = "/etc/mnv2"
+
+#: Devices one Ascend 910 pod may take: HCCL's rings inside an 8-NPU server are built from 1, 2, 4
+#: or all 8 chips (MindX DL rejects other counts).
+ASCEND_DEVICE_COUNTS = (1, 2, 4, 8)
+MAX_DEVICES_PER_NODE = 8
+
+#: Config keys the spec owns: setting them under ``config`` would silently fight the spec's own field.
+SPEC_OWNED_CONFIG_KEYS: dict[str, str] = {
+    "model": "spec.model.name",
+    "num_classes": "spec.model.numClasses",
+    "dataset": "spec.dataset.type",
+    "data_dir": "spec.dataset (the volume is mounted at /data)",
+    "train_split": "spec.dataset.trainSplit",
+    "val_split": "spec.dataset.valSplit",
+    "ckpt_save_dir": "spec.output (checkpoints go to /output/ckpt)",
+    "ckpt_path": "spec.checkpoint",
+    "resume": "spec.resume",
+    "distribute": "spec.nodes and spec.devicesPerNode",
+}
+
+
+class SpecError(ValueError):
+    """An invalid job spec. ``problems`` holds one ``spec.<path>: <problem>; <fix>`` line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid MobileNetV2TrainingJob spec:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=False
+    )
+
+
+# Kubernetes resource.Quantity, as kube-openapi's pattern.
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+# A DNS-1123 subdomain (names of PVCs, priority classes, queues, schedulers).
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+Quantity = str | int
+
+
+def _check_quantity(value: Quantity | None) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    if isinstance(value, bool) or not _QUANTITY.match(text):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. 4, 500m, 16Gi")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec
+# --------------------------------------------------------------------------------------------------
+
+
+class ModelSpec(_Model):
+    """Which MobileNetV2 to train."""
+
+    name: str = Field(
+        description=(
+            "MindCV model name, e.g. mobilenet_v2_075 (width 0.75, 224x224 input) or "
+            "mobilenet_v2_035_96. Every MobileNetV2 name MindCV registers is accepted."
+        )
+    )
+    num_classes: int | None = Field(
+        default=None,
+        ge=2,
+        le=100000,
+        description="Number of output classes. Default: 10 for the digits dataset, else 1000 (ImageNet-1K).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from mnv2_trainer.model_names import UnknownModelError, check_model_name
+
+        try:
+            return check_model_name(name)
+        except UnknownModelError as err:
+            raise ValueError(str(err)) from None
+
+
+class PVCSource(_Model):
+    """A PersistentVolumeClaim in the job's namespace."""
+
+    claim_name: str = Field(min_length=1, max_length=253, description="Name of the PersistentVolumeClaim.")
+    sub_path: str | None = Field(
+        default=None, description="Folder inside the volume to mount instead of its root."
+    )
+    read_only: bool | None = Field(
+        default=None,
+        description="Mount read-only. Default: true for the dataset, false for the output.",
+    )
+
+    @field_validator("claim_name")
+    @classmethod
+    def _dns_name(cls, value: str) -> str:
+        if not _DNS1123.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid claim name; use lower-case letters, digits, '-' and '.'"
+            )
+        return value
+
+    @field_validator("sub_path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError(f"{value!r} must be a relative path without '..'; e.g. imagenet/2012")
+        return value
+
+
+class HostPathSource(_Model):
+    """A folder on the node (every node of a multi-node job must have it)."""
+
+    path: str = Field(min_length=1, description="Absolute path of the folder on the node.")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} is not absolute; write e.g. /mnt/imagenet")
+        return value
+
+
+class EmptyDirSource(_Model):
+    """A scratch folder that lives as long as the pod."""
+
+    size_limit: Quantity | None = Field(default=None, description="Size limit, e.g. 10Gi.")
+
+    @field_validator("size_limit")
+    @classmethod
+    def _quantity(cls, value: Quantity | None) -> str | None:
+        return _check_quantity(value)
+
+
+class DatasetSpec(_Model):
+    """The training and validation data, mounted at /data in every pod."""
+
+    type: Literal["imagefolder", "synthetic", "digits"] = Field(
+        default="imagefolder",
+        description=(
+            "imagefolder: ImageNet layout, <root>/<trainSplit>/<class>/*.JPEG and <root>/<valSplit>/...; "
+            "synthetic: random images of the model's input size (throughput tests, no volume); "
+            "digits: scikit-learn's 8x8 handwritten digits as 32x32 images (smoke tests, no volume)."
+        ),
+    )
+    pvc: PVCSource | None = Field(
+        default=None,
+        description="Read the data from this PersistentVolumeClaim (ReadOnlyMany for several nodes).",
+    )
+    host_path: HostPathSource | None = Field(
+        default=None, description="Read the data from a folder on the node."
+    )
+    train_split: str = Field(
+        default="train", min_length=1, description="Sub-folder with the training images."
+    )
+    val_split: str = Field(default="val", min_length=1, description="Sub-folder with the validation images.")
+
+
+class OutputSpec(_Model):
+    """Where checkpoints, metrics.jsonl and logs go, mounted at /output in every pod.
+
+    Checkpoints go to /output/ckpt, msrun's logs to /output/logs/<attempt>.
+    """
+
+    pvc: PVCSource | None = Field(
+        default=None,
+        description=(
+            "Write to this PersistentVolumeClaim (recommended: checkpoints survive restarts, so a failed "
+            "attempt resumes; ReadWriteMany when the job has several nodes)."
+        ),
+    )
+    host_path: HostPathSource | None = Field(
+        default=None,
+        description="Write to a folder on the node (single-node jobs: a restart may land on another node).",
+    )
+    empty_dir: EmptyDirSource | None = Field(
+        default=None,
+        description=(
+            "Write to a scratch folder deleted with the pod: checkpoints are lost, so a restart cannot "
+            "resume. Allowed only with runPolicy.backoffLimit 0."
+        ),
+    )
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(
+        default=None, description="Taint key to tolerate; empty with operator Exists matches all."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
+    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class AcceleratorSpec(_Model):
+    """The device each worker process runs on."""
+
+    type: Literal["ascend", "cpu"] = Field(
+        default="ascend",
+        description="ascend: one Ascend NPU per worker process; cpu: plain CPU processes (tests and demos).",
+    )
+    resource_name: str | None = Field(
+        default=None,
+        description=(
+            "Extended resource the Ascend device plugin advertises; each pod requests devicesPerNode of it. "
+            f"Default: the operator's configured default ({DEFAULT_RESOURCE_NAME} unless changed)."
+        ),
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Labels the training nodes must have. Default: the operator's configured default "
+            "(accelerator: huawei-Ascend910 unless changed); {} for none. Also used in cpu mode when given."
+        ),
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations of the training pods, e.g. for tainted NPU nodes."
+    )
+
+
+class ResourceList(_Model):
+    """CPU and memory amounts (Kubernetes quantities)."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU cores, e.g. 24 or 500m.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 256Gi.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: Quantity | None) -> str | None:
+        return _check_quantity(value)
+
+
+class ResourcesSpec(_Model):
+    """CPU and memory of each training container (the NPUs are added by the operator)."""
+
+    requests: ResourceList | None = Field(
+        default=None, description="Guaranteed amounts, used for scheduling."
+    )
+    limits: ResourceList | None = Field(default=None, description="Upper bounds.")
+
+
+class RunPolicy(_Model):
+    """How failures, time limits and cleanup are handled (as Kubeflow's training operators do)."""
+
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description=(
+            "Gang restarts after a failure before the job is Failed. msrun cannot lose a member, so any "
+            "failed pod restarts all pods, resuming from the latest checkpoint."
+        ),
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail the job when it has been running longer than this, restarts included.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the job (and its children) this long after it Succeeded or Failed.",
+    )
+    clean_pod_policy: Literal["Running", "All", "None"] = Field(
+        default="Running",
+        description=(
+            "Which pods to delete when the job finishes: Running (those still running), All, or None "
+            "(keep them for their logs)."
+        ),
+    )
+    suspend: bool = Field(
+        default=False,
+        description="true deletes the pods and keeps the job (phase Suspended); false again resumes from the latest checkpoint.",
+    )
+
+
+class SchedulingSpec(_Model):
+    """Scheduler, priority and gang scheduling."""
+
+    scheduler_name: str | None = Field(
+        default=None, description="Scheduler of the pods. Default: the cluster's; volcano when gang is true."
+    )
+    priority_class_name: str | None = Field(
+        default=None, description="PriorityClass of the pods (and the PodGroup)."
+    )
+    queue: str | None = Field(default=None, description="Volcano queue of the PodGroup; needs gang: true.")
+    gang: bool = Field(
+        default=False,
+        description=(
+            "Gang scheduling with a Volcano PodGroup (minMember = nodes): all pods start together or none "
+            "does, so a half-placed job never holds NPUs. Needs Volcano installed."
+        ),
+    )
+
+
+class JobSpec(_Model):
+    """What to train, on what data, where to write, and on which hardware."""
+
+    mode: Literal["train", "validate"] = Field(
+        default="train",
+        description="train: train (and validate every epoch); validate: evaluate spec.checkpoint on the validation split.",
+    )
+    model: ModelSpec = Field(description="The network.")
+    recipe: str = Field(
+        default=DEFAULT_RECIPE,
+        min_length=1,
+        description=(
+            "Built-in training recipe (MindCV's YAML config, same keys), e.g. mobilenet_v2_0.75_ascend "
+            "(8 cards x batch 256, 400 epochs, lr 0.3)."
+        ),
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Overrides of recipe keys in MindCV's names, e.g. {epoch_size: 15, batch_size: 64, lr: 0.1}. "
+            "Unknown keys are refused. An lr given here is used as is (never scaled)."
+        ),
+    )
+    scale_learning_rate: bool = Field(
+        default=True,
+        description=(
+            "Scale the recipe's learning rate linearly with the global batch "
+            "(batch_size x nodes x devicesPerNode) relative to the recipe's (batch_size x 8 cards)."
+        ),
+    )
+    dataset: DatasetSpec = Field(description="The data.")
+    output: OutputSpec | None = Field(
+        default=None,
+        description="Volume for checkpoints, metrics and logs. Required for train mode; validate mode may omit it.",
+    )
+    resume: str = Field(
+        default="auto",
+        min_length=1,
+        description=(
+            "auto: continue from the newest valid checkpoint in /output/ckpt, else start fresh; never: always "
+            "start fresh; or the path of a checkpoint inside the pod (under /output/ or /data/)."
+        ),
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        description=(
+            "Checkpoint to start from (train: pretrained weights) or to evaluate (validate: required), as a "
+            "path inside the pod under /output/ or /data/, e.g. /output/ckpt/mobilenet_v2_075_best.ckpt."
+        ),
+    )
+    nodes: int = Field(default=1, ge=1, le=1024, description="Number of nodes, one pod each.")
+    devices_per_node: int = Field(
+        default=8,
+        ge=1,
+        le=MAX_DEVICES_PER_NODE,
+        description=(
+            "Worker processes (and NPUs) per pod. Ascend 910: 1, 2, 4 or 8. The global batch is "
+            "batch_size x nodes x devicesPerNode."
+        ),
+    )
+    accelerator: AcceleratorSpec = Field(
+        default_factory=AcceleratorSpec, description="Device type and placement."
+    )
+    image: str | None = Field(
+        default=None,
+        description=f"Trainer image (MindSpore + CANN + mnv2-trainer). Default: the operator's configured default ({DEFAULT_IMAGE} unless changed).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="When the kubelet pulls the trainer image."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of Secrets for pulling the trainer image from a private registry.",
+    )
+    resources: ResourcesSpec | None = Field(
+        default=None, description="CPU and memory of each training container (NPUs are added automatically)."
+    )
+    shm_size: Quantity = Field(
+        default="16Gi",
+        description="Size of the memory-backed /dev/shm (the data pipeline's worker processes share batches through it).",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables of the trainer, e.g. {GLOG_v: '2'}."
+    )
+    cluster_timeout_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="How long msrun waits for every node's workers to join (msrun --cluster_time_out).",
+    )
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, time limits and cleanup.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Scheduler, priority, gang scheduling."
+    )
+
+    @field_validator("shm_size")
+    @classmethod
+    def _quantity(cls, value: Quantity) -> str | None:
+        return _check_quantity(value)
+
+    @property
+    def num_classes(self) -> int:
+        """The model's class count, defaulted from the dataset."""
+        if self.model.num_classes is not None:
+            return self.model.num_classes
+        return 10 if self.dataset.type == "digits" else 1000
+
+    @property
+    def world_size(self) -> int:
+        """Worker processes of the whole job (msrun --worker_num)."""
+        return self.nodes * self.devices_per_node
+
+    def warnings(self) -> list[str]:
+        """Valid but probably unintended settings, as ``spec.<path>: <why>`` lines (for Events and render)."""
+        notes = []
+        if self.nodes > 1 and self.accelerator.type == "ascend" and self.devices_per_node != 8:
+            notes.append(
+                "spec.devicesPerNode: multi-node Ascend 910 jobs normally use all 8 NPUs of each node "
+                "(HCCL's inter-node rings are built for 8)"
+            )
+        if self.nodes > 1 and self.output is not None and self.output.host_path is not None:
+            notes.append(
+                "spec.output.hostPath: each node writes its own folder; after a restart rank 0 may land on a "
+                "node without the checkpoints, so prefer a ReadWriteMany pvc"
+            )
+        if self.nodes > 1 and not self.scheduling.gang:
+            notes.append(
+                "spec.scheduling.gang: without gang scheduling a partly placed job holds devices while it "
+                "waits for its other pods"
+            )
+        return notes
+
+
+# --------------------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------------------
+
+
+class _StatusModel(BaseModel):
+    """Status parts are read leniently: a field added by a newer writer must not break an older reader."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+
+
+class Condition(_StatusModel):
+    """A metav1.Condition."""
+
+    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="CamelCase reason of the last transition.")
+    message: str = Field(default="", description="Human-readable details of the last transition.")
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this condition is about."
+    )
+
+
+class WorkerCounts(_StatusModel):
+    """Pods of the current attempt by state."""
+
+    active: int = Field(default=0, ge=0, description="Pods pending or running.")
+    succeeded: int = Field(default=0, ge=0, description="Pods that exited 0.")
+    failed: int = Field(default=0, ge=0, description="Pods that failed.")
+
+
+class Progress(_StatusModel):
+    """Training progress, written by the trainer's rank 0."""
+
+    epoch: int | None = Field(default=None, ge=0, description="Epochs completed.")
+    total_epochs: int | None = Field(default=None, ge=0, description="Epochs the job will train.")
+    step: int | None = Field(default=None, ge=0, description="Global steps completed.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    lr: float | None = Field(default=None, description="Current learning rate.")
+    images_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput of the whole job."
+    )
+    updated_at: datetime | None = Field(default=None, description="When the trainer last reported.")
+
+
+class Metrics(_StatusModel):
+    """Validation accuracy (fractions in 0..1), written by the trainer's rank 0."""
+
+    top1: float | None = Field(
+        default=None, ge=0, le=1, description="Top-1 accuracy of the latest validation."
+    )
+    top5: float | None = Field(
+        default=None, ge=0, le=1, description="Top-5 accuracy of the latest validation."
+    )
+    best_top1: float | None = Field(default=None, ge=0, le=1, description="Best top-1 accuracy so far.")
+    best_epoch: int | None = Field(default=None, ge=0, description="Epoch of the best top-1 accuracy.")
+
+
+class Checkpoints(_StatusModel):
+    """Checkpoint paths inside the pods, written by the trainer's rank 0."""
+
+    latest: str | None = Field(default=None, description="Newest checkpoint.")
+    best: str | None = Field(default=None, description="Checkpoint with the best top-1 accuracy.")
+
+
+class JobStatus(_StatusModel):
+    """Observed state. The operator writes phase..message; the trainer writes progress, metrics, checkpoints."""
+
+    phase: Phase | None = Field(
+        default=None, description="Pending, Running, Restarting, Succeeded, Failed or Suspended."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Latest observations of the job's state."
+    )
+    workers: WorkerCounts | None = Field(default=None, description="Pods of the current attempt by state.")
+    restarts: int | None = Field(default=None, ge=0, description="Gang restarts so far.")
+    attempt: int | None = Field(
+        default=None, ge=0, description="Index of the current attempt (0 for the first)."
+    )
+    start_time: datetime | None = Field(default=None, description="When the first pods were created.")
+    completion_time: datetime | None = Field(default=None, description="When the job Succeeded or Failed.")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation the operator last acted on."
+    )
+    message: str | None = Field(default=None, description="Human-readable summary of the current state.")
+    progress: Progress | None = Field(default=None, description="Training progress (trainer).")
+    metrics: Metrics | None = Field(default=None, description="Validation accuracy (trainer).")
+    checkpoints: Checkpoints | None = Field(default=None, description="Checkpoint paths (trainer).")
+
+
+#: Status keys each writer owns (merge patches never touch the other's).
+TRAINER_STATUS_KEYS = ("progress", "metrics", "checkpoints")
+
+
+# --------------------------------------------------------------------------------------------------
+# Operator-wide defaults
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """Cluster-wide defaults for fields a job leaves empty (the Helm chart's ``jobDefaults``)."""
+
+    image: str = DEFAULT_IMAGE
+    resource_name: str = DEFAULT_RESOURCE_NAME
+    node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
+        """Read ``MNV2_DEFAULT_TRAINER_IMAGE``, ``MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME`` and
+        ``MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR`` (a JSON object); unset or empty keeps the built-in value.
+
+        Raises:
+            ValueError: when the node selector is not a JSON object of strings.
+        """
+        env = os.environ if environ is None else environ
+        base = cls()
+        selector = base.node_selector
+        raw = env.get("MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR", "").strip()
+        if raw:
+            try:
+                selector = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR is not JSON: {err}") from None
+            if not isinstance(selector, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+            ):
+                raise ValueError(
+                    'MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR must be a JSON object of strings, e.g. {"accelerator": "huawei-Ascend910"}'
+                )
+        return cls(
+            image=env.get("MNV2_DEFAULT_TRAINER_IMAGE", "").strip() or base.image,
+            resource_name=env.get("MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", "").strip() or base.resource_name,
+            node_selector=selector,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the field at ``loc`` (camelCase aliases), for typo suggestions."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        by_alias = {(f.alias or n): f for n, f in current.model_fields.items()}
+        info = by_alias.get(part) or current.model_fields.get(part)
+        if info is None:
+            return None
+        current = info.annotation
+        # Unwrap Optional[X] and list[X] down to the model class.
+        for _ in range(3):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if isinstance(current, type) and issubclass(current, BaseModel):
+                break
+            if not args:
+                break
+            current = args[0]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _fields_help(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _describe_error(err: Mapping[str, Any], missing: Collection[tuple[Any, ...]] = ()) -> str:
+    """One ``spec.<path>: <problem>; <fix>`` line for a pydantic error.
+
+    ``missing`` holds the locations of missing fields, so that a typo next to a missing required field
+    suggests that field first (``modle`` -> ``model``, not ``mode``).
+    """
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    where = _path(loc)
+    msg = str(err.get("msg", ""))
+    if kind == "extra_forbidden":
+        parent = _model_at(JobSpec, loc[:-1])
+        valid = _fields_help(parent) if parent else []
+        absent = [m[-1] for m in missing if m[:-1] == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), absent, n=1, cutoff=0.5) or difflib.get_close_matches(
+            str(loc[-1]), valid, n=1, cutoff=0.5
+        )
+        hint = f"did you mean {close[0]!r}?" if close else "remove it"
+        return f"{where}: unknown field; {hint} (valid here: {', '.join(valid)})"
+    if kind == "missing":
+        parent = _model_at(JobSpec, loc[:-1]) or JobSpec
+        info = {(f.alias or n): f for n, f in parent.model_fields.items()}.get(str(loc[-1]))
+        desc = f" ({info.description})" if info is not None and info.description else ""
+        return f"{where}: required; add it{desc}"
+    if kind == "value_error":
+        text = msg.removeprefix("Value error, ")
+        return f"{where}: {text}" if ";" in text else f"{where}: {text}; fix the value"
+    value = err.get("input")
+    shown = (
+        json.dumps(value)
+        if isinstance(value, str | int | float | bool) or value is None
+        else type(value).__name__
+    )
+    if kind in ("literal_error", "enum"):
+        return f"{where}: {shown} is not allowed; {msg.replace('Input should be', 'use')}"
+    return f"{where}: {shown} is invalid; {msg[0].lower() + msg[1:] if msg else kind}"
+
+
+def _cross_checks(spec: JobSpec) -> list[str]:
+    """Checks that involve several fields (pydantic has checked each field already)."""
+    problems: list[str] = []
+    ds, out = spec.dataset, spec.output
+    if ds.type == "imagefolder":
+        if (ds.pvc is None) == (ds.host_path is None):
+            problems.append(
+                "spec.dataset: an imagefolder dataset needs exactly one of pvc or hostPath; "
+                "e.g. dataset: {type: imagefolder, pvc: {claimName: imagenet}}"
+            )
+    elif ds.pvc is not None or ds.host_path is not None:
+        problems.append(
+            f"spec.dataset: type {ds.type} generates its data and takes no volume; remove pvc/hostPath"
+        )
+    if out is None:
+        if spec.mode == "train":
+            problems.append(
+                "spec.output: required in train mode (checkpoints, metrics, logs); "
+                "e.g. output: {pvc: {claimName: mnv2-runs}}"
+            )
+    else:
+        given = [k for k in ("pvc", "hostPath", "emptyDir") if getattr(out, to_snake(k)) is not None]
+        if len(given) != 1:
+            problems.append(
+                f"spec.output: exactly one of pvc, hostPath, emptyDir is needed (got {', '.join(given) or 'none'}); keep one"
+            )
+        elif out.empty_dir is not None and spec.mode == "train" and spec.run_policy.backoff_limit > 0:
+            problems.append(
+                "spec.output.emptyDir: checkpoints are deleted with the pods, so a restart could not resume; "
+                "use output.pvc, or set runPolicy.backoffLimit: 0"
+            )
+    if spec.mode == "validate" and spec.checkpoint is None:
+        problems.append(
+            "spec.checkpoint: validate mode evaluates a checkpoint; set it, e.g. /output/ckpt/mobilenet_v2_075_best.ckpt"
+        )
+    mounts = [DATA_MOUNT] + ([OUTPUT_MOUNT] if out is not None else [])
+    for name, value in (("checkpoint", spec.checkpoint), ("resume", spec.resume)):
+        if value is None or (name == "resume" and value in ("auto", "never")):
+            continue
+        if not any(value.startswith(m + "/") for m in mounts) or ".." in value.split("/"):
+            fix = " or ".join(m + "/..." for m in mounts)
+            what = "auto, never, or a checkpoint path" if name == "resume" else "a checkpoint path"
+            problems.append(f"spec.{name}: {value!r} is not inside a mounted volume; use {what} under {fix}")
+    acc = spec.accelerator
+    if acc.type == "ascend" and spec.devices_per_node not in ASCEND_DEVICE_COUNTS:
+        problems.append(
+            f"spec.devicesPerNode: {spec.devices_per_node} NPUs per node is not a valid Ascend 910 group; "
+            f"use one of {', '.join(map(str, ASCEND_DEVICE_COUNTS))}"
+        )
+    if acc.type == "cpu" and acc.resource_name is not None:
+        problems.append(
+            "spec.accelerator.resourceName: cpu jobs request no device resource; remove it or use type ascend"
+        )
+    sched = spec.scheduling
+    if sched.gang and sched.scheduler_name not in (None, "volcano"):
+        problems.append(
+            f"spec.scheduling.schedulerName: gang scheduling uses Volcano, not {sched.scheduler_name!r}; "
+            "remove schedulerName or set it to volcano"
+        )
+    if sched.queue is not None and not sched.gang:
+        problems.append("spec.scheduling.queue: a Volcano queue needs a PodGroup; set scheduling.gang: true")
+    for key in sorted(set(spec.config) & set(SPEC_OWNED_CONFIG_KEYS)):
+        problems.append(f"spec.config.{key}: set by the spec; use {SPEC_OWNED_CONFIG_KEYS[key]} instead")
+    return problems
+
+
+def to_snake(camel: str) -> str:
+    """``hostPath`` -> ``host_path``."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+
+
+def _config_checks(spec: JobSpec) -> list[str]:
+    """Resolve the recipe and the overrides with the trainer's own config code."""
+    from mnv2_trainer.config import ConfigError, load_recipe, resolve_config
+
+    try:
+        recipe = load_recipe(spec.recipe)
+    except ConfigError as err:
+        return [f"spec.recipe: {err}; use a built-in recipe name such as {DEFAULT_RECIPE}"]
+    try:
+        resolve_config(recipe, dict(spec.config))
+    except ConfigError as err:
+        key = getattr(err, "key", None)
+        where = f"spec.config.{key}" if key else "spec.config"
+        return [f"{where}: {err}; use MindCV's key names (see the recipe)"]
+    return []
+
+
+def parse_spec(mapping: Mapping[str, Any]) -> JobSpec:
+    """Validate a job's ``spec`` (camelCase keys, as stored in the cluster) into a :class:`JobSpec`.
+
+    Raises:
+        SpecError: listing every problem found, each naming the field and the fix.
+    """
+    if not isinstance(mapping, Mapping):
+        raise SpecError([f"spec: must be a mapping, not {type(mapping).__name__}; see manifests/examples/"])
+    try:
+        spec = JobSpec.model_validate(dict(mapping))
+    except ValidationError as err:
+        errors = err.errors()
+        missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+        raise SpecError([_describe_error(e, missing) for e in errors]) from None
+    problems = _cross_checks(spec)
+    if not any(p.startswith(("spec.config", "spec.recipe")) for p in problems):
+        problems += _config_checks(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def parse_status(mapping: Mapping[str, Any] | None) -> JobStatus:
+    """Read a job's ``status`` leniently (unknown keys ignored); raises pydantic's ValidationError on wrong types."""
+    return JobStatus.model_validate(dict(mapping or {}))
