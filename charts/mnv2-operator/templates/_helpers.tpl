@@ -1,0 +1,119 @@
+{{/*
+Chart name, shortened to the 63 characters a label value may hold.
+*/}}
+{{- define "mnv2-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified name: "<release>-<chart>", or the release name alone when it already contains the chart
+name (so `helm install mnv2-operator .` gives "mnv2-operator", not "mnv2-operator-mnv2-operator").
+*/}}
+{{- define "mnv2-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart label value: "<name>-<version>".
+*/}}
+{{- define "mnv2-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "mnv2-operator.labels" -}}
+helm.sh/chart: {{ include "mnv2-operator.chart" . }}
+{{ include "mnv2-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: mnv2-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels that select the operator pod (immutable once the Deployment exists: keep them minimal).
+*/}}
+{{- define "mnv2-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mnv2-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The operator's ServiceAccount name.
+*/}}
+{{- define "mnv2-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mnv2-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference "<repository>:<tag>", the tag defaulting to the chart's appVersion.
+Call with (dict "image" .Values.image "root" .).
+*/}}
+{{- define "mnv2-operator.imageRef" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/*
+The rules the operator needs in every namespace it watches: in a ClusterRole when it watches the whole
+cluster, in one Role per namespace otherwise. Exactly the verbs the operator uses (docs/operator.md);
+tests/integration/chart checks every request of an operator run against these rules.
+*/}}
+{{- define "mnv2-operator.namespacedRules" -}}
+# The jobs: kopf lists and watches them, patches them (finalizer, its progress annotations) and
+# their status (phase, conditions, workers).
+- apiGroups: ["training.mnv2.dev"]
+  resources: ["mobilenetv2trainingjobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# get + patch on the status subresource are also what the per-job trainer Role grants: Kubernetes lets
+# the operator create that Role only because it holds these rights itself (RBAC escalation check).
+- apiGroups: ["training.mnv2.dev"]
+  resources: ["mobilenetv2trainingjobs/status"]
+  verbs: ["get", "patch"]
+# The training pods, one per node: created and, on restart or cleanup, deleted by the operator.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Per-job children: headless Service, ConfigMap with the resolved config, the trainer's ServiceAccount.
+- apiGroups: [""]
+  resources: ["services", "configmaps", "serviceaccounts"]
+  verbs: ["get", "create"]
+# The trainer's Role (status patch of its own job) and its binding.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create"]
+# kopf posts Kubernetes events about handler progress and errors.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if .Values.rbac.gangScheduling }}
+# Volcano PodGroups for gang-scheduled jobs.
+- apiGroups: ["scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["get", "create", "delete"]
+{{- end }}
+{{- end }}
+
+{{/*
+Cluster-scoped rules kopf needs in every mode: it scans the CRDs at start and watches them to notice
+when the MobileNetV2TrainingJob CRD is (re)installed.
+*/}}
+{{- define "mnv2-operator.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}

@@ -1,0 +1,47 @@
+"""manifests/rbac and manifests/operator are the chart rendered with its defaults, and stay so."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import kubernetes_validate
+import yaml
+from mnv2_operator import manifests
+
+
+def test_plain_manifests_match_the_chart() -> None:
+    drifted = manifests.drifted_files()
+    assert drifted == [], f"regenerate with `python -m mnv2_operator.manifests`: {drifted}"
+
+
+def test_drift_is_detected(tmp_path: Path) -> None:
+    # The drift check must be able to fail: a changed, a missing and a stale file are all reported.
+    for folder in ("rbac", "operator"):
+        shutil.copytree(manifests.REPO_ROOT / "manifests" / folder, tmp_path / "manifests" / folder)
+    assert manifests.drifted_files(tmp_path) == []
+    role = tmp_path / "manifests/rbac/20-clusterrole.yaml"
+    role.write_text(role.read_text().replace("- watch\n", "", 1))
+    (tmp_path / "manifests/operator/deployment.yaml").unlink()
+    (tmp_path / "manifests/operator/old.yaml").write_text("{}\n")
+    assert sorted(manifests.drifted_files(tmp_path)) == [
+        "manifests/operator/deployment.yaml",
+        "manifests/operator/old.yaml",
+        "manifests/rbac/20-clusterrole.yaml",
+    ]
+    manifests.write_manifests(tmp_path)
+    assert manifests.drifted_files(tmp_path) == []
+
+
+def test_plain_manifests_are_valid_and_not_helm_labelled() -> None:
+    files = manifests.expected_files()
+    kinds = []
+    for text in files.values():
+        for obj in yaml.safe_load_all(text):
+            kubernetes_validate.validate(obj, "1.37.0", strict=True)
+            assert "app.kubernetes.io/managed-by" not in obj["metadata"].get("labels", {})
+            kinds.append(obj["kind"])
+    assert sorted(kinds) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Namespace", "ServiceAccount"]
+    # kubectl applies a folder's files in name order: the namespace must come first.
+    rbac = sorted(p for p in files if p.startswith("manifests/rbac/"))
+    assert rbac[0] == "manifests/rbac/00-namespace.yaml"
