@@ -12,12 +12,13 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from mnv2_operator import spec
 from mnv2_operator.cli import build_parser
 from mnv2_operator.manifests import CHART_DIR, REPO_ROOT, render_chart, render_chart_files
+from mnv2_operator.spec import OperatorDefaults
 
 KUBE_VERSION = "1.37.0"
 CI_VALUES = sorted(CHART_DIR.glob("ci/*-values.yaml"))
-DEFAULT_TRAINER_IMAGE_ENV = "MNV2_DEFAULT_TRAINER_IMAGE"
 
 
 def load_values(path: Path | None) -> dict[str, Any] | None:
@@ -176,17 +177,16 @@ def test_namespaced_mode_passes_each_namespace_to_the_operator() -> None:
 
 
 def test_job_defaults_reach_the_operator_as_environment() -> None:
-    env = env_of(render_chart())
-    assert env[DEFAULT_TRAINER_IMAGE_ENV] == "ghcr.io/mnv2-operator/mnv2-trainer:0.1.0"
-    assert env["MNV2_DEFAULT_ACCELERATOR_RESOURCE"] == "huawei.com/Ascend910"
-    assert json.loads(env["MNV2_DEFAULT_NODE_SELECTOR"]) == {"accelerator": "huawei-Ascend910"}
-    custom = env_of(render_chart(load_values(CHART_DIR / "ci/custom-values.yaml")))
-    assert custom[DEFAULT_TRAINER_IMAGE_ENV] == "registry.example.com/ai/mnv2-trainer:0.1.0-cann8"
-    assert json.loads(custom["MNV2_DEFAULT_NODE_SELECTOR"]) == {
-        "accelerator": "huawei-Ascend910",
-        "accelerator-type": "module-910b-8",
-    }
-    assert custom["HTTPS_PROXY"] == "http://proxy.example.com:3128"
+    # Read back by the operator's own parser of its environment, so chart and operator agree on names.
+    defaults = OperatorDefaults.from_env(env_of(render_chart()))
+    assert defaults.image == "ghcr.io/mnv2-operator/mnv2-trainer:0.1.0" == spec.DEFAULT_IMAGE
+    assert defaults.resource_name == "huawei.com/Ascend910" == spec.DEFAULT_RESOURCE_NAME
+    assert defaults.node_selector == {"accelerator": "huawei-Ascend910"} == spec.DEFAULT_NODE_SELECTOR
+    custom_env = env_of(render_chart(load_values(CHART_DIR / "ci/custom-values.yaml")))
+    custom = OperatorDefaults.from_env(custom_env)
+    assert custom.image == "registry.example.com/ai/mnv2-trainer:0.1.0-cann8"
+    assert custom.node_selector == {"accelerator": "huawei-Ascend910", "accelerator-type": "module-910b-8"}
+    assert custom_env["HTTPS_PROXY"] == "http://proxy.example.com:3128"
 
 
 def test_no_rbac_mode_renders_only_the_deployment_with_the_given_account() -> None:

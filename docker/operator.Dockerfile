@@ -1,0 +1,36 @@
+# The operator image: kopf + the mnv2 operator, no MindSpore (the operator only renders pods and
+# patches status; training runs in the trainer image).
+#
+#   docker build -f docker/operator.Dockerfile -t <registry>/mnv2-operator:0.1.0 .
+#
+# Build from the repository root (the build context needs pyproject.toml, operator/ and trainer/).
+# It could not be built where it was written (no container engine there); see docs/install.md.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+# Core dependencies only (kopf, kubernetes, pydantic, jinja2, PyYAML): no extras, so no MindSpore or
+# numpy. The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
+# which imports neither. The check fails the build if that ever changes.
+RUN pip install . \
+ && python -c "import sys, mnv2_operator.handlers, mnv2_trainer.config; bad = {'mindspore', 'numpy'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
+ && rm -rf /src
+
+# A fixed numeric non-root user, so the chart's runAsNonRoot/runAsUser: 10001 holds.
+RUN groupadd --gid 10001 mnv2 \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mnv2
+USER 10001:10001
+WORKDIR /tmp
+
+# kopf's liveness endpoint (/healthz), probed by the chart's Deployment.
+EXPOSE 8080
+ENTRYPOINT ["mnv2"]
+CMD ["operator", "--standalone", "--liveness=http://0.0.0.0:8080/healthz"]
