@@ -1,0 +1,554 @@
+"""The kopf controller: the only module that imports kopf. Thin: parse, render, apply, patch status.
+
+How it works (see docs/operator.md for the whole story):
+
+- Every job is reconciled by one level-triggered function, `Controller.reconcile`: read the job from
+  the API, read its pods from an in-memory kopf index, let the pure `status.reconcile()` decide,
+  then apply the decision (merge-patch the status subresource, post Events, delete and create pods,
+  create the other children). Running it twice, or after an operator restart, does no harm: names are
+  deterministic, a 409 on create means "already there", and pods of the current attempt are never
+  created twice because the decision only creates ranks that have no pod at all.
+- Watch events of jobs and of pods labelled with a job name only *schedule* a reconcile of that job
+  (`kopf.on.event` handlers are fire-and-forget and cheap). A per-job scheduler coalesces bursts and
+  runs at most one reconcile per job at a time, so two events of one job never race; jobs run
+  concurrently. Time-based transitions (activeDeadlineSeconds, ttlSecondsAfterFinished) and retries
+  after API errors are scheduled with timers. Nothing runs for an idle job: 1000 jobs cost 1000
+  dict entries, not 1000 polling loops.
+- Pods are found through a kopf index keyed by (namespace, job name). kopf fills every index from a
+  full LIST before any handler runs, so after an operator restart the first reconcile of each job
+  already sees all its pods: nothing is duplicated and the status continues from what is observed.
+- No finalizer: children carry owner references and are garbage-collected with the job. kopf's
+  progress and diff-base storage are set to annotations (the status is shared with the trainer), but
+  with only event and index handlers kopf writes neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import kopf
+
+from mnv2_operator import status as st
+from mnv2_operator.spec import SpecError, parse_spec
+
+GROUP = "training.mnv2.dev"
+VERSION = "v1alpha1"
+PLURAL = "mobilenetv2trainingjobs"
+KIND = "MobileNetV2TrainingJob"
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+
+# Kinds that render.py emits -> (plural, namespaced). Everything the operator creates is namespaced.
+_PLURALS = {
+    "Pod": "pods",
+    "Service": "services",
+    "ConfigMap": "configmaps",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "PodGroup": "podgroups",
+}
+
+logger = logging.getLogger("mnv2_operator")
+
+
+# ---------------------------------------------------------------------------------------------
+# A small JSON client over the `kubernetes` package's connection handling (auth, TLS, proxies).
+
+
+class ApiError(Exception):
+    """An HTTP error from the API server."""
+
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}: {body[:300]}")
+        self.status = status
+
+
+class Api:
+    """Blocking JSON requests, run in a thread pool so the event loop never waits on the network."""
+
+    def __init__(self, api_client: Any, workers: int = 16) -> None:
+        self._client = api_client
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mnv2-api")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _request_sync(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        m, url, headers, body, post = self._client.param_serialize(
+            method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        resp = self._client.call_api(m, url, headers, body, post, _request_timeout=(10, 60))
+        data = resp.read()
+        if resp.status >= 400:
+            text = data.decode("utf-8", "replace") if data else ""
+            raise ApiError(resp.status, resp.reason or "", text)
+        return json.loads(data) if data else None
+
+    async def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, lambda: self._request_sync(method, path, body, content_type)
+        )
+
+
+def _make_api_client() -> Any:
+    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    import kubernetes
+
+    cfg = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=cfg)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=cfg)
+    cfg.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(cfg)
+
+
+def job_path(namespace: str, name: str = "", sub: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
+    if name:
+        path += f"/{quote(name)}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+def object_path(obj: Mapping[str, Any], namespace: str, named: bool = False) -> str:
+    """The collection path of a rendered object (or its own path with `named`)."""
+    api_version = obj["apiVersion"]
+    kind = obj["kind"]
+    plural = _PLURALS.get(kind, kind.lower() + "s")
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{quote(namespace)}/{plural}"
+    if named:
+        path += f"/{quote(obj['metadata']['name'])}"
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-job scheduling: coalesce events, one reconcile at a time per job, timers for later.
+
+Key = tuple[str, str]
+
+
+class Scheduler:
+    """Runs `fn(key)` for keys on demand: never twice at once for one key, again if kicked meanwhile.
+
+    `fn` returns the seconds after which it wants to run again (or None).
+    """
+
+    def __init__(self, fn: Callable[[Key], Any]) -> None:
+        self._fn = fn
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+
+    def kick(self, key: Key, delay: float | None = None) -> None:
+        if delay is not None and delay > 0:
+            loop = asyncio.get_running_loop()
+            when = loop.time() + delay
+            timer = self._timers.get(key)
+            if timer is not None and not timer.cancelled() and timer.when() <= when:
+                return  # an earlier wake-up is already planned
+            if timer is not None:
+                timer.cancel()
+            self._timers[key] = loop.call_at(when, self._fire, key)
+            return
+        if key in self._tasks:
+            self._dirty.add(key)
+            return
+        self._tasks[key] = asyncio.create_task(self._run(key), name=f"mnv2-reconcile-{key[0]}/{key[1]}")
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.kick(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._failures.pop(key, None)
+
+    async def _run(self, key: Key) -> None:
+        try:
+            while True:
+                self._dirty.discard(key)
+                try:
+                    again = await self._fn(key)
+                    self._failures.pop(key, None)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # an API hiccup must not stop the job's handling
+                    n = self._failures.get(key, 0) + 1
+                    self._failures[key] = n
+                    again = min(0.5 * 2 ** (n - 1), 30.0)
+                    logger.warning("reconcile of %s/%s failed (%s); retrying in %.1fs", *key, err, again)
+                if again is not None:
+                    self.kick(key, again)
+                if key not in self._dirty:
+                    return
+        finally:
+            self._tasks.pop(key, None)
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks)
+
+
+# ---------------------------------------------------------------------------------------------
+# The controller: one reconcile function.
+
+
+def _spec_hash(spec_json: Mapping[str, Any]) -> str:
+    """Hash of everything in the spec that shapes the pods (runPolicy does not)."""
+    shaping = {k: v for k, v in spec_json.items() if k != "runPolicy"}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _owner_ref(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": job["metadata"]["name"],
+        "uid": job["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _owned(obj: Mapping[str, Any], job: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """A copy of a rendered object that is sure to be in the job's namespace and owned by it."""
+    obj = json.loads(json.dumps(obj))
+    meta = obj.setdefault("metadata", {})
+    meta["namespace"] = namespace
+    refs = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != job["metadata"]["uid"]]
+    meta["ownerReferences"] = [*refs, _owner_ref(job)]
+    return obj
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod that status.py reads (keeps the index small for thousands of pods)."""
+    meta = body.get("metadata", {})
+    status = body.get("status") or {}
+    containers = []
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            containers.append(
+                {
+                    "name": cs.get("name"),
+                    "state": {"terminated": {k: term.get(k) for k in ("exitCode", "reason")}},
+                }
+            )
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k == ANNOTATION_SPEC_HASH
+            },
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "status": {
+            "phase": status.get("phase"),
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "containerStatuses": containers,
+        },
+    }
+
+
+class Controller:
+    """Reconciles jobs; holds the API client, the pod index and the scheduler of one operator run."""
+
+    def __init__(self, api: Api, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.api = api
+        self.pods_index: Any = None  # kopf.Index[(namespace, job), slim pod], set by the first event
+        self.scheduler = Scheduler(self.reconcile)
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+
+    def kick(self, key: Key, pods_index: Any) -> None:
+        self.pods_index = pods_index
+        self.scheduler.kick(key)
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        if self.pods_index is None or key not in self.pods_index:
+            return []
+        return list(self.pods_index[key])
+
+    async def reconcile(self, key: Key) -> float | None:
+        namespace, name = key
+        try:
+            job = await self.api.request("GET", job_path(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                self.scheduler.forget(key)
+                return None
+            raise
+        meta = job.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            return None  # the garbage collector removes the children with the job
+        previous = job.get("status") or {}
+        generation = meta.get("generation")
+        now = self.clock()
+
+        try:
+            spec = parse_spec(job.get("spec") or {})
+        except SpecError as err:
+            decision = st.invalid_spec(previous, str(err), generation, now)
+            await self._patch_status(job, previous, decision)
+            self._post(job, decision.events)
+            return None
+
+        spec_json = spec.model_dump(by_alias=True, mode="json")
+        policy = st.Policy.from_spec(spec_json)
+        pods = self.pods_of(key)
+        decision = st.reconcile(name, policy, pods, previous, generation, now)
+        spec_hash = _spec_hash(spec_json)
+        self._warn_spec_change(job, previous, decision, pods, spec_hash)
+
+        # Order matters for crash safety: the status (with the new attempt) is written before pods
+        # of the old attempt are deleted, so a crash in between replays the same restart.
+        await self._patch_status(job, previous, decision)
+        self._post(job, decision.events)
+        requeue = decision.requeue_after
+        for pod in pods:
+            if st.pod_name(pod) in decision.delete_pods:
+                await self._delete_pod(namespace, pod)
+        # Children are made on the first pass (even for a job created suspended) and brought up to
+        # date whenever a new set of pods is created.
+        first = previous.get("phase") is None
+        if (first or decision.create_ranks) and await self._create(job, spec, decision, spec_hash):
+            requeue = 1.0 if requeue is None else min(requeue, 1.0)
+        if decision.delete_job:
+            try:
+                await self.api.request(
+                    "DELETE", job_path(namespace, name), {"propagationPolicy": "Background"}
+                )
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+            self.scheduler.forget(key)
+            return None
+        return requeue
+
+    async def _patch_status(
+        self, job: Mapping[str, Any], previous: Mapping[str, Any], decision: st.Decision
+    ) -> None:
+        patch = st.status_patch(previous, decision.status)
+        if not patch:
+            return
+        meta = job["metadata"]
+        # A JSON merge patch of only the operator's keys: the trainer's progress/metrics/checkpoints
+        # are never sent, so they can never be overwritten.
+        await self.api.request(
+            "PATCH",
+            job_path(meta["namespace"], meta["name"], "status"),
+            {"status": patch},
+            content_type="application/merge-patch+json",
+        )
+
+    def _post(self, job: Mapping[str, Any], events: Iterable[st.Event]) -> None:
+        for ev in events:
+            kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message[:1000])
+            log = logger.warning if ev.type == "Warning" else logger.info
+            log("%s/%s: %s: %s", job["metadata"]["namespace"], job["metadata"]["name"], ev.reason, ev.message)
+
+    def _warn_spec_change(
+        self,
+        job: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        decision: st.Decision,
+        pods: list[dict[str, Any]],
+        spec_hash: str,
+    ) -> None:
+        """Tell the user once per generation that running pods keep the spec they started with."""
+        generation = job["metadata"].get("generation")
+        if previous.get("observedGeneration") in (None, generation):
+            return
+        if decision.status["phase"] not in (st.PENDING, st.RUNNING, st.RESTARTING):
+            return
+        hashes = {(p["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) for p in pods}
+        hashes.discard(None)
+        if hashes and hashes != {spec_hash}:
+            self._post(
+                job,
+                [
+                    st.Event(
+                        "Warning",
+                        "SpecChangeDeferred",
+                        f"spec changed (generation {generation}) while the job is "
+                        f"{decision.status['phase']}: running pods keep the spec they started with; "
+                        "the change applies when pods are next created (after a gang restart, or "
+                        "suspend and resume the job to apply it now). runPolicy changes apply at once.",
+                    )
+                ],
+            )
+
+    async def _delete_pod(self, namespace: str, pod: Mapping[str, Any]) -> None:
+        # The uid precondition makes sure a newer pod that reuses the name is never deleted.
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        uid = pod["metadata"].get("uid")
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            await self.api.request(
+                "DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(st.pod_name(pod))}", body
+            )
+        except ApiError as err:
+            if err.status not in (404, 409):
+                raise
+
+    async def _create(self, job: Mapping[str, Any], spec: Any, decision: st.Decision, spec_hash: str) -> bool:
+        """Ensure the children exist and create the decided pods. True when a pod must be retried."""
+        from mnv2_operator.render import render_job
+
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        rendered = render_job(name, namespace, meta["uid"], spec, attempt=decision.attempt)
+        created = []
+        for obj in rendered.objects:
+            if await self._apply_child(_owned(obj, job, namespace), namespace):
+                created.append(f"{obj['kind']} {obj['metadata']['name']}")
+        if created:
+            self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
+        retry = False
+        made = []
+        for pod in rendered.pods:
+            if st.pod_rank(pod) not in decision.create_ranks:
+                continue
+            pod = _owned(pod, job, namespace)
+            pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
+            try:
+                await self.api.request("POST", object_path(pod, namespace), pod)
+                made.append(pod["metadata"]["name"])
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+                # A pod of that name exists: ours of this attempt (the index lags) or a previous
+                # attempt's that is still terminating. Look again shortly; never replace it blindly.
+                retry = True
+        if made:
+            self._post(
+                job,
+                [st.Event("Normal", "PodsCreated", f"attempt {decision.attempt}: created {', '.join(made)}")],
+            )
+        return retry
+
+    async def _apply_child(self, obj: dict[str, Any], namespace: str) -> bool:
+        """Create a child; if it exists, merge-patch it to the rendered form (adopts orphans too)."""
+        try:
+            await self.api.request("POST", object_path(obj, namespace), obj)
+            return True
+        except ApiError as err:
+            if err.status != 409:
+                raise
+        await self.api.request(
+            "PATCH", object_path(obj, namespace, named=True), obj, content_type="application/merge-patch+json"
+        )
+        return False
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        self.api.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# kopf wiring.
+
+
+@kopf.on.startup()
+async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The status belongs to two writers (operator, trainer): kopf must keep its own bookkeeping out
+    # of it. Annotations it is (unused by event/index handlers, but never status if that changes).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    # Re-establish watches now and then, so a silently dropped connection cannot stall the operator.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Events and index updates are cheap; let many objects be processed at once.
+    settings.queueing.worker_limit = None
+    if getattr(memo, "mnv2", None) is None:
+        memo.mnv2 = Controller(Api(_make_api_client()))
+
+
+@kopf.on.cleanup()
+async def _shutdown(memo: kopf.Memo, **_: Any) -> None:
+    controller = getattr(memo, "mnv2", None)
+    if controller is not None:
+        await controller.close()
+
+
+@kopf.index("pods", labels={st.LABEL_JOB: kopf.PRESENT})
+async def mnv2_pods(
+    namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Pods by (namespace, job name): the operator's view of every job's gang.
+
+    Async on purpose: kopf runs sync handlers in a thread pool, too slow for thousands of pods.
+    """
+    return {(namespace, labels[st.LABEL_JOB]): slim_pod(body)}
+
+
+@kopf.on.event("pods", labels={st.LABEL_JOB: kopf.PRESENT})
+async def _pod_event(
+    namespace: str, labels: Mapping[str, str], memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
+) -> None:
+    memo.mnv2.kick((namespace, labels[st.LABEL_JOB]), mnv2_pods)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def _job_event(
+    type: str | None, namespace: str, name: str, memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
+) -> None:
+    if type == "DELETED":
+        memo.mnv2.scheduler.forget((namespace, name))
+        return
+    memo.mnv2.kick((namespace, name), mnv2_pods)
+
+
+def run_operator(namespaces: list[str], liveness: str | None, standalone: bool) -> int:
+    """Run the operator until interrupted (`mnv2 operator`).
+
+    Args:
+        namespaces: watch only these namespaces; empty means cluster-wide.
+        liveness: URL of kopf's liveness endpoint (e.g. `http://0.0.0.0:8080/healthz`); empty: none.
+        standalone: no peering with other replicas (no kopfpeerings objects needed).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.run(
+        standalone=standalone,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness or None,
+    )
+    return 0
