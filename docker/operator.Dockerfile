@@ -21,7 +21,7 @@ COPY trainer/ trainer/
 # numpy. The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
 # which imports neither. The check fails the build if that ever changes.
 RUN pip install . \
- && python -c "import sys, mnv2_operator.handlers, mnv2_trainer.config; bad = {'mindspore', 'numpy'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
+ && python -c "import sys, mnv2_operator.handlers, mnv2_operator.render, mnv2_trainer.config; bad = {'mindspore', 'numpy'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
  && rm -rf /src
 
 # A fixed numeric non-root user, so the chart's runAsNonRoot/runAsUser: 10001 holds.

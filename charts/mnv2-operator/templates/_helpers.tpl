@@ -74,29 +74,32 @@ cluster, in one Role per namespace otherwise. Exactly the verbs the operator use
 tests/integration/chart checks every request of an operator run against these rules.
 */}}
 {{- define "mnv2-operator.namespacedRules" -}}
-# The jobs: kopf lists and watches them, patches them (finalizer, its progress annotations) and
-# their status (phase, conditions, workers).
+# The jobs: kopf lists and watches them; the operator reads each one before reconciling it and
+# deletes it when ttlSecondsAfterFinished has passed.
 - apiGroups: ["training.mnv2.dev"]
   resources: ["mobilenetv2trainingjobs"]
-  verbs: ["get", "list", "watch", "patch"]
-# get + patch on the status subresource are also what the per-job trainer Role grants: Kubernetes lets
-# the operator create that Role only because it holds these rights itself (RBAC escalation check).
+  verbs: ["get", "list", "watch", "delete"]
+# The operator merge-patches its part of the status (phase, conditions, workers, restarts). It also
+# needs get: the per-job trainer Role grants get + patch on the job's status, and Kubernetes lets the
+# operator create that Role only because it holds both rights itself (RBAC escalation check).
 - apiGroups: ["training.mnv2.dev"]
   resources: ["mobilenetv2trainingjobs/status"]
   verbs: ["get", "patch"]
-# The training pods, one per node: created and, on restart or cleanup, deleted by the operator.
+# The training pods, one per node: watched through a kopf index, created per attempt, deleted on a
+# gang restart, suspension or cleanup.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
-# Per-job children: headless Service, ConfigMap with the resolved config, the trainer's ServiceAccount.
+  verbs: ["list", "watch", "create", "delete"]
+# Per-job children, created once and merge-patched back to the rendered form if they already exist:
+# headless Service, ConfigMap with the resolved config, the trainer's ServiceAccount ...
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
-  verbs: ["get", "create"]
-# The trainer's Role (status patch of its own job) and its binding.
+  verbs: ["create", "patch"]
+# ... and the trainer's Role (status of its own job only) with its binding.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create"]
-# kopf posts Kubernetes events about handler progress and errors.
+  verbs: ["create", "patch"]
+# Kubernetes Events about the job (pods created, restarts, failures).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
@@ -104,7 +107,7 @@ tests/integration/chart checks every request of an operator run against these ru
 # Volcano PodGroups for gang-scheduled jobs.
 - apiGroups: ["scheduling.volcano.sh"]
   resources: ["podgroups"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["create", "patch"]
 {{- end }}
 {{- end }}
 

@@ -42,7 +42,7 @@ def test_operator_code_imports_no_mindspore() -> None:
     # What the operator image runs: `mnv2 operator` imports the handlers. MindSpore is installed in this
     # venv, so check what actually got imported rather than whether the import succeeds.
     code = (
-        "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_trainer.config;"
+        "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_trainer.config;"
         "print(sorted({'mindspore', 'numpy', 'mindcv'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -39,7 +39,7 @@ def test_cluster_wide_mode_grants_job_handling_in_every_namespace() -> None:
     assert allowed(g, Request("list", "apiextensions.k8s.io", "customresourcedefinitions"))
     # Nothing it does not need.
     assert not allowed(g, Request("get", "", "secrets", namespace="default", name="x"))
-    assert not allowed(g, Request("delete", JOBS, "mobilenetv2trainingjobs", namespace="default", name="x"))
+    assert not allowed(g, Request("update", JOBS, "mobilenetv2trainingjobs", namespace="default", name="x"))
     assert not allowed(g, Request("create", "rbac.authorization.k8s.io", "clusterroles"))
     assert not allowed(g, Request("list", "", "namespaces"))  # not needed when cluster-wide
 
