@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +96,58 @@ def job_ref(documents: list[Any], source: str = "manifest") -> JobRef:
 
 def is_finished(job: Mapping[str, Any]) -> bool:
     return ((job.get("status") or {}).get("phase")) in show.FINISHED_PHASES
+
+
+def prepare_state_dir(state_dir: Path) -> list[Path]:
+    """Make `state_dir` ready for a fresh run; the folders removed from a previous run.
+
+    A previous demo's output volume still holds its checkpoints, and the job resumes from the
+    newest checkpoint it finds (`resume: auto`): a second demo would "finish" at once. So the
+    sandbox's volumes and pod folders are removed; nothing else is touched.
+
+    Raises:
+        DemoError: the folder is not a sandbox state folder, or a sandbox still runs from it.
+    """
+    if not state_dir.exists():
+        return []
+    kubeconfig = state_dir / "kubeconfig"
+    if not kubeconfig.is_file():
+        if any(state_dir.iterdir()):
+            raise DemoError(
+                f"--state-dir {state_dir} is not empty and holds no sandbox kubeconfig; "
+                "choose an empty or new folder (the demo deletes its volumes when it starts)"
+            )
+        return []
+    server = _kubeconfig_server(kubeconfig)
+    if server and _answers(server):
+        raise DemoError(
+            f"a sandbox started from {state_dir} still answers at {server} (another `mnv2 demo --keep`?): "
+            "stop it with Ctrl-C, or pass another --state-dir"
+        )
+    removed = []
+    for sub in ("volumes", "pods"):
+        if (state_dir / sub).exists():
+            shutil.rmtree(state_dir / sub)
+            removed.append(state_dir / sub)
+    return removed
+
+
+def _kubeconfig_server(path: Path) -> str | None:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return str(config["clusters"][0]["cluster"]["server"])
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _answers(server: str) -> bool:
+    try:
+        with urllib.request.urlopen(server.rstrip("/") + "/version", timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered, even if with an error
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def free_port() -> int:
@@ -320,7 +373,8 @@ def follow_job(
     """
     tty = out.isatty()
     start = time.monotonic()
-    last_phase, last_restarts, last_line, width = None, 0, "", 0
+    last_phase: object = object()  # differs from every phase: the first state is printed
+    last_restarts, last_line, width = 0, "", 0
     while True:
         job = get_job()
         status = job.get("status") or {}
@@ -386,6 +440,12 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"mnv2 demo: {exc}", file=sys.stderr)
         return 2
     state_dir = Path(args.state_dir).resolve()
+    try:
+        for folder in prepare_state_dir(state_dir):
+            print(f"removed the previous run's {folder}", file=out)
+    except DemoError as exc:
+        print(f"mnv2 demo: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     succeeded: bool | None = None  # None until the job finished
     try:
