@@ -191,3 +191,21 @@ def test_missing_or_corrupt_file_fails(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="cannot read checkpoint"):
         create_model(SMALL, num_classes=10, checkpoint_path=bad)
+
+
+def test_float16_checkpoint_is_cast_to_the_network_dtype(tmp_path: Path, images: np.ndarray) -> None:
+    net = create_model(SMALL, num_classes=10)
+    entries = [
+        {"name": p.name, "data": ms.Tensor(p.asnumpy().astype(np.float16))} for p in net.get_parameters()
+    ]
+    path = tmp_path / "fp16.ckpt"
+    ms.save_checkpoint(entries, str(path))
+    fresh = create_model(SMALL, num_classes=10, checkpoint_path=path)
+    assert all(p.dtype == ms.float32 for p in fresh.get_parameters())
+    np.testing.assert_allclose(_logits(fresh, images), _logits(net, images), rtol=1e-2, atol=1e-3)
+
+
+def test_in_channels_matches_mindcv() -> None:
+    ours = _shapes(create_model(SMALL, num_classes=10, in_channels=1))
+    assert ours == _shapes(mindcv.models.create_model(SMALL, num_classes=10, in_channels=1))
+    assert ours["features.0.weight"][0] == (16, 1, 3, 3)
