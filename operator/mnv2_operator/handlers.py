@@ -37,7 +37,8 @@ from urllib.parse import quote
 import kopf
 
 from mnv2_operator import status as st
-from mnv2_operator.spec import SpecError, parse_spec
+from mnv2_operator.render import RenderedJob, render_job
+from mnv2_operator.spec import OperatorDefaults, SpecError, parse_spec
 
 GROUP = "training.mnv2.dev"
 VERSION = "v1alpha1"
@@ -290,6 +291,8 @@ class Controller:
         self.pods_index: Any = None  # kopf.Index[(namespace, job), slim pod], set by the first event
         self.scheduler = Scheduler(self.reconcile)
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        # The Helm chart's jobDefaults reach the operator as MNV2_DEFAULT_* environment variables.
+        self.defaults = OperatorDefaults.from_env()
 
     def kick(self, key: Key, pods_index: Any) -> None:
         self.pods_index = pods_index
@@ -329,6 +332,20 @@ class Controller:
         pods = self.pods_of(key)
         decision = st.reconcile(name, policy, pods, previous, generation, now)
         spec_hash = _spec_hash(spec_json)
+        # Children are made on the first pass (even for a job created suspended) and brought up to
+        # date whenever a new set of pods is created. Rendering can still find the spec unusable
+        # (name too long for pod hostnames, a config that does not resolve): that is an invalid spec.
+        rendered = None
+        if previous.get("phase") is None or decision.create_ranks:
+            try:
+                rendered = render_job(
+                    name, namespace, meta["uid"], spec, attempt=decision.attempt, defaults=self.defaults
+                )
+            except SpecError as err:
+                decision = st.invalid_spec(previous, str(err), generation, now)
+                await self._patch_status(job, previous, decision)
+                self._post(job, decision.events)
+                return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
 
         # Order matters for crash safety: the status (with the new attempt) is written before pods
@@ -339,10 +356,7 @@ class Controller:
         for pod in pods:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(namespace, pod)
-        # Children are made on the first pass (even for a job created suspended) and brought up to
-        # date whenever a new set of pods is created.
-        first = previous.get("phase") is None
-        if (first or decision.create_ranks) and await self._create(job, spec, decision, spec_hash):
+        if rendered is not None and await self._create(job, rendered, decision, spec_hash):
             requeue = 1.0 if requeue is None else min(requeue, 1.0)
         if decision.delete_job:
             try:
@@ -423,13 +437,11 @@ class Controller:
             if err.status not in (404, 409):
                 raise
 
-    async def _create(self, job: Mapping[str, Any], spec: Any, decision: st.Decision, spec_hash: str) -> bool:
+    async def _create(
+        self, job: Mapping[str, Any], rendered: RenderedJob, decision: st.Decision, spec_hash: str
+    ) -> bool:
         """Ensure the children exist and create the decided pods. True when a pod must be retried."""
-        from mnv2_operator.render import render_job
-
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        rendered = render_job(name, namespace, meta["uid"], spec, attempt=decision.attempt)
+        namespace = job["metadata"]["namespace"]
         created = []
         for obj in rendered.objects:
             if await self._apply_child(_owned(obj, job, namespace), namespace):
@@ -508,7 +520,10 @@ async def _shutdown(memo: kopf.Memo, **_: Any) -> None:
         await controller.close()
 
 
-@kopf.index("pods", labels={st.LABEL_JOB: kopf.PRESENT})
+_POD_LABELS = {st.LABEL_JOB: kopf.PRESENT, st.LABEL_ROLE: "worker"}
+
+
+@kopf.index("pods", labels=_POD_LABELS)
 async def mnv2_pods(
     namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
@@ -519,7 +534,7 @@ async def mnv2_pods(
     return {(namespace, labels[st.LABEL_JOB]): slim_pod(body)}
 
 
-@kopf.on.event("pods", labels={st.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("pods", labels=_POD_LABELS)
 async def _pod_event(
     namespace: str, labels: Mapping[str, str], memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
 ) -> None:

@@ -23,10 +23,12 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# Pod labels set by render.py, read back here. Kept as plain strings so this module imports nothing.
+# Pod labels set by render.py, read back here. Plain strings so this module imports nothing; a unit
+# test checks they equal render's.
 LABEL_JOB = "training.mnv2.dev/job-name"
 LABEL_ATTEMPT = "training.mnv2.dev/attempt"
-LABEL_RANK = "training.mnv2.dev/node-rank"
+LABEL_RANK = "training.mnv2.dev/replica-index"
+LABEL_ROLE = "training.mnv2.dev/role"
 
 PENDING = "Pending"
 RUNNING = "Running"

@@ -257,3 +257,14 @@ def test_policy_from_spec_camel_case() -> None:
     )
     assert p == st.Policy(4, 0, 60, 5, "All", True)
     assert st.Policy.from_spec({}) == st.Policy(workers=1)
+
+
+def test_labels_match_render() -> None:
+    from mnv2_operator import render
+
+    assert (st.LABEL_JOB, st.LABEL_ATTEMPT, st.LABEL_RANK, st.LABEL_ROLE) == (
+        render.LABEL_JOB,
+        render.LABEL_ATTEMPT,
+        render.LABEL_INDEX,
+        render.LABEL_ROLE,
+    )
