@@ -78,6 +78,8 @@ SPEC_OWNED_CONFIG_KEYS: dict[str, str] = {
     "ckpt_path": "spec.checkpoint",
     "resume": "spec.resume",
     "distribute": "spec.nodes and spec.devicesPerNode",
+    "device_target": "spec.accelerator.type",
+    "config": "nothing (the operator mounts the config file)",
 }
 
 
@@ -805,9 +807,11 @@ def _config_checks(spec: JobSpec) -> list[str]:
     try:
         resolve_config(recipe, dict(spec.config))
     except ConfigError as err:
-        key = getattr(err, "key", None)
-        where = f"spec.config.{key}" if key else "spec.config"
-        return [f"{where}: {err}; use MindCV's key names (see the recipe)"]
+        # The trainer's messages read "<source>: '<key>' <problem>".
+        found = re.match(r"^[^:]*: '([^']+)' (.*)$", str(err), re.S)
+        if found:
+            return [f"spec.config.{found[1]}: {found[2]}"]
+        return [f"spec.config: {err}"]
     return []
 
 

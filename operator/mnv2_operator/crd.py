@@ -1,0 +1,250 @@
+"""The CustomResourceDefinition, generated from the pydantic models in ``spec.py``.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: no ``$ref``, no ``anyOf`` for plain optional
+fields, a ``type`` on every node, ``additionalProperties`` never beside ``properties``. Pydantic emits
+JSON Schema 2020-12; ``structural`` converts one into the other. Descriptions become ``kubectl explain``
+text, so every field in ``spec.py`` has one.
+
+The generated YAML is checked in twice (``manifests/crd/`` for plain installs and the Helm chart's
+``crds/``); ``mnv2 crd --write`` regenerates both and a unit test fails when they drift from the models.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnv2_operator import spec as S
+
+CRD_NAME = f"{S.PLURAL}.{S.GROUP}"
+CRD_FILENAME = f"{S.PLURAL}.yaml"
+
+#: Repository root (the CRD files are written relative to it by ``mnv2 crd --write``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_PATHS = (
+    Path("manifests/crd") / CRD_FILENAME,
+    Path("charts/mnv2-operator/crds") / CRD_FILENAME,
+)
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
+    {
+        "name": "Epoch",
+        "type": "integer",
+        "jsonPath": ".status.progress.epoch",
+        "description": "Epochs completed.",
+    },
+    {
+        "name": "Epochs",
+        "type": "integer",
+        "jsonPath": ".status.progress.totalEpochs",
+        "description": "Epochs the job trains.",
+    },
+    {
+        "name": "Top-1",
+        "type": "number",
+        "jsonPath": ".status.metrics.top1",
+        "description": "Top-1 accuracy of the latest validation (0..1).",
+    },
+    {
+        "name": "Top-5",
+        "type": "number",
+        "jsonPath": ".status.metrics.top5",
+        "description": "Top-5 accuracy of the latest validation (0..1).",
+    },
+    {
+        "name": "Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.loss",
+        "description": "Latest training loss.",
+    },
+    {
+        "name": "Restarts",
+        "type": "integer",
+        "jsonPath": ".status.restarts",
+        "description": "Gang restarts so far.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get -o wide` adds these.
+    {
+        "name": "Best-Top-1",
+        "type": "number",
+        "jsonPath": ".status.metrics.bestTop1",
+        "description": "Best top-1 accuracy so far.",
+        "priority": 1,
+    },
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
+    {"name": "Nodes", "type": "integer", "jsonPath": ".spec.nodes", "priority": 1},
+    {"name": "Devices", "type": "integer", "jsonPath": ".spec.devicesPerNode", "priority": 1},
+    {"name": "Accelerator", "type": "string", "jsonPath": ".spec.accelerator.type", "priority": 1},
+]
+
+# JSON Schema keywords that Kubernetes' OpenAPI v3 subset accepts and we carry over unchanged.
+_KEEP = (
+    "type",
+    "format",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+)
+
+
+def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool = True) -> dict[str, Any]:
+    """Convert one pydantic JSON-schema node into a structural Kubernetes schema node.
+
+    Args:
+        node: the pydantic schema node.
+        defs: pydantic's ``$defs`` (every ``$ref`` is inlined).
+        defaults: carry scalar defaults over (the API server then stores them in the object).
+    """
+    description = node.get("description")
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        out = structural(target, defs, defaults=defaults)
+        if description:
+            out["description"] = description
+        return out
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        types = sorted(b.get("type", "") for b in branches)
+        if types == ["integer", "string"]:
+            # Kubernetes quantities are written as 4 or "500m".
+            out = {"x-kubernetes-int-or-string": True}
+        elif len(branches) == 1:
+            out = structural(branches[0], defs, defaults=defaults)
+        else:
+            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+        if description:
+            out["description"] = description
+        default = node.get("default")
+        if defaults and isinstance(default, str | int | float | bool):
+            out["default"] = default
+        return out
+
+    out = {k: node[k] for k in _KEEP if k in node}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    # JSON Schema 2020-12 exclusive bounds are numbers; OpenAPI v3.0's are booleans.
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if key in node:
+            out[bound] = node[key]
+            out[key] = True
+    if description:
+        out["description"] = description
+    kind = node.get("type")
+    if kind == "object":
+        props = node.get("properties")
+        extra = node.get("additionalProperties")
+        if props:
+            out["properties"] = {k: structural(v, defs, defaults=defaults) for k, v in props.items()}
+            if node.get("required"):
+                out["required"] = list(node["required"])
+        elif isinstance(extra, dict):
+            out["additionalProperties"] = structural(extra, defs, defaults=defaults)
+        else:
+            # A free-form map (spec.config): validated by the operator with the trainer's config code.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    elif kind == "array":
+        out["items"] = structural(node["items"], defs, defaults=defaults)
+    elif kind is None and "enum" not in out:
+        raise ValueError(f"schema node without a type: {node}")
+    if kind is None and "enum" in out:
+        out["type"] = "string"
+    default = node.get("default")
+    if defaults and isinstance(default, str | int | float | bool):
+        out["default"] = default
+    return out
+
+
+def _model_schema(model: type, *, defaults: bool) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(raw, raw.get("$defs", {}), defaults=defaults)
+
+
+def crd_object() -> dict[str, Any]:
+    """The CustomResourceDefinition as a dict."""
+    spec_schema = _model_schema(S.JobSpec, defaults=True)
+    # Status defaults would be written by the API server on every status patch: none there.
+    status_schema = _model_schema(S.JobStatus, defaults=False)
+    status_schema["description"] = (S.JobStatus.__doc__ or "").strip().splitlines()[0]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {
+                "app.kubernetes.io/name": "mnv2-operator",
+                "app.kubernetes.io/part-of": "mnv2-operator",
+            },
+        },
+        "spec": {
+            "group": S.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": S.KIND,
+                "listKind": f"{S.KIND}List",
+                "plural": S.PLURAL,
+                "singular": S.SINGULAR,
+                "shortNames": list(S.SHORT_NAMES),
+                "categories": ["mnv2"],
+            },
+            "versions": [
+                {
+                    "name": S.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "Trains (or validates) MobileNetV2 with MindSpore's msrun on Ascend NPU "
+                                "or CPU nodes: one pod per node, a gang restart from the latest checkpoint "
+                                "on failure, progress and accuracy in the status."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as YAML with a header saying where it comes from."""
+    header = (
+        "# Generated by `mnv2 crd --write` from operator/mnv2_operator/spec.py. Do not edit by hand:\n"
+        "# change the models and regenerate (a unit test fails when this file drifts from them).\n"
+    )
+    return header + yaml.safe_dump(crd_object(), sort_keys=False, width=100, allow_unicode=True)
+
+
+def crd_cli(write: bool = False) -> int:
+    """``mnv2 crd``: print the CRD, or with ``write`` regenerate the checked-in copies."""
+    text = crd_yaml()
+    if not write:
+        sys.stdout.write(text)
+        return 0
+    for rel in CRD_PATHS:
+        path = REPO_ROOT / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {rel}")
+    return 0
