@@ -294,6 +294,10 @@ def load_weights(
             close = difflib.get_close_matches(k, list(ckpt), n=1)
             hints.append(f"{k}" + (f" (checkpoint has {close[0]})" if close else ""))
         problems.append(f"{len(missing)} network parameters missing from the checkpoint: {', '.join(hints)}")
+        if all(k.startswith(_CLASSIFIER_PREFIX) for k in missing):
+            problems.append(
+                "the checkpoint has no classifier: load it with ignore_classifier=True to train a new head"
+            )
     if unexpected:
         problems.append(
             f"{len(unexpected)} checkpoint parameters the network does not have: {', '.join(unexpected[:5])}"

@@ -209,3 +209,19 @@ def test_in_channels_matches_mindcv() -> None:
     ours = _shapes(create_model(SMALL, num_classes=10, in_channels=1))
     assert ours == _shapes(mindcv.models.create_model(SMALL, num_classes=10, in_channels=1))
     assert ours["features.0.weight"][0] == (16, 1, 3, 3)
+
+
+def test_backbone_only_checkpoint_needs_ignore_classifier(tmp_path: Path) -> None:
+    net = create_model(SMALL, num_classes=10)
+    entries = [
+        {"name": p.name, "data": p} for p in net.get_parameters() if not p.name.startswith("classifier.")
+    ]
+    path = tmp_path / "backbone.ckpt"
+    ms.save_checkpoint(entries, str(path))
+    with pytest.raises(
+        CheckpointMismatchError, match="has no classifier: load it with ignore_classifier=True"
+    ):
+        load_weights(create_model(SMALL, num_classes=10), path)
+    assert len(load_weights(create_model(SMALL, num_classes=10), path, ignore_classifier=True).loaded) == len(
+        entries
+    )
