@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from .model_names import MODEL_NAMES
+from .model_names import MODEL_NAMES, unknown_name_hint
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -138,12 +138,7 @@ def _ordered_pair(value: Any) -> str | None:
 
 
 def _model_name(value: Any) -> str | None:
-    if value in MODEL_NAMES:
-        return None
-    plain = f"{value}_224" if f"{value}_224" in MODEL_NAMES else None
-    close = [plain] if plain else difflib.get_close_matches(str(value), MODEL_NAMES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"is not a supported MobileNetV2 name{hint} (supported: {', '.join(MODEL_NAMES)})"
+    return None if value in MODEL_NAMES else f"is not a supported MobileNetV2 name{unknown_name_hint(value)}"
 
 
 def _resume(value: Any) -> str | None:
@@ -314,7 +309,17 @@ def defaults() -> dict[str, Any]:
     return {name: (list(k.default) if isinstance(k.default, list) else k.default) for name, k in KEYS.items()}
 
 
+# Keys of older MindCV versions that MindCV 0.3.0 no longer accepts, and what replaced them.
+_RENAMED = {
+    "filter_bias_and_bn": "MindCV 0.3.0 replaced it by weight_decay_filter "
+    "('norm_and_bias' for True, 'disable' for False)",
+    "dynamic_loss_scale": "MindCV 0.3.0 replaced it by loss_scale_type ('dynamic' for True, 'fixed' for False)",
+}
+
+
 def _closest(name: str) -> str:
+    if name in _RENAMED:
+        return f"; {_RENAMED[name]}"
     close = difflib.get_close_matches(name, list(KEYS), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else "; run with --help for the valid keys"
 

@@ -58,6 +58,29 @@ class UnknownModelError(ValueError):
     """A model name that is not one of :data:`MODEL_NAMES`."""
 
 
+def _alias(name: str) -> str | None:
+    """The registered spelling of a 224x224 name written the other way, if any.
+
+    ``mobilenet_v2_035`` -> ``mobilenet_v2_035_224`` (MindCV only has the suffixed name) and
+    ``mobilenet_v2_075_224`` -> ``mobilenet_v2_075`` (older MindCV configs use that spelling).
+    """
+    if f"{name}_224" in _VARIANTS:
+        return f"{name}_224"
+    if name.endswith("_224") and name.removesuffix("_224") in _VARIANTS:
+        return name.removesuffix("_224")
+    return None
+
+
+def unknown_name_hint(name: str) -> str:
+    """``"; did you mean ...? Supported (MindCV's names): ..."`` for an unsupported name."""
+    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3, cutoff=0.6)
+    alias = _alias(str(name))
+    if alias:
+        close = [alias] + [c for c in close if c != alias][:2]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    return f"{hint} Supported (MindCV's names): {', '.join(MODEL_NAMES)}"
+
+
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a supported model name.
 
@@ -67,13 +90,7 @@ def check_model_name(name: str) -> str:
     """
     if name in _VARIANTS:
         return name
-    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=3, cutoff=0.6)
-    if f"{name}_224" in _VARIANTS:  # the plain spelling of a width MindCV only names with _224
-        close = [f"{name}_224"] + [c for c in close if c != f"{name}_224"][:2]
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownModelError(
-        f"unknown model {name!r}{hint} Supported (MindCV's names): {', '.join(MODEL_NAMES)}"
-    )
+    raise UnknownModelError(f"unknown model {name!r}{unknown_name_hint(name)}")
 
 
 def model_variant(name: str) -> tuple[float, int]:

@@ -236,6 +236,11 @@ def test_unknown_yaml_key_names_key_closest_and_file(tmp_path: Path) -> None:
             "model: mobilenet_v2_035",
             r"'model' is not a supported MobileNetV2 name; did you mean 'mobilenet_v2_035_224'",
         ),
+        ("model: mobilenet_v2_075_224", r"'model' is not a supported .*did you mean 'mobilenet_v2_075'"),
+        (
+            "filter_bias_and_bn: True",
+            r"'filter_bias_and_bn' is not a config key; MindCV 0\.3\.0 replaced it by weight_decay_filter",
+        ),
         ("dataset: cifar10", r"'dataset' must be one of 'imagenet', 'imagefolder', 'synthetic', 'digits'"),
         ("hflip: 1.5", r"'hflip' must be in \[0, 1\]"),
         ("optimizer:\n  opt: sgd", r"'optimizer' is a nested section; MindCV configs are flat"),
