@@ -48,5 +48,7 @@ def test_unknown_name_suggests_mindcv_spelling() -> None:
     # MindCV has no plain "mobilenet_v2_035": the error must point at the _224 name.
     with pytest.raises(UnknownModelError, match="mobilenet_v2_035_224"):
         check_model_name("mobilenet_v2_035")
+    with pytest.raises(UnknownModelError, match="did you mean 'mobilenet_v2_075'"):
+        check_model_name("mobilenet_v2_075_224")  # older MindCV configs spell it so
     with pytest.raises(UnknownModelError, match="unknown model 'resnet50'"):
         model_variant("resnet50")
