@@ -172,6 +172,11 @@ def _model_schema(model: type, *, defaults: bool) -> dict[str, Any]:
 def crd_object() -> dict[str, Any]:
     """The CustomResourceDefinition as a dict."""
     spec_schema = _model_schema(S.JobSpec, defaults=True)
+    # The model name is a plain string in Python (its validator gives a better message than an enum
+    # error), but the API server and `kubectl explain` should know the list too.
+    from mnv2_trainer.model_names import MODEL_NAMES
+
+    spec_schema["properties"]["model"]["properties"]["name"]["enum"] = list(MODEL_NAMES)
     # Status defaults would be written by the API server on every status patch: none there.
     status_schema = _model_schema(S.JobStatus, defaults=False)
     status_schema["description"] = (S.JobStatus.__doc__ or "").strip().splitlines()[0]

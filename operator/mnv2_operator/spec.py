@@ -810,7 +810,12 @@ def _config_checks(spec: JobSpec) -> list[str]:
         # The trainer's messages read "<source>: '<key>' <problem>".
         found = re.match(r"^[^:]*: '([^']+)' (.*)$", str(err), re.S)
         if found:
-            return [f"spec.config.{found[1]}: {found[2]}"]
+            key, problem = found[1], found[2]
+            if ";" not in problem and key in recipe:
+                problem += f"; the recipe has {key}: {json.dumps(recipe[key])}"
+            elif ";" not in problem:
+                problem += "; fix the value"
+            return [f"spec.config.{key}: {problem}"]
         return [f"spec.config: {err}"]
     return []
 
