@@ -291,6 +291,10 @@ _EXTRA_KEY_LIST: list[Key] = [
     Key("resume", "str", "auto",
         "'auto': continue from the newest valid checkpoint in ckpt_save_dir (else start fresh); "
         "'never': start fresh; or a checkpoint path to continue from", "mnv2 extensions", check=_resume),
+    Key("ignore_classifier", "bool", False,
+        "with ckpt_path: load everything except classifier.* (fine-tune a checkpoint, e.g. MindCV's "
+        "1000-class weights, to another num_classes); when off, a classifier of another size is an error",
+        "mnv2 extensions"),
     Key("reference_global_batch", "int", None,
         "global batch (batch_size x cards) the recipe's lr is tuned for; scale_lr() scales lr from it. "
         f"load_recipe() sets it to batch_size x {REFERENCE_DEVICE_NUM} when the YAML leaves it out",

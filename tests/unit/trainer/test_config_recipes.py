@@ -161,7 +161,7 @@ def _assert_same(ours: dict, expected: dict) -> None:
 
 def test_keys_and_defaults_are_mindcvs_plus_documented_extras() -> None:
     assert [k for k in KEYS if k not in EXTRA_KEYS] == list(MINDCV_PARSER_DEFAULTS)
-    assert set(EXTRA_KEYS) == {"resume", "reference_global_batch"}
+    assert set(EXTRA_KEYS) == {"resume", "ignore_classifier", "reference_global_batch"}
     _assert_same(resolve_config({}), MINDCV_PARSER_DEFAULTS)
     for name in EXTRA_KEYS:
         assert KEYS[name].help, name
@@ -186,7 +186,7 @@ def test_recipe_equals_mindcv_yaml_key_by_key(recipe: str, mindcv_yaml: str) -> 
     rest = {k: v for k, v in MINDCV_PARSER_DEFAULTS.items() if k not in theirs}
     _assert_same(ours, rest)  # everything else: MindCV's defaults
     assert ours["reference_global_batch"] == 256 * 8
-    assert ours["resume"] == "auto"
+    assert ours["resume"] == "auto" and ours["ignore_classifier"] is False
 
 
 def test_075_recipe_matches_reference_table() -> None:
