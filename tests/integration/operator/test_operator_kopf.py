@@ -1,0 +1,469 @@
+"""The operator (kopf, in-process through KopfRunner) against the sandbox with simulated pods.
+
+The simulated kubelet runs no processes: a pod goes Running by itself and ends when a test calls
+`kubelet.finish(ns, pod, exit_code)`, which lets each test drive the gang through every transition
+in seconds. Tests that only need the API (invalid spec, garbage collection, adoption) also run
+against a real cluster with `--kubeconfig`; the others need the sandbox to decide pod outcomes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kopf.testing import KopfRunner
+from mnv2_operator import render
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION, PLURAL = "training.mnv2.dev", "v1alpha1", "mobilenetv2trainingjobs"
+T = TypeVar("T")
+_names = itertools.count()
+
+
+class Cluster:
+    """The API under test: the sandbox (simulated kubelet) or a real cluster."""
+
+    def __init__(self, kubeconfig: str, sandbox: Any = None) -> None:
+        import kubernetes
+
+        self.kubeconfig = kubeconfig
+        self.sandbox = sandbox
+        if sandbox is not None:
+            self.client = sandbox.api_client()
+        else:
+            self.client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
+
+    def finish(self, namespace: str, pod: str, exit_code: int) -> None:
+        if self.sandbox is None:
+            pytest.skip("needs the sandbox's simulated kubelet to decide how pods end")
+        self.sandbox.kubelet.finish(
+            namespace, pod, exit_code=exit_code, reason="Error" if exit_code else None
+        )
+
+    # -- jobs
+    def create_job(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MobileNetV2TrainingJob"}
+        body |= {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        import kubernetes
+
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        return (self.job(namespace, name) or {}).get("status") or {}
+
+    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": patch},
+            _content_type="application/merge-patch+json",
+        )
+
+    def pods(self, namespace: str, job: str) -> list[Any]:
+        selector = ",".join(f"{k}={v}" for k, v in render.pod_selector(job).items())
+        return self.core.list_namespaced_pod(namespace, label_selector=selector).items
+
+
+def wait_for(what: str, fn: Callable[[], T], timeout: float = 20.0, interval: float = 0.1) -> T:
+    """Poll `fn` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
+    from mnv2_operator import crd
+
+    with pytest.MonkeyPatch.context() as mp:
+        if kubeconfig_option:
+            mp.setenv("KUBECONFIG", kubeconfig_option)
+            c = Cluster(kubeconfig_option)
+            import subprocess
+
+            subprocess.run(
+                ["kubectl", "--kubeconfig", kubeconfig_option, "apply", "-f", "-"],
+                input=crd.crd_yaml(),
+                text=True,
+                check=True,
+            )
+            yield c
+            return
+        from mnv2_operator.sandbox import Sandbox
+
+        sb = Sandbox(tmp_path_factory.mktemp("sandbox"), kubelet="simulated").start()
+        try:
+            mp.setenv("KUBECONFIG", str(sb.kubeconfig_path))
+            sb.kubectl("apply", "-f", "-", input=crd.crd_yaml(), check=True)
+            yield Cluster(str(sb.kubeconfig_path), sb)
+        finally:
+            sb.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> str:
+    import kubernetes
+
+    name = f"op-{os.getpid() % 10000}-{next(_names)}"
+    try:
+        cluster.core.create_namespace({"metadata": {"name": name}})
+    except kubernetes.client.ApiException as err:
+        if err.status != 409:
+            raise
+    return name
+
+
+@contextlib.contextmanager
+def operator(namespace: str) -> Iterator[KopfRunner]:
+    """The operator watching one namespace, in this process; fails the test if it crashed."""
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "mnv2_operator.handlers"]
+    with KopfRunner(args, timeout=30) as runner:
+        yield runner
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0, runner.output
+    assert "Traceback" not in runner.output, runner.output
+
+
+def job_spec(nodes: int = 2, **run_policy: Any) -> dict[str, Any]:
+    return {
+        "model": {"name": "mobilenet_v2_035_96", "numClasses": 10},
+        "dataset": {"type": "digits"},
+        "accelerator": {"type": "cpu"},
+        "devicesPerNode": 1,
+        "nodes": nodes,
+        "output": {"pvc": {"claimName": "runs"}},
+        "runPolicy": run_policy,
+    }
+
+
+def phase_is(cluster: Cluster, ns: str, name: str, phase: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        s = cluster.status(ns, name)
+        return s if s.get("phase") == phase else None
+
+    return check
+
+
+def running_pods(cluster: Cluster, ns: str, name: str, n: int, attempt: int) -> Callable[[], list[Any]]:
+    def check() -> list[Any]:
+        pods = [p for p in cluster.pods(ns, name) if not p.metadata.deletion_timestamp]
+        ok = len(pods) == n and all(
+            p.status.phase == "Running" and p.metadata.labels[render.LABEL_ATTEMPT] == str(attempt)
+            for p in pods
+        )
+        return pods if ok else []
+
+    return check
+
+
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def events_of(cluster: Cluster, ns: str, name: str) -> list[str]:
+    events = cluster.core.list_namespaced_event(ns).items
+    return [e.reason for e in events if e.involved_object.name == name]
+
+
+def pod_creates(cluster: Cluster, ns: str) -> int:
+    assert cluster.sandbox is not None
+    return sum(
+        1
+        for r in cluster.sandbox.audit
+        if r.verb == "create" and r.resource == "pods" and r.namespace == ns and r.code < 300
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_job_runs_to_success(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "ok"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2))
+        wait_for("Pending with two pods", lambda: len(cluster.pods(ns, name)) == 2)
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert s["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
+        assert s["restarts"] == 0 and s["startTime"]
+        assert condition(s, "Created")["status"] == "True"
+        # Every child exists and is owned by the job (so deleting the job deletes it).
+        job = cluster.job(ns, name)
+        assert job is not None
+        uid = job["metadata"]["uid"]
+        children = [
+            cluster.core.read_namespaced_service(name, ns),
+            cluster.core.read_namespaced_config_map(f"{name}-config", ns),
+            *cluster.pods(ns, name),
+        ]
+        for child in children:
+            assert [r.uid for r in child.metadata.owner_references] == [uid], child.metadata.name
+        # The trainer reports progress meanwhile: the operator must keep it.
+        cluster.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            {"status": {"progress": {"epoch": 1, "totalEpochs": 1}, "metrics": {"top1": 0.5}}},
+            _content_type="application/merge-patch+json",
+        )
+        cluster.finish(ns, f"{name}-worker-1", 0)
+        cluster.finish(ns, f"{name}-worker-0", 0)
+        s = wait_for("phase Succeeded", phase_is(cluster, ns, name, "Succeeded"))
+        assert s["workers"] == {"active": 0, "succeeded": 2, "failed": 0}
+        assert s["completionTime"] and s["observedGeneration"] == job["metadata"]["generation"]
+        assert condition(s, "Succeeded")["status"] == "True"
+        assert condition(s, "Running")["status"] == "False"
+        assert s["progress"] == {"epoch": 1, "totalEpochs": 1} and s["metrics"] == {"top1": 0.5}
+        reasons = wait_for(
+            "the Succeeded event", lambda: (r := events_of(cluster, ns, name)) and "Succeeded" in r and r
+        )
+        for reason in ("ChildrenCreated", "PodsCreated", "Pending", "Running", "Succeeded"):
+            assert reason in reasons
+        # cleanPodPolicy Running (default): finished pods are kept for their logs.
+        assert len(cluster.pods(ns, name)) == 2
+        assert pod_creates(cluster, ns) == 2
+
+
+def test_worker_failure_restarts_gang(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "flaky"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=2))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        cluster.finish(ns, f"{name}-worker-1", 1)
+        pods = wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        s = wait_for("phase Running again", phase_is(cluster, ns, name, "Running"))
+        assert s["restarts"] == 1
+        assert "--resume" in pods[0].spec.containers[0].args or "auto" in " ".join(
+            pods[0].spec.containers[0].command + (pods[0].spec.containers[0].args or [])
+        )
+        assert "Restarting" in events_of(cluster, ns, name)
+        assert pod_creates(cluster, ns) == 4  # two per attempt, never more
+        cluster.finish(ns, f"{name}-worker-0", 0)
+        cluster.finish(ns, f"{name}-worker-1", 0)
+        s = wait_for("phase Succeeded", phase_is(cluster, ns, name, "Succeeded"))
+        assert s["restarts"] == 1
+
+
+def test_backoff_limit_exhausted_fails(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "doomed"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=1))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        cluster.finish(ns, f"{name}-worker-0", 3)
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        cluster.finish(ns, f"{name}-worker-0", 3)
+        s = wait_for("phase Failed", phase_is(cluster, ns, name, "Failed"))
+        assert s["restarts"] == 1
+        assert condition(s, "Failed")["reason"] == "BackoffLimitExceeded"
+        assert "exit code 3" in s["message"]
+        # The surviving member cannot finish alone: deleted. The failed one stays for its logs.
+        wait_for(
+            "only the failed pod left",
+            lambda: [p.metadata.name for p in cluster.pods(ns, name)] == [f"{name}-worker-0"],
+        )
+
+
+def test_suspend_and_resume(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "pausable"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        cluster.patch_spec(ns, name, {"runPolicy": {"suspend": True}})
+        s = wait_for("phase Suspended", phase_is(cluster, ns, name, "Suspended"))
+        wait_for("no pods", lambda: not cluster.pods(ns, name))
+        assert cluster.core.read_namespaced_service(name, ns)  # the job and its children stay
+        assert cluster.core.read_namespaced_config_map(f"{name}-config", ns)
+        assert s["restarts"] == 0
+        cluster.patch_spec(ns, name, {"runPolicy": {"suspend": False}})
+        wait_for("pods again", running_pods(cluster, ns, name, 2, 0))
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert s["restarts"] == 0
+        assert condition(s, "Suspended")["status"] == "False"
+
+
+def test_delete_cleans_every_child(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "gone"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2))
+        wait_for("two pods", lambda: len(cluster.pods(ns, name)) == 2)
+        wait_for("phase set", lambda: cluster.status(ns, name).get("phase"))
+        cluster.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Foreground"
+        )
+        selector = f"{render.LABEL_JOB}={name}"
+
+        def leftovers() -> list[str]:
+            found = [
+                p.metadata.name for p in cluster.core.list_namespaced_pod(ns, label_selector=selector).items
+            ]
+            found += [
+                s.metadata.name
+                for s in cluster.core.list_namespaced_service(ns, label_selector=selector).items
+            ]
+            found += [
+                c.metadata.name
+                for c in cluster.core.list_namespaced_config_map(ns, label_selector=selector).items
+            ]
+            found += [
+                a.metadata.name
+                for a in cluster.core.list_namespaced_service_account(ns, label_selector=selector).items
+            ]
+            found += [
+                r.metadata.name for r in cluster.rbac.list_namespaced_role(ns, label_selector=selector).items
+            ]
+            found += [
+                b.metadata.name
+                for b in cluster.rbac.list_namespaced_role_binding(ns, label_selector=selector).items
+            ]
+            if cluster.job(ns, name) is not None:
+                found.append("the job itself")
+            return found
+
+        wait_for("every child gone", lambda: not leftovers(), timeout=30)
+        # The operator does not resurrect anything for a deleted job.
+        time.sleep(0.5)
+        assert not leftovers()
+
+
+def test_invalid_spec_fails_creates_nothing_and_operator_continues(cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    with operator(ns):
+        bad = job_spec(nodes=1)
+        bad["model"]["name"] = "mobilenet_v3_large"
+        cluster.create_job(ns, "bad", bad)
+        s = wait_for("phase Failed", phase_is(cluster, ns, "bad", "Failed"))
+        assert "spec.model.name" in s["message"]
+        assert condition(s, "Failed")["reason"] == "InvalidSpec"
+        assert "InvalidSpec" in wait_for("InvalidSpec event", lambda: events_of(cluster, ns, "bad"))
+        # Nothing was created for it, and nothing is retried.
+        time.sleep(0.5)
+        assert cluster.pods(ns, "bad") == []
+        assert (
+            cluster.core.list_namespaced_config_map(ns, label_selector=f"{render.LABEL_JOB}=bad").items == []
+        )
+        # The operator keeps working for the next job.
+        cluster.create_job(ns, "good", job_spec(nodes=1))
+        wait_for("the valid job running", phase_is(cluster, ns, "good", "Running"))
+        # Fixing the spec starts the job.
+        cluster.patch_spec(ns, "bad", {"model": {"name": "mobilenet_v2_035_96"}})
+        wait_for("the fixed job running", phase_is(cluster, ns, "bad", "Running"))
+
+
+def test_operator_restart_mid_job_duplicates_nothing(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "survivor"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=2))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+    assert pod_creates(cluster, ns) == 2
+    # While the operator is down, a worker fails.
+    cluster.finish(ns, f"{name}-worker-1", 1)
+    time.sleep(0.3)
+    assert cluster.status(ns, name)["phase"] == "Running"  # nobody is watching
+    with operator(ns):
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert s["restarts"] == 1
+        assert pod_creates(cluster, ns) == 4
+    # Restart again with nothing to do: no request changes anything.
+    before = len(
+        [r for r in cluster.sandbox.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns]
+    )
+    with operator(ns):
+        time.sleep(1.5)
+        assert len(cluster.pods(ns, name)) == 2
+    after = len(
+        [r for r in cluster.sandbox.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns]
+    )
+    assert after == before
+    with operator(ns):
+        cluster.finish(ns, f"{name}-worker-0", 0)
+        cluster.finish(ns, f"{name}-worker-1", 0)
+        s = wait_for("phase Succeeded", phase_is(cluster, ns, name, "Succeeded"))
+        assert s["restarts"] == 1
+
+
+def test_pod_deleted_under_the_operators_feet(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "evicted"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=3))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        cluster.core.delete_namespaced_pod(f"{name}-worker-0", ns)
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert s["restarts"] == 1
+
+
+def test_existing_child_is_adopted(cluster: Cluster, namespace: str) -> None:
+    """A child left over with the job's name (409 on create) is adopted, not an error."""
+    ns, name = namespace, "adopter"
+    cluster.core.create_namespaced_service(
+        ns, {"metadata": {"name": name}, "spec": {"clusterIP": "None", "ports": [{"port": 8118}]}}
+    )
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        wait_for("two pods", lambda: len(cluster.pods(ns, name)) == 1)
+        job = cluster.job(ns, name)
+        assert job is not None
+        svc = wait_for(
+            "service adopted",
+            lambda: (s := cluster.core.read_namespaced_service(name, ns)).metadata.owner_references and s,
+        )
+        assert [r.uid for r in svc.metadata.owner_references] == [job["metadata"]["uid"]]
+
+
+def test_active_deadline_and_ttl(cluster: Cluster, namespace: str) -> None:
+    ns = namespace
+    with operator(ns):
+        cluster.create_job(ns, "slow", job_spec(nodes=1, activeDeadlineSeconds=2))
+        cluster.create_job(ns, "brief", job_spec(nodes=1, ttlSecondsAfterFinished=1))
+        wait_for("brief running", phase_is(cluster, ns, "brief", "Running"))
+        cluster.finish(ns, "brief-worker-0", 0)
+        s = wait_for("deadline exceeded", phase_is(cluster, ns, "slow", "Failed"), timeout=10)
+        assert condition(s, "Failed")["reason"] == "DeadlineExceeded"
+        wait_for("its pods deleted", lambda: not cluster.pods(ns, "slow"))
+        wait_for("the brief job deleted after its TTL", lambda: cluster.job(ns, "brief") is None, timeout=10)
+
+
+def test_status_changes_are_merge_patches(cluster: Cluster, namespace: str) -> None:
+    """The operator writes only status (never the job's spec or metadata) and never the trainer's keys."""
+    if cluster.sandbox is None:
+        pytest.skip("reads the sandbox's audit log")
+    ns, name = namespace, "audited"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+    writes = {
+        (r.verb, r.resource, r.subresource)
+        for r in cluster.sandbox.audit
+        if r.namespace == ns and r.resource == PLURAL and r.verb in ("create", "update", "patch", "delete")
+    }
+    # The test created the job; the operator only patched its status.
+    assert writes == {("create", PLURAL, ""), ("patch", PLURAL, "status")}
