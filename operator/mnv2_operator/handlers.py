@@ -319,17 +319,15 @@ class Controller:
         generation = meta.get("generation")
         now = self.clock()
 
+        pods = self.pods_of(key)
         try:
             spec = parse_spec(job.get("spec") or {})
         except SpecError as err:
-            decision = st.invalid_spec(previous, str(err), generation, now)
-            await self._patch_status(job, previous, decision)
-            self._post(job, decision.events)
+            await self._invalid(job, previous, str(err), pods)
             return None
 
         spec_json = spec.model_dump(by_alias=True, mode="json")
         policy = st.Policy.from_spec(spec_json)
-        pods = self.pods_of(key)
         decision = st.reconcile(name, policy, pods, previous, generation, now)
         spec_hash = _spec_hash(spec_json)
         # Children are made on the first pass (even for a job created suspended) and brought up to
@@ -342,9 +340,7 @@ class Controller:
                     name, namespace, meta["uid"], spec, attempt=decision.attempt, defaults=self.defaults
                 )
             except SpecError as err:
-                decision = st.invalid_spec(previous, str(err), generation, now)
-                await self._patch_status(job, previous, decision)
-                self._post(job, decision.events)
+                await self._invalid(job, previous, str(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
 
@@ -369,6 +365,17 @@ class Controller:
             self.scheduler.forget(key)
             return None
         return requeue
+
+    async def _invalid(
+        self, job: Mapping[str, Any], previous: Mapping[str, Any], message: str, pods: list[dict[str, Any]]
+    ) -> None:
+        """Failed with the validation message; nothing created, nothing retried."""
+        decision = st.invalid_spec(previous, message, job["metadata"].get("generation"), self.clock(), pods)
+        await self._patch_status(job, previous, decision)
+        self._post(job, decision.events)
+        for pod in pods:
+            if st.pod_name(pod) in decision.delete_pods:
+                await self._delete_pod(job["metadata"]["namespace"], pod)
 
     async def _patch_status(
         self, job: Mapping[str, Any], previous: Mapping[str, Any], decision: st.Decision
@@ -501,8 +508,10 @@ async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    # The operator posts its Events explicitly (kopf.event); kopf's own per-object log lines
+    # ("handler succeeded") would otherwise become an Event on every pod and job at INFO.
     settings.posting.enabled = True
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING
     # Re-establish watches now and then, so a silently dropped connection cannot stall the operator.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

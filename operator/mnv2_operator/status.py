@@ -244,9 +244,17 @@ def build_conditions(
 
 
 def invalid_spec(
-    previous: Mapping[str, Any] | None, message: str, generation: int | None, now: dt.datetime
+    previous: Mapping[str, Any] | None,
+    message: str,
+    generation: int | None,
+    now: dt.datetime,
+    pods: Iterable[Mapping[str, Any]] = (),
 ) -> Decision:
-    """The status of a job whose spec does not validate: Failed, nothing created."""
+    """The status of a job whose spec does not validate: Failed, nothing created.
+
+    A job that ran before its spec was edited into an invalid one loses its pods: a Failed job
+    with training pods still running would say one thing and do another.
+    """
     prev = dict(previous or {})
     text = f"invalid spec: {message}"
     status = {
@@ -264,7 +272,12 @@ def invalid_spec(
     events = ()
     if prev.get("phase") != FAILED or prev.get("message") != text:
         events = (Event("Warning", REASON_INVALID_SPEC, text),)
-    return Decision(status=status, attempt=int(prev.get("restarts") or 0), events=events)
+    return Decision(
+        status=status,
+        attempt=int(prev.get("restarts") or 0),
+        delete_pods=tuple(pod_name(p) for p in pods if not pod_deleting(p)),
+        events=events,
+    )
 
 
 def _failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:

@@ -225,6 +225,9 @@ def test_invalid_spec_then_fixed() -> None:
     assert d.create_ranks == () and d.delete_pods == ()
     assert [e.type for e in d.events] == ["Warning"]
     assert st.invalid_spec(d.status, "spec.nodes: must be >= 1", 1, T0).events == ()  # said once
+    # Edited into an invalid spec while running: the pods go too.
+    running = st.invalid_spec({"phase": "Running"}, "x", 2, T0, [pod(0), pod(1, deleting=True)])
+    assert running.delete_pods == ("j-worker-0",)
     fixed = step(st.Policy(workers=1), [], d.status, 5)
     assert fixed.status["phase"] == "Pending" and fixed.create_ranks == (0,)
 

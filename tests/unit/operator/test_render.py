@@ -1,0 +1,496 @@
+"""Rendering a job into Kubernetes objects: golden files, schema validity, msrun lines, lr scaling.
+
+Golden files live in tests/unit/operator/golden/. After an intended change of the rendered output
+(templates, render.py, the trainer's recipes or config keys), regenerate them and review the diff:
+
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/operator/test_render.py
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from mnv2_operator import cli, render
+from mnv2_operator import spec as S
+
+ROOT = Path(__file__).resolve().parents[3]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+K8S_VERSION = "1.37.0"
+UID = "5b0c8a8e-4d51-4c1b-9d1e-0f6f2a7c9e11"
+
+
+def job(name: str, spec: dict[str, Any], namespace: str = "ml") -> dict[str, Any]:
+    return {
+        "apiVersion": S.API_VERSION,
+        "kind": S.KIND,
+        "metadata": {"name": name, "namespace": namespace, "uid": UID},
+        "spec": spec,
+    }
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "cpu-1x1": job(
+        "digits-cpu",
+        {
+            "model": {"name": "mobilenet_v2_035_96"},
+            "dataset": {"type": "digits"},
+            "output": {"pvc": {"claimName": "runs", "subPath": "digits"}},
+            "accelerator": {"type": "cpu"},
+            "nodes": 1,
+            "devicesPerNode": 1,
+            "config": {
+                "batch_size": 32,
+                "image_resize": 32,
+                "lr": 0.03,
+                "epoch_size": 15,
+                "warmup_epochs": 1,
+            },
+            "shmSize": "1Gi",
+        },
+    ),
+    "ascend-1x8": job(
+        "mnv2-075",
+        {
+            "model": {"name": "mobilenet_v2_075"},
+            "dataset": {"type": "imagefolder", "pvc": {"claimName": "imagenet"}},
+            "output": {"pvc": {"claimName": "runs", "subPath": "mnv2-075"}},
+            "nodes": 1,
+            "devicesPerNode": 8,
+            "resources": {"requests": {"cpu": 64, "memory": "256Gi"}, "limits": {"memory": "512Gi"}},
+        },
+    ),
+    "ascend-4x8": job(
+        "mnv2-075-4x8",
+        {
+            "model": {"name": "mobilenet_v2_075"},
+            "dataset": {"type": "imagefolder", "hostPath": {"path": "/mnt/imagenet"}},
+            "output": {"pvc": {"claimName": "runs-rwx"}},
+            "nodes": 4,
+            "devicesPerNode": 8,
+            "image": "registry.local/mnv2-trainer:0.1.0",
+            "accelerator": {
+                "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}]
+            },
+            "scheduling": {"gang": True, "queue": "research", "priorityClassName": "training-high"},
+            "runPolicy": {"backoffLimit": 5},
+            "env": {"GLOG_v": "2"},
+        },
+    ),
+}
+
+
+def rendered_case(case: str, attempt: int = 0) -> render.RenderedJob:
+    manifest = CASES[case]
+    spec = S.parse_spec(manifest["spec"])
+    meta = manifest["metadata"]
+    return render.render_job(
+        meta["name"], meta["namespace"], meta["uid"], spec, attempt, S.OperatorDefaults()
+    )
+
+
+def of_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    (only,) = pod["spec"]["containers"]
+    return only
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(pod)["env"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Golden files
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    text = render.to_yaml(render.render_manifest(CASES[case], S.OperatorDefaults()), CASES[case])
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), (
+        f"{path.name} differs; if intended, regenerate with UPDATE_GOLDEN=1 and review"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema validity
+# --------------------------------------------------------------------------------------------------
+
+
+def _validate_all(objs: list[dict[str, Any]]) -> int:
+    checked = 0
+    for obj in objs:
+        if obj["kind"] == "PodGroup":
+            # A Volcano CRD: kubernetes-validate only knows the built-in kinds. test_gang checks its fields.
+            continue
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_object_validates_against_kubernetes_schemas(case: str) -> None:
+    result = rendered_case(case)
+    assert _validate_all(result.all()) == len(result.all()) - len(of_kind(result.objects, "PodGroup"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_examples_render_to_valid_objects(example: Path) -> None:
+    manifest = render.load_job_manifest(str(example))
+    result = render.render_manifest(manifest, S.OperatorDefaults())
+    assert _validate_all(result.all()) >= 6
+
+
+def test_the_validator_is_strict() -> None:
+    """The schema check above would catch a misspelt or mistyped field (it is not a no-op)."""
+    pod = copy.deepcopy(rendered_case("cpu-1x1").pods[0])
+    container(pod)["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    pod = copy.deepcopy(rendered_case("cpu-1x1").pods[0])
+    pod["spec"]["restartPolicy"] = 3
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Structure
+# --------------------------------------------------------------------------------------------------
+
+
+def test_children_and_names() -> None:
+    result = rendered_case("ascend-4x8")
+    assert [(o["kind"], o["metadata"]["name"]) for o in result.objects] == [
+        ("Service", "mnv2-075-4x8"),
+        ("ConfigMap", "mnv2-075-4x8-config"),
+        ("ServiceAccount", "mnv2-075-4x8-trainer"),
+        ("Role", "mnv2-075-4x8-trainer"),
+        ("RoleBinding", "mnv2-075-4x8-trainer"),
+        ("PodGroup", "mnv2-075-4x8"),
+    ]
+    assert [p["metadata"]["name"] for p in result.pods] == [f"mnv2-075-4x8-worker-{i}" for i in range(4)]
+    for obj in result.all():
+        assert obj["metadata"]["namespace"] == "ml"
+        assert obj["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "training.mnv2.dev/v1alpha1",
+                "kind": "MobileNetV2TrainingJob",
+                "name": "mnv2-075-4x8",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert obj["metadata"]["labels"][render.LABEL_JOB] == "mnv2-075-4x8"
+
+
+def test_headless_service_selects_the_pods_and_gives_them_dns_names() -> None:
+    result = rendered_case("ascend-4x8")
+    (svc,) = of_kind(result.objects, "Service")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    for i, pod in enumerate(result.pods):
+        labels = pod["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
+        assert labels[render.LABEL_INDEX] == str(i)
+        assert pod["spec"]["hostname"] == pod["metadata"]["name"]
+        assert pod["spec"]["subdomain"] == svc["metadata"]["name"]
+        assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_trainer_may_patch_only_its_own_jobs_status() -> None:
+    result = rendered_case("cpu-1x1")
+    (role,) = of_kind(result.objects, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["training.mnv2.dev"],
+            "resources": ["mobilenetv2trainingjobs/status"],
+            "resourceNames": ["digits-cpu"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    (binding,) = of_kind(result.objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "digits-cpu-trainer", "namespace": "ml"}
+    ]
+    assert result.pods[0]["spec"]["serviceAccountName"] == "digits-cpu-trainer"
+    env = env_of(result.pods[0])
+    assert env["MNV2_JOB_NAME"] == "digits-cpu" and env["MNV2_JOB_NAMESPACE"] == "ml"
+
+
+def test_msrun_line_of_the_imagenet_8card_example(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mnv2 render` of the 8-card example: MindCV's `msrun --worker_num 8 ... train --config --data_dir`."""
+    assert cli.main(["render", "-f", str(ROOT / "manifests/examples/imagenet-8card.yaml")]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    (pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert container(pod)["command"] == [
+        "msrun",
+        "--worker_num=8",
+        "--local_worker_num=8",
+        "--node_rank=0",
+        "--master_addr=127.0.0.1",
+        "--master_port=8118",
+        "--join=True",
+        "--cluster_time_out=600",
+        "--log_dir=/output/logs/0",
+        "python",
+        "-m",
+        "mnv2_trainer.train",
+        "--config",
+        "/etc/mnv2/config.yaml",
+        "--data_dir",
+        "/data",
+        "--ckpt_save_dir",
+        "/output/ckpt",
+        "--resume",
+        "auto",
+        "--distribute",
+        "True",
+    ]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    # The seed's recipe, unscaled: 8 cards x 256 is the recipe's own global batch.
+    assert (config["model"], config["batch_size"], config["lr"], config["epoch_size"]) == (
+        "mobilenet_v2_075",
+        256,
+        0.3,
+        400,
+    )
+    assert config["device_target"] == "Ascend" and config["distribute"] is True
+
+
+def test_multi_node_msrun_lines() -> None:
+    result = rendered_case("ascend-4x8", attempt=2)
+    for i, pod in enumerate(result.pods):
+        cmd = container(pod)["command"]
+        assert cmd[:9] == [
+            "msrun",
+            "--worker_num=32",
+            "--local_worker_num=8",
+            f"--node_rank={i}",
+            "--master_addr=mnv2-075-4x8-worker-0.mnv2-075-4x8.ml.svc",
+            "--master_port=8118",
+            "--join=True",
+            "--cluster_time_out=600",
+            "--log_dir=/output/logs/2",
+        ]
+        assert pod["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
+
+
+def test_ascend_pods_get_devices_driver_and_visible_devices() -> None:
+    pod = rendered_case("ascend-1x8").pods[0]
+    res = container(pod)["resources"]
+    assert res["requests"]["huawei.com/Ascend910"] == res["limits"]["huawei.com/Ascend910"] == "8"
+    assert res["requests"]["cpu"] == "64" and res["limits"]["memory"] == "512Gi"
+    assert pod["spec"]["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
+    env = env_of(pod)
+    assert env["ASCEND_VISIBLE_DEVICES"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['huawei.com/Ascend910']"}
+    }
+    mounts = {m["mountPath"]: m for m in container(pod)["volumeMounts"]}
+    assert mounts["/usr/local/Ascend/driver"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["ascend-driver"]["hostPath"]["path"] == "/usr/local/Ascend/driver"
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
+    assert mounts["/data"]["readOnly"] is True and mounts["/output"]["subPath"] == "mnv2-075"
+    assert container(pod)["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_operator_defaults_fill_empty_fields() -> None:
+    spec = S.parse_spec(CASES["ascend-1x8"]["spec"])
+    defaults = S.OperatorDefaults(
+        image="r/t:9", resource_name="huawei.com/Ascend910B", node_selector={"npu": "b"}
+    )
+    pod = render.render_job("j", "ns", UID, spec, 0, defaults).pods[0]
+    assert container(pod)["image"] == "r/t:9"
+    assert container(pod)["resources"]["limits"]["huawei.com/Ascend910B"] == "8"
+    assert pod["spec"]["nodeSelector"] == {"npu": "b"}
+    assert (
+        env_of(pod)["ASCEND_VISIBLE_DEVICES"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['huawei.com/Ascend910B']"
+    )
+    # The job's own values win over the operator's.
+    spec = S.parse_spec(
+        {**CASES["ascend-1x8"]["spec"], "image": "mine:1", "accelerator": {"nodeSelector": {}}}
+    )
+    pod = render.render_job("j", "ns", UID, spec, 0, defaults).pods[0]
+    assert container(pod)["image"] == "mine:1" and "nodeSelector" not in pod["spec"]
+
+
+def test_cpu_pods_have_no_device_resources_selector_or_ascend_mounts() -> None:
+    pod = rendered_case("cpu-1x1").pods[0]
+    text = json.dumps(pod)
+    assert "Ascend" not in text and "huawei" not in text
+    assert "nodeSelector" not in pod["spec"]
+    assert "resources" not in container(pod)
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}  # digits makes its own data
+
+
+def test_gang_scheduling() -> None:
+    result = rendered_case("ascend-4x8")
+    (group,) = of_kind(result.objects, "PodGroup")
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["spec"] == {
+        "minMember": 4,
+        "queue": "research",
+        "priorityClassName": "training-high",
+        "minResources": {"huawei.com/Ascend910": "32"},
+    }
+    for pod in result.pods:
+        assert pod["metadata"]["annotations"] == {"scheduling.k8s.io/group-name": "mnv2-075-4x8"}
+        assert pod["spec"]["schedulerName"] == "volcano"
+        assert pod["spec"]["priorityClassName"] == "training-high"
+        assert pod["spec"]["tolerations"] == [
+            {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    plain = rendered_case("ascend-1x8")
+    assert not of_kind(plain.objects, "PodGroup")
+    assert "schedulerName" not in plain.pods[0]["spec"] and "annotations" not in plain.pods[0]["metadata"]
+
+
+def test_validate_mode_runs_the_validator_on_the_checkpoint() -> None:
+    spec = S.parse_spec(
+        {
+            **CASES["ascend-1x8"]["spec"],
+            "mode": "validate",
+            "checkpoint": "/output/ckpt/best.ckpt",
+            "devicesPerNode": 1,
+        }
+    )
+    cmd = container(render.render_job("v", "ns", UID, spec).pods[0])["command"]
+    trainer = cmd[cmd.index("python") :]
+    assert trainer[:3] == ["python", "-m", "mnv2_trainer.validate"]
+    assert trainer[trainer.index("--ckpt_path") + 1] == "/output/ckpt/best.ckpt"
+
+
+def test_config_map_holds_a_config_the_trainer_loads(tmp_path: Path) -> None:
+    from mnv2_trainer.config import load_yaml
+
+    (cm,) = of_kind(rendered_case("cpu-1x1").objects, "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    config = load_yaml(path)  # rejects unknown keys and wrong types
+    assert config["model"] == "mobilenet_v2_035_96" and config["num_classes"] == 10
+    assert config["dataset"] == "digits" and config["device_target"] == "CPU"
+    assert (config["batch_size"], config["image_resize"], config["lr"]) == (32, 32, 0.03)
+    assert config["ckpt_save_dir"] == "/output/ckpt" and config["data_dir"] == "/data"
+
+
+# --------------------------------------------------------------------------------------------------
+# Learning-rate scaling
+# --------------------------------------------------------------------------------------------------
+
+
+def lr_of(**changes: Any) -> tuple[float, float]:
+    spec_map = {**CASES["ascend-1x8"]["spec"], **changes}
+    config, _ = render.training_config(S.parse_spec(spec_map))
+    return config["lr"], config["min_lr"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "lr"),
+    [
+        ({}, 0.3),  # 1 x 8 x 256 = the recipe's 2048
+        ({"nodes": 2}, 0.6),  # 4096
+        ({"nodes": 4}, 1.2),  # 8192
+        ({"devicesPerNode": 1}, 0.0375),  # 256
+        ({"config": {"batch_size": 128}}, 0.15),  # 1024
+        ({"nodes": 2, "scaleLearningRate": False}, 0.3),
+        ({"nodes": 2, "config": {"lr": 0.4}}, 0.4),  # an explicit lr is taken as given
+    ],
+)
+def test_lr_scaling(changes: dict[str, Any], lr: float) -> None:
+    assert lr_of(**changes)[0] == pytest.approx(lr)
+
+
+def test_lr_note_in_config_map_explains_the_scaling() -> None:
+    spec = S.parse_spec({**CASES["ascend-1x8"]["spec"], "nodes": 2})
+    (cm,) = of_kind(render.render_job("j", "ns", UID, spec).objects, "ConfigMap")
+    assert (
+        "# lr 0.6 = recipe mobilenet_v2_0.75_ascend's 0.3 x global batch 4096 (256 x 2 nodes x 8 devices) / 2048"
+        in (cm["data"]["config.yaml"])
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors and the CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def test_job_name_too_long_for_hostnames_is_a_spec_error() -> None:
+    spec = S.parse_spec(CASES["cpu-1x1"]["spec"])
+    with pytest.raises(S.SpecError, match=r"metadata.name: .* at most 51"):
+        render.render_job("j" * 52, "ns", UID, spec)
+    render.render_job("j" * 51, "ns", UID, spec)
+
+
+def test_render_cli_invalid_spec_exits_1_with_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = copy.deepcopy(CASES["ascend-1x8"])
+    bad["spec"]["modle"] = bad["spec"].pop("model")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    assert cli.main(["render", "-f", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "spec.modle: unknown field; did you mean 'model'?" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("kind: Pod\n", "expected one MobileNetV2TrainingJob document, found 0"),
+        (
+            "apiVersion: training.mnv2.dev/v1\nkind: MobileNetV2TrainingJob\nmetadata: {name: a}\n",
+            "apiVersion",
+        ),
+        (
+            "apiVersion: training.mnv2.dev/v1alpha1\nkind: MobileNetV2TrainingJob\nspec: {}\n",
+            "metadata.name: required",
+        ),
+        ("a: [", "not valid YAML"),
+    ],
+)
+def test_render_cli_bad_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(content)
+    assert cli.main(["render", "-f", str(path)]) == 1
+    assert message in capsys.readouterr().err
+    assert cli.main(["render", "-f", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_render_cli_json_and_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(CASES["ascend-4x8"]))
+    assert cli.main(["render", "-f", str(path), "-o", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [i["kind"] for i in listed["items"]].count("Pod") == 4
+    assert cli.main(["render", "-f", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "# Objects the operator creates for MobileNetV2TrainingJob ml/mnv2-075-4x8 (attempt 0)."
+    )
+    assert sum(1 for d in yaml.safe_load_all(out) if d) == 10
