@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from mnv2_operator import spec as S
 
@@ -164,9 +165,29 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool = T
     return out
 
 
-def _model_schema(model: type, *, defaults: bool) -> dict[str, Any]:
+def _model_schema(model: type[BaseModel], *, defaults: bool) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return structural(raw, raw.get("$defs", {}), defaults=defaults)
+    out = structural(raw, raw.get("$defs", {}), defaults=defaults)
+    if defaults:
+        _object_defaults(model, out)
+    return out
+
+
+def _object_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
+    """``default: {}`` on sub-objects that pydantic builds by default (runPolicy, scheduling, ...).
+
+    The API server defaults a field only inside an object that exists; an empty default object makes it
+    fill in e.g. ``runPolicy.backoffLimit: 3`` even when the job has no ``runPolicy``, so the stored
+    object shows the values the operator uses.
+    """
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            continue
+        prop = node["properties"][info.alias or name]
+        if info.default_factory is not None:
+            prop["default"] = {}
+        _object_defaults(sub, prop)
 
 
 def crd_object() -> dict[str, Any]:
@@ -180,6 +201,10 @@ def crd_object() -> dict[str, Any]:
     # Status defaults would be written by the API server on every status patch: none there.
     status_schema = _model_schema(S.JobStatus, defaults=False)
     status_schema["description"] = (S.JobStatus.__doc__ or "").strip().splitlines()[0]
+    # metav1.Condition lists are maps keyed by type (server-side apply merges them entry by entry).
+    conditions = status_schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

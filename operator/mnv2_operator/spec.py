@@ -377,7 +377,9 @@ class JobSpec(_Model):
         default="train",
         description="train: train (and validate every epoch); validate: evaluate spec.checkpoint on the validation split.",
     )
-    model: ModelSpec = Field(description="The network.")
+    model: ModelSpec = Field(
+        description="The network: a MindCV model name and the class count, e.g. {name: mobilenet_v2_075}."
+    )
     recipe: str = Field(
         default=DEFAULT_RECIPE,
         min_length=1,
@@ -400,7 +402,9 @@ class JobSpec(_Model):
             "(batch_size x nodes x devicesPerNode) relative to the recipe's (batch_size x 8 cards)."
         ),
     )
-    dataset: DatasetSpec = Field(description="The data.")
+    dataset: DatasetSpec = Field(
+        description="The data: an ImageNet-layout folder on a pvc or hostPath, or generated (synthetic, digits)."
+    )
     output: OutputSpec | None = Field(
         default=None,
         description="Volume for checkpoints, metrics and logs. Required for train mode; validate mode may omit it.",
