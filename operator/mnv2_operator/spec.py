@@ -587,9 +587,10 @@ class JobStatus(_StatusModel):
         default_factory=list, description="Latest observations of the job's state."
     )
     workers: WorkerCounts | None = Field(default=None, description="Pods of the current attempt by state.")
-    restarts: int | None = Field(default=None, ge=0, description="Gang restarts so far.")
-    attempt: int | None = Field(
-        default=None, ge=0, description="Index of the current attempt (0 for the first)."
+    restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Gang restarts so far; also the index of the current attempt (pods carry it in a label).",
     )
     start_time: datetime | None = Field(default=None, description="When the first pods were created.")
     completion_time: datetime | None = Field(default=None, description="When the job Succeeded or Failed.")

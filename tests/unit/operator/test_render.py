@@ -494,3 +494,12 @@ def test_render_cli_json_and_header(tmp_path: Path, capsys: pytest.CaptureFixtur
         "# Objects the operator creates for MobileNetV2TrainingJob ml/mnv2-075-4x8 (attempt 0)."
     )
     assert sum(1 for d in yaml.safe_load_all(out) if d) == 10
+
+
+def test_render_cli_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(CASES["cpu-1x1"])))
+    assert cli.main(["render", "-f", "-"]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert kinds == ["Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Pod"]
