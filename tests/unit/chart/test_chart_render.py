@@ -14,7 +14,8 @@ import pytest
 import yaml
 from mnv2_operator import spec
 from mnv2_operator.cli import build_parser
-from mnv2_operator.manifests import CHART_DIR, REPO_ROOT, render_chart, render_chart_files
+from mnv2_operator.crd import crd_object
+from mnv2_operator.manifests import CHART_DIR, REPO_ROOT, chart_crds, render_chart, render_chart_files
 from mnv2_operator.spec import OperatorDefaults
 
 KUBE_VERSION = "1.37.0"
@@ -202,3 +203,13 @@ def test_notes_tell_how_to_submit_a_job_and_read_its_status() -> None:
     # The example the notes point at is shipped.
     (example,) = re.findall(r"-f (manifests/examples/\S+)", notes)
     assert (REPO_ROOT / example).is_file(), f"NOTES.txt names {example}, which does not exist"
+
+
+def test_chart_ships_the_generated_crd() -> None:
+    # Helm installs crds/ before the templates; it must hold exactly the CRD `mnv2 crd --write` generates.
+    crds = chart_crds()
+    assert [crd["metadata"]["name"] for crd in crds] == ["mobilenetv2trainingjobs.training.mnv2.dev"]
+    kubernetes_validate.validate(crds[0], KUBE_VERSION, strict=True)
+    chart_copy = (CHART_DIR / "crds" / "mobilenetv2trainingjobs.yaml").read_text()
+    assert chart_copy == (REPO_ROOT / "manifests" / "crd" / "mobilenetv2trainingjobs.yaml").read_text()
+    assert yaml.safe_load(chart_copy) == crd_object()
