@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -113,7 +114,15 @@ def _make_api_client() -> Any:
     try:
         kubernetes.config.load_incluster_config(client_configuration=cfg)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=cfg)
+        # The package reads $KUBECONFIG once, at import: read it now (tests and the demo set it later).
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        try:
+            kubernetes.config.load_kube_config(config_file=path, client_configuration=cfg)
+        except (kubernetes.config.ConfigException, OSError) as err:
+            raise kopf.PermanentError(
+                f"no cluster credentials: not in a pod, and no usable kubeconfig at {path} ({err}); "
+                "set KUBECONFIG"
+            ) from err
     cfg.connection_pool_maxsize = 32
     return kubernetes.client.ApiClient(cfg)
 
@@ -520,6 +529,21 @@ async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     settings.queueing.worker_limit = None
     if getattr(memo, "mnv2", None) is None:
         memo.mnv2 = Controller(Api(_make_api_client()))
+
+
+@kopf.on.login()
+def _login(**kwargs: Any) -> Any:
+    """kopf's usual login through the `kubernetes` package, unless $KUBECONFIG changed since its import.
+
+    The package reads $KUBECONFIG once, when imported; when it was set later (the tests and the demo
+    point it at the sandbox), kopf's own kubeconfig reader is used instead.
+    """
+    from kubernetes.config import kube_config
+
+    env = os.environ.get("KUBECONFIG")
+    if env and os.path.expanduser(env) != os.path.expanduser(kube_config.KUBE_CONFIG_DEFAULT_LOCATION):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_via_client(**kwargs)
 
 
 @kopf.on.cleanup()

@@ -96,22 +96,41 @@ def wait_for(what: str, fn: Callable[[], T], timeout: float = 20.0, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
+def install_crd(c: Cluster) -> None:
+    """Create (or replace) the CRD from crd.crd_yaml() and wait until the API serves it."""
+    import kubernetes
+    import yaml
+
     from mnv2_operator import crd
 
+    body = yaml.safe_load(crd.crd_yaml())
+    api = kubernetes.client.ApiextensionsV1Api(c.client)
+    try:
+        api.create_custom_resource_definition(body)
+    except kubernetes.client.ApiException as err:
+        if err.status != 409:
+            raise
+        current = api.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        api.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def served() -> bool:
+        try:
+            c.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return True
+        except kubernetes.client.ApiException:
+            return False
+
+    wait_for("the CRD to be served", served)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as mp:
         if kubeconfig_option:
             mp.setenv("KUBECONFIG", kubeconfig_option)
             c = Cluster(kubeconfig_option)
-            import subprocess
-
-            subprocess.run(
-                ["kubectl", "--kubeconfig", kubeconfig_option, "apply", "-f", "-"],
-                input=crd.crd_yaml(),
-                text=True,
-                check=True,
-            )
+            install_crd(c)
             yield c
             return
         from mnv2_operator.sandbox import Sandbox
@@ -119,8 +138,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | N
         sb = Sandbox(tmp_path_factory.mktemp("sandbox"), kubelet="simulated").start()
         try:
             mp.setenv("KUBECONFIG", str(sb.kubeconfig_path))
-            sb.kubectl("apply", "-f", "-", input=crd.crd_yaml(), check=True)
-            yield Cluster(str(sb.kubeconfig_path), sb)
+            c = Cluster(str(sb.kubeconfig_path), sb)
+            install_crd(c)
+            yield c
         finally:
             sb.stop()
 
