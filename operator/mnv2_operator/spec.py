@@ -29,6 +29,7 @@ import difflib
 import json
 import os
 import re
+import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -80,6 +81,16 @@ SPEC_OWNED_CONFIG_KEYS: dict[str, str] = {
     "distribute": "spec.nodes and spec.devicesPerNode",
     "device_target": "spec.accelerator.type",
     "config": "nothing (the operator mounts the config file)",
+}
+
+
+#: Environment variables the operator sets in the trainer container.
+RESERVED_ENV: dict[str, str] = {
+    "MNV2_JOB_NAME": "the job's name, for status reports",
+    "MNV2_JOB_NAMESPACE": "the job's namespace, for status reports",
+    "MNV2_NODE_RANK": "the pod's node rank",
+    "MNV2_ATTEMPT": "the attempt number",
+    "ASCEND_VISIBLE_DEVICES": "the NPUs the device plugin allocated",
 }
 
 
@@ -664,8 +675,6 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class that holds the field at ``loc`` (camelCase aliases), for typo suggestions."""
-    import typing
-
     current: Any = model
     for part in loc:
         if isinstance(part, int):
@@ -791,6 +800,8 @@ def _cross_checks(spec: JobSpec) -> list[str]:
         )
     if sched.queue is not None and not sched.gang:
         problems.append("spec.scheduling.queue: a Volcano queue needs a PodGroup; set scheduling.gang: true")
+    for key in sorted(set(spec.env) & set(RESERVED_ENV)):
+        problems.append(f"spec.env.{key}: set by the operator ({RESERVED_ENV[key]}); remove it")
     for key in sorted(set(spec.config) & set(SPEC_OWNED_CONFIG_KEYS)):
         problems.append(f"spec.config.{key}: set by the spec; use {SPEC_OWNED_CONFIG_KEYS[key]} instead")
     return problems
