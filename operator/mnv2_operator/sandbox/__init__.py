@@ -50,7 +50,7 @@ Every pod is bound to the one Node ``sandbox`` (``spec.nodeName``) whatever its 
 from __future__ import annotations
 
 from mnv2_operator.sandbox.kubelet import Kubelet
-from mnv2_operator.sandbox.server import AuditRecord
 from mnv2_operator.sandbox.sandbox import Sandbox
+from mnv2_operator.sandbox.server import AuditRecord
 
 __all__ = ["AuditRecord", "Kubelet", "Sandbox"]
