@@ -194,6 +194,8 @@ class OnceLogger:
 def kubernetes_patcher(name: str, namespace: str) -> Callable[[dict[str, Any]], None]:
     """A function that merge-patches the job's status; configured lazily on first use.
 
+    It takes the status fields (``{"progress": ...}``) and sends ``{"status": {...}}``.
+
     In-cluster config first, else ``$KUBECONFIG`` (the sandbox sets it for pod processes).
     """
     state: dict[str, Any] = {}
@@ -202,18 +204,22 @@ def kubernetes_patcher(name: str, namespace: str) -> Callable[[dict[str, Any]], 
         if "api" not in state:
             from kubernetes import client, config
 
+            # A private client configuration: never touch the library's global default.
+            conf = client.Configuration()
             try:
-                config.load_incluster_config()
+                config.load_incluster_config(client_configuration=conf)
             except config.ConfigException:
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-            state["api"] = client.CustomObjectsApi()
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=conf)
+            # No urllib3 retries: each would log its own warning, and the next patch comes anyway.
+            conf.retries = False
+            state["api"] = client.CustomObjectsApi(client.ApiClient(conf))
         state["api"].patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
             PLURAL,
             name,
-            body,
+            {"status": body},  # the status subresource takes the whole object; only status is applied
             _content_type="application/merge-patch+json",
             _request_timeout=REQUEST_TIMEOUT,
         )

@@ -145,7 +145,9 @@ def create_env(cfg: dict[str, Any]) -> Env:
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=env.group_size
         )
-    ms.set_seed(int(cfg.get("seed", 42) or 0))
+    seed = int(cfg.get("seed", 42) or 0)
+    ms.set_seed(seed)  # the same initial weights on every rank
+    ms.dataset.config.set_seed(seed + env.rank)  # augmentation: a different stream per rank
     env_notes.extend(notes)
     return env
 

@@ -36,10 +36,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     if not _device_available(target):
         _logger.warning("device_target %s is not available in this MindSpore build: using CPU", target)
         target = "CPU"
-    ms.set_context(mode=ms.GRAPH_MODE if int(cfg.get("mode", 0)) == 0 else ms.PYNATIVE_MODE, device_target=target)
+    ms.set_context(
+        mode=ms.GRAPH_MODE if int(cfg.get("mode", 0)) == 0 else ms.PYNATIVE_MODE, device_target=target
+    )
     loader = create_loader(cfg, str(cfg.get("val_split", "val")), is_training=False)
     num_classes = int(cfg.get("num_classes") or loader.num_classes)
-    network = create_model(str(cfg["model"]), num_classes=num_classes, drop_rate=cfg.get("drop_rate"), checkpoint_path=path)
+    network = create_model(
+        str(cfg["model"]), num_classes=num_classes, drop_rate=cfg.get("drop_rate"), checkpoint_path=path
+    )
     amp = str(cfg.get("val_amp_level", "O0"))
     if amp != "O0" and target != "CPU":
         ms.amp.auto_mixed_precision(network, amp)
