@@ -128,7 +128,7 @@ def training_config(spec: S.JobSpec) -> tuple[dict[str, Any], str]:
         "train_split": spec.dataset.train_split,
         "val_split": spec.dataset.val_split,
         "device_target": "Ascend" if spec.accelerator.type == "ascend" else "CPU",
-        "distribute": True,
+        "distribute": spec.mode == "train",
         "ckpt_save_dir": CKPT_DIR,
         "resume": spec.resume,
     }
@@ -188,6 +188,7 @@ def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, atte
         trainer += ["--ckpt_path", spec.checkpoint or ""]
         if spec.output:
             trainer += ["--ckpt_save_dir", CKPT_DIR]
+        return msrun + trainer  # one process (parse_spec checks): nothing to distribute
     return msrun + trainer + ["--distribute", "True"]
 
 

@@ -770,6 +770,11 @@ def _cross_checks(spec: JobSpec) -> list[str]:
                 "spec.output.emptyDir: checkpoints are deleted with the pods, so a restart could not resume; "
                 "use output.pvc, or set runPolicy.backoffLimit: 0"
             )
+    if spec.mode == "validate" and spec.world_size != 1:
+        problems.append(
+            f"spec.devicesPerNode: validate mode runs one process (mnv2_trainer.validate is not distributed), "
+            f"not {spec.nodes} x {spec.devices_per_node}; set nodes: 1 and devicesPerNode: 1"
+        )
     if spec.mode == "validate" and spec.checkpoint is None:
         problems.append(
             "spec.checkpoint: validate mode evaluates a checkpoint; set it, e.g. /output/ckpt/mobilenet_v2_075_best.ckpt"

@@ -380,6 +380,7 @@ def test_validate_mode_runs_the_validator_on_the_checkpoint() -> None:
     trainer = cmd[cmd.index("python") :]
     assert trainer[:3] == ["python", "-m", "mnv2_trainer.validate"]
     assert trainer[trainer.index("--ckpt_path") + 1] == "/output/ckpt/best.ckpt"
+    assert "--distribute" not in trainer and cmd[1:3] == ["--worker_num=1", "--local_worker_num=1"]
 
 
 def test_config_map_holds_a_config_the_trainer_loads(tmp_path: Path) -> None:

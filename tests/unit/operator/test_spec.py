@@ -176,9 +176,14 @@ def test_quantities_accept_numbers_and_suffixes() -> None:
             id="subPath escape",
         ),
         pytest.param(
-            with_(mode="validate"),
+            with_(mode="validate", devicesPerNode=1),
             ["spec.checkpoint: validate mode evaluates a checkpoint; set it"],
             id="validate needs checkpoint",
+        ),
+        pytest.param(
+            with_(mode="validate", checkpoint="/output/a.ckpt"),
+            ["spec.devicesPerNode: validate mode runs one process", "set nodes: 1 and devicesPerNode: 1"],
+            id="validate one process",
         ),
         pytest.param(
             with_(checkpoint="ckpt/best.ckpt"),
@@ -275,7 +280,7 @@ def test_not_a_mapping() -> None:
     "changes",
     [
         {"output": {"emptyDir": {"sizeLimit": "5Gi"}}, "runPolicy": {"backoffLimit": 0}},
-        {"mode": "validate", "output": None, "checkpoint": "/data/pretrained/mnv2.ckpt"},
+        {"mode": "validate", "output": None, "checkpoint": "/data/pretrained/mnv2.ckpt", "devicesPerNode": 1},
         {"resume": "/output/ckpt/mobilenet_v2_075-10_625.ckpt"},
         {"resume": "never"},
         {"scheduling": {"gang": True, "queue": "research", "schedulerName": "volcano"}},
