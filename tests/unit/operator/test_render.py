@@ -504,3 +504,26 @@ def test_render_cli_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert cli.main(["render", "-f", "-"]) == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert kinds == ["Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Pod"]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_trainer_accepts_the_rendered_command_line(case: str, tmp_path: Path) -> None:
+    """The flags after `python -m mnv2_trainer.train` parse with the trainer's own parser (no MindSpore)."""
+    from mnv2_trainer.config import parse_args
+
+    result = rendered_case(case)
+    (cm,) = of_kind(result.objects, "ConfigMap")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(cm["data"]["config.yaml"])
+    cmd = container(result.pods[0])["command"]
+    argv = cmd[cmd.index("mnv2_trainer.train") + 1 :]
+    argv[argv.index("--config") + 1] = str(config_file)
+    parsed = parse_args(argv)
+    assert parsed["distribute"] is True
+    assert (parsed["data_dir"], parsed["ckpt_save_dir"], parsed["resume"]) == (
+        "/data",
+        "/output/ckpt",
+        "auto",
+    )
+    expected = {k: v for k, v in result.config.items()}
+    assert {k: parsed[k] for k in expected} == expected
