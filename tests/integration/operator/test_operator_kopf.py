@@ -100,7 +100,6 @@ def install_crd(c: Cluster) -> None:
     """Create (or replace) the CRD from crd.crd_yaml() and wait until the API serves it."""
     import kubernetes
     import yaml
-
     from mnv2_operator import crd
 
     body = yaml.safe_load(crd.crd_yaml())
@@ -279,9 +278,8 @@ def test_worker_failure_restarts_gang(cluster: Cluster, namespace: str) -> None:
         pods = wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
         s = wait_for("phase Running again", phase_is(cluster, ns, name, "Running"))
         assert s["restarts"] == 1
-        assert "--resume" in pods[0].spec.containers[0].args or "auto" in " ".join(
-            pods[0].spec.containers[0].command + (pods[0].spec.containers[0].args or [])
-        )
+        container = pods[0].spec.containers[0]
+        assert "--resume auto" in " ".join((container.command or []) + (container.args or []))
         assert "Restarting" in events_of(cluster, ns, name)
         assert pod_creates(cluster, ns) == 4  # two per attempt, never more
         cluster.finish(ns, f"{name}-worker-0", 0)
@@ -374,11 +372,12 @@ def test_delete_cleans_every_child(cluster: Cluster, namespace: str) -> None:
 def test_invalid_spec_fails_creates_nothing_and_operator_continues(cluster: Cluster, namespace: str) -> None:
     ns = namespace
     with operator(ns):
+        # Valid for the CRD's schema, refused by parse_spec's cross-field check.
         bad = job_spec(nodes=1)
-        bad["model"]["name"] = "mobilenet_v3_large"
+        bad["output"] = {"emptyDir": {}}
         cluster.create_job(ns, "bad", bad)
         s = wait_for("phase Failed", phase_is(cluster, ns, "bad", "Failed"))
-        assert "spec.model.name" in s["message"]
+        assert "spec.output.emptyDir" in s["message"]
         assert condition(s, "Failed")["reason"] == "InvalidSpec"
         assert "InvalidSpec" in wait_for("InvalidSpec event", lambda: events_of(cluster, ns, "bad"))
         # Nothing was created for it, and nothing is retried.
@@ -391,7 +390,7 @@ def test_invalid_spec_fails_creates_nothing_and_operator_continues(cluster: Clus
         cluster.create_job(ns, "good", job_spec(nodes=1))
         wait_for("the valid job running", phase_is(cluster, ns, "good", "Running"))
         # Fixing the spec starts the job.
-        cluster.patch_spec(ns, "bad", {"model": {"name": "mobilenet_v2_035_96"}})
+        cluster.patch_spec(ns, "bad", {"output": {"emptyDir": None, "pvc": {"claimName": "runs"}}})
         wait_for("the fixed job running", phase_is(cluster, ns, "bad", "Running"))
 
 
