@@ -192,6 +192,31 @@ def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, atte
     return msrun + trainer + ["--distribute", "True"]
 
 
+# Waits until a host name resolves (argv: host, timeout in seconds); exits non-zero after the timeout.
+_WAIT_FOR_DNS = """\
+import socket, sys, time
+host, timeout = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        socket.getaddrinfo(host, None)
+        break
+    except OSError as err:
+        if time.monotonic() > deadline:
+            sys.exit(f"{host} did not resolve within {timeout:g}s: {err}")
+        time.sleep(2)
+print(f"{host} resolves")
+"""
+
+
+def wait_command(name: str, namespace: str, spec: S.JobSpec) -> list[str] | None:
+    """The init container's command of multi-node pods: wait until rank 0's DNS name resolves."""
+    if spec.nodes == 1:
+        return None
+    host = master_addr(name, namespace, spec.nodes)
+    return ["python", "-c", _WAIT_FOR_DNS, host, str(spec.cluster_timeout_seconds)]
+
+
 @dataclass(frozen=True)
 class VolumeView:
     """A dataset or output volume as the templates need it."""
@@ -352,6 +377,7 @@ def render_job(
                 index=index,
                 attempt=attempt,
                 command=trainer_command(name, namespace, spec, index, attempt),
+                wait_command=wait_command(name, namespace, spec),
                 ascend=ascend,
                 resource_name=resource_name,
                 image=spec.image or defaults.image,

@@ -293,6 +293,29 @@ def test_multi_node_msrun_lines() -> None:
         assert pod["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
 
 
+def test_multi_node_pods_wait_for_rank_0_dns(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (init,) = rendered_case("ascend-4x8").pods[1]["spec"]["initContainers"]
+    assert init["command"][:2] == ["python", "-c"]
+    assert init["command"][3:] == ["mnv2-075-4x8-worker-0.mnv2-075-4x8.ml.svc", "600"]
+    assert "initContainers" not in rendered_case("ascend-1x8").pods[0]["spec"]
+    # The script itself: a name that resolves passes at once, one that never does fails after the timeout.
+    script = init["command"][2]
+    ok = subprocess.run(
+        [sys.executable, "-c", script, "localhost", "5"], capture_output=True, text=True, timeout=30
+    )
+    assert ok.returncode == 0 and "localhost resolves" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-c", script, "no-such-host.invalid", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 1 and "did not resolve within 0s" in bad.stderr
+
+
 def test_ascend_pods_get_devices_driver_and_visible_devices() -> None:
     pod = rendered_case("ascend-1x8").pods[0]
     res = container(pod)["resources"]
