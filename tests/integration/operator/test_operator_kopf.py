@@ -13,6 +13,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -486,3 +487,72 @@ def test_status_changes_are_merge_patches(cluster: Cluster, namespace: str) -> N
     }
     # The test created the job; the operator only patched its status.
     assert writes == {("create", PLURAL, ""), ("patch", PLURAL, "status")}
+
+
+def _documented_requests() -> set[tuple[str, str, str]]:
+    """(verb, group, resource[/subresource]) rows of the table in docs/operator.md."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operator.md").read_text()
+    table = doc.split("## API requests the operator makes", 1)[1]
+    allowed = set()
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("API group", "---") or not line.startswith("|"):
+            continue
+        group = "" if cells[0].startswith('""') else cells[0]
+        for resource in cells[1].split(","):
+            for verb in cells[2].split(","):
+                allowed.add((verb.strip(), group, resource.strip()))
+    return allowed
+
+
+def test_operator_requests_are_documented(cluster: Cluster, namespace: str) -> None:
+    """Every request the operator makes (sandbox audit) is in docs/operator.md's table (the RBAC source)."""
+    if cluster.sandbox is None:
+        pytest.skip("reads the sandbox's audit log")
+    sb = cluster.sandbox
+    ns = namespace
+    info = sb.server.find(GROUP, VERSION, PLURAL)
+
+    def phase(name: str, want: str) -> Callable[[], bool]:
+        # Read the sandbox's store directly: the test's own polling must not show up in the audit.
+        return lambda: ((sb.server.get(info, ns, name) or {}).get("status") or {}).get("phase") == want
+
+    start = len(sb.audit)
+    test_requests = {("create", GROUP, PLURAL): 0, ("patch", GROUP, PLURAL): 0}
+    with operator(ns):
+        cluster.create_job(ns, "a", job_spec(nodes=2, backoffLimit=1, ttlSecondsAfterFinished=0))
+        cluster.create_job(ns, "s", job_spec(nodes=1))
+        test_requests[("create", GROUP, PLURAL)] += 2
+        wait_for("a running", phase("a", "Running"))
+        sb.kubelet.finish(ns, "a-worker-0", exit_code=1)  # gang restart: pods deleted and created
+        wait_for("a restarted", phase("a", "Restarting"))
+        wait_for("a running again", phase("a", "Running"))
+        sb.kubelet.finish(ns, "a-worker-0", exit_code=0)
+        sb.kubelet.finish(ns, "a-worker-1", exit_code=0)
+        wait_for("a deleted after its TTL", lambda: sb.server.get(info, ns, "a") is None)
+        wait_for("s running", phase("s", "Running"))
+        cluster.patch_spec(ns, "s", {"runPolicy": {"suspend": True}})
+        test_requests[("patch", GROUP, PLURAL)] += 1
+        wait_for("s suspended", phase("s", "Suspended"))
+    made: dict[tuple[str, str, str], int] = {}
+    for r in sb.audit[start:]:
+        key = (r.verb, r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""))
+        made[key] = made.get(key, 0) + 1
+    for key, n in test_requests.items():
+        made[key] -= n
+    operator_requests = {k for k, n in made.items() if n > 0}
+    undocumented = operator_requests - _documented_requests()
+    assert not undocumented, f"requests missing from docs/operator.md: {sorted(undocumented)}"
+    # And the table is not just permissive: the core of it was exercised.
+    for expected in [
+        ("get", GROUP, PLURAL),
+        ("delete", GROUP, PLURAL),
+        ("patch", GROUP, f"{PLURAL}/status"),
+        ("create", "", "pods"),
+        ("delete", "", "pods"),
+        ("list", "", "pods"),
+        ("create", "", "configmaps"),
+        ("create", "rbac.authorization.k8s.io", "roles"),
+        ("create", "", "events"),
+    ]:
+        assert expected in operator_requests, expected
