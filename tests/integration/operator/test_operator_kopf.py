@@ -556,3 +556,31 @@ def test_operator_requests_are_documented(cluster: Cluster, namespace: str) -> N
         ("create", "", "events"),
     ]:
         assert expected in operator_requests, expected
+
+
+def test_api_errors_are_retried(cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500 on the first pod create and on the first status patch: retried, nothing duplicated."""
+    from mnv2_operator import handlers
+
+    real = handlers.Api._request_sync
+    failed: list[str] = []
+
+    def flaky(
+        self: Any, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        for what in ("POST pods", "PATCH status"):
+            verb, suffix = what.split()
+            if method == verb and path.endswith(suffix) and what not in failed:
+                failed.append(what)
+                raise handlers.ApiError(500, "Internal Server Error", "injected by the test")
+        return real(self, method, path, body, content_type)
+
+    monkeypatch.setattr(handlers.Api, "_request_sync", flaky)
+    ns, name = namespace, "unlucky"
+    with operator(ns) as runner:
+        cluster.create_job(ns, name, job_spec(nodes=2))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+    assert sorted(failed) == ["PATCH status", "POST pods"]
+    assert "retrying" in runner.output
+    assert len(cluster.pods(ns, name)) == 2
