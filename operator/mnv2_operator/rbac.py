@@ -164,21 +164,25 @@ def unused_rules(grants: Iterable[Grant], requests: Iterable[Request]) -> list[t
     """(group, resource, verb) triples the grants allow but no request used.
 
     Expands each rule's lists (wildcards stay "*"), so the result says which granted verb on which
-    resource was never exercised: the candidates for removal from a least-privilege role.
+    resource was never exercised under any binding: the candidates for removal from a least-privilege
+    role. A triple granted in several namespaces counts as used when it was used in any of them.
     """
     requests = list(requests)
-    unused = []
+    granted: list[tuple[str, str, str]] = []
+    used: set[tuple[str, str, str]] = set()
     for grant in grants:
         for rule in grant.rules:
             for group in rule.get("apiGroups") or []:
                 for resource in rule.get("resources") or []:
                     for verb in rule.get("verbs") or []:
+                        triple = (group, resource, verb)
+                        if triple not in granted:
+                            granted.append(triple)
                         probe = {**rule, "apiGroups": [group], "resources": [resource], "verbs": [verb]}
-                        used = any(
+                        if any(
                             rule_allows(probe, r)
                             and (grant.namespace is None or grant.namespace == r.namespace)
                             for r in requests
-                        )
-                        if not used and (group, resource, verb) not in unused:
-                            unused.append((group, resource, verb))
-    return unused
+                        ):
+                            used.add(triple)
+    return [triple for triple in granted if triple not in used]

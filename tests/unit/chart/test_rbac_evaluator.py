@@ -113,3 +113,11 @@ def test_denied_and_unused() -> None:
     ]
     assert denied_requests(g, requests) == [Request("delete", "", "pods", namespace="a", name="p")]
     assert unused_rules(g, requests) == [("", "configmaps", "get")]
+
+
+def test_a_right_used_in_one_namespace_is_used() -> None:
+    rules = (rule([""], ["pods"], ["create", "delete"]),)
+    g = [Grant(rules=rules, namespace="a", source="a"), Grant(rules=rules, namespace="b", source="b")]
+    requests = [Request("create", "", "pods", namespace="a"), Request("create", "", "pods", namespace="b")]
+    assert unused_rules(g, requests) == [("", "pods", "delete")]
+    assert unused_rules(g, [*requests, Request("delete", "", "pods", namespace="b", name="p")]) == []
