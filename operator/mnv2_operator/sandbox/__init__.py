@@ -13,6 +13,8 @@ Public API::
         sb.api_client()           # kubernetes.client.ApiClient configured for this sandbox
         sb.kubectl("get", "pods", "-l", "app=x")      # CompletedProcess of .venv/bin/kubectl --kubeconfig ...
         sb.kubectl("apply", "-f", "-", input=yaml_text, check=True)
+        sb.export_kubeconfig()    # make it the process default: $KUBECONFIG (+ the kubernetes package's
+                                  # import-time default); call before kopf.testing.KopfRunner
         sb.audit                  # list[AuditRecord]: every API request (verb, group, resource, ...)
         sb.kubelet                # Kubelet
         sb.kubelet.default_outcome = (2.0, 0)       # simulated: pods end by themselves after 2 s, exit 0

@@ -390,7 +390,8 @@ class Handler:
         # Snapshot and registration happen without an await in between: no event can be missed.
         initial: list[tuple[str, dict[str, Any]]] = []
         gone = False
-        if rv in ("", "0"):
+        send_initial = params.get("sendInitialEvents") in ("true", "1")
+        if rv in ("", "0") or send_initial:
             objs = [o for o in s.iter_objects(info, watcher.namespace) if watcher.matches(o)]
             objs.sort(key=lambda o: int(o["metadata"]["resourceVersion"]))
             initial = [("ADDED", o) for o in objs]
@@ -420,6 +421,11 @@ class Handler:
                 return resp
             for type_, obj in initial:
                 await resp.write(self._event_line(type_, obj, r, as_table))
+            if send_initial:
+                # The WatchList protocol (kubectl wait, informers): a bookmark ends the initial events.
+                bm = {"kind": info.kind, "apiVersion": info.group_version(r.version),
+                      "metadata": {"resourceVersion": str(s.rv), "annotations": {"k8s.io/initial-events-end": "true"}}}  # fmt: skip
+                await resp.write(_dumps({"type": "BOOKMARK", "object": bm}) + b"\n")
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             deadline = time.monotonic() + timeout if timeout else None
             bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
@@ -526,5 +532,9 @@ def _delete_params(params: dict[str, str]) -> dict[str, Any]:
 def make_app(server: ApiServer) -> tuple[web.Application, Handler]:
     handler = Handler(server)
     app = web.Application(client_max_size=256 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", handler)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    app.router.add_route("*", "/{tail:.*}", handle)
     return app, handler

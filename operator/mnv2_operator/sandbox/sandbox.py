@@ -161,6 +161,16 @@ class Sandbox:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, self.kubeconfig_path)
 
+    def export_kubeconfig(self) -> None:
+        """Make this sandbox the process's default cluster: sets $KUBECONFIG for clients that read it
+        late (kopf's login, subprocesses), and for the `kubernetes` package, which reads $KUBECONFIG
+        once at import time, also its module default. Call before `KopfRunner`/`load_kube_config()`.
+        """
+        os.environ["KUBECONFIG"] = str(self.kubeconfig_path)
+        kube_config = sys.modules.get("kubernetes.config.kube_config")
+        if kube_config is not None:
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig_path)  # type: ignore[attr-defined]
+
     def api_client(self) -> kubernetes.client.ApiClient:
         """A `kubernetes` client configured from this sandbox's kubeconfig (not $KUBECONFIG)."""
         import kubernetes.config

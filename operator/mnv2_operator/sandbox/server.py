@@ -202,8 +202,10 @@ class ApiServer:
         self.audit: list[AuditRecord] = []
         self.resources: dict[Key, ResourceInfo] = {}
         self.data: dict[Key, dict[str, dict[str, dict[str, Any]]]] = collections.defaultdict(dict)
+        # Watch events kept per resource for resumption; older resourceVersions get 410 Gone.
+        self.history_limit = HISTORY_PER_RESOURCE
         self.history: dict[Key, collections.deque[Event]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=HISTORY_PER_RESOURCE)
+            lambda: collections.deque(maxlen=self.history_limit)
         )
         self.evicted: dict[Key, int] = collections.defaultdict(int)
         self.watchers: dict[Key, set[Watcher]] = collections.defaultdict(set)

@@ -1,0 +1,67 @@
+"""Fixtures of the contract suite: the same tests against the sandbox or a real cluster.
+
+Without options the suite starts one process-kubelet `Sandbox` for the session. With
+`pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need sandbox-only
+features (Kubelet.finish, audit records, local pod processes) skip there, saying so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+from mnv2_operator.sandbox import Sandbox
+
+from contract.kit import GROUP, WIDGET_CRD, Cluster, wait_for
+
+
+@pytest.fixture(scope="session")
+def cluster(kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cache = tmp_path_factory.mktemp("kube-cache")
+    if kubeconfig_option:
+        yield Cluster(Path(kubeconfig_option), None, cache)
+        return
+    sb = Sandbox(tmp_path_factory.mktemp("sandbox"), kubelet="process").start()
+    try:
+        yield Cluster(sb.kubeconfig_path, sb, cache)
+    finally:
+        sb.stop()
+
+
+@pytest.fixture(scope="session")
+def api(cluster: Cluster) -> kubernetes.client.ApiClient:
+    return cluster.api()
+
+
+@pytest.fixture
+def ns(cluster: Cluster, api: kubernetes.client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = f"ct-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: _sa_exists(core, name), timeout=20, what=f"default service account in {name}")
+    yield name
+    core.delete_namespace(name)
+
+
+def _sa_exists(core: kubernetes.client.CoreV1Api, ns: str) -> bool:
+    try:
+        core.read_namespaced_service_account("default", ns)
+        return True
+    except kubernetes.client.ApiException:
+        return False
+
+
+@pytest.fixture(scope="session")
+def widget_crd(cluster: Cluster) -> Iterator[str]:
+    """The contract suite's own CRD (group contract.mnv2.dev), applied with kubectl."""
+    cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/widgets.{GROUP}", "--timeout=30s")
+    wait_for(
+        lambda: cluster.kubectl("get", "wdg", "-A", check=False).returncode == 0, 20, "widgets in discovery"
+    )
+    yield f"widgets.{GROUP}"
+    cluster.kubectl("delete", "crd", f"widgets.{GROUP}", "--wait=false", check=False)
