@@ -203,6 +203,9 @@ def test_notes_tell_how_to_submit_a_job_and_read_its_status() -> None:
     # The example the notes point at is shipped.
     (example,) = re.findall(r"-f (manifests/examples/\S+)", notes)
     assert (REPO_ROOT / example).is_file(), f"NOTES.txt names {example}, which does not exist"
+    # ... and the claim it writes to, which the user must create on a real cluster.
+    claim = yaml.safe_load((REPO_ROOT / example).read_text())["spec"]["output"]["pvc"]["claimName"]
+    assert f'PersistentVolumeClaim "{claim}"' in notes
 
 
 def test_chart_ships_the_generated_crd() -> None:

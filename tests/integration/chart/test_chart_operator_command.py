@@ -1,0 +1,94 @@
+"""The chart's Deployment command line, run as is (`mnv2 operator ...`) against the sandbox.
+
+The container's command and args are taken from the rendered Deployment; only the liveness port is
+moved to a free one (8080 may be taken on a shared machine). The operator must serve /healthz where
+the Deployment's liveness probe looks, handle a job, and stop cleanly on SIGTERM (what the kubelet
+sends when the Deployment is updated with strategy Recreate).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mnv2_operator import render
+from mnv2_operator.manifests import CHART_DIR, render_chart
+
+pytestmark = pytest.mark.cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except OSError:
+        return None
+
+
+def test_deployment_command_runs_the_operator(tmp_path: Path) -> None:
+    from mnv2_operator.sandbox import Sandbox
+
+    (deployment,) = [o for o in render_chart({"watchNamespaces": ["team-a"]}) if o["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    probe = container["livenessProbe"]["httpGet"]
+    (port_spec,) = [p for p in container["ports"] if p["name"] == probe["port"]]
+    port = free_port()
+    liveness_arg = f"--liveness=http://0.0.0.0:{port_spec['containerPort']}{probe['path']}"
+    assert liveness_arg in container["args"]
+    args = [a.replace(f":{port_spec['containerPort']}/", f":{port}/") for a in container["args"]]
+    command = shutil.which(container["command"][0], path=str(Path(sys.executable).parent))
+    assert command, f"{container['command'][0]} is not installed next to {sys.executable}"
+
+    with Sandbox(tmp_path / "sandbox", kubelet="simulated") as sandbox:
+        sandbox.kubectl("apply", "-f", str(CHART_DIR / "crds"))
+        sandbox.kubectl(
+            "apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n"
+        )
+        env = {**os.environ, "KUBECONFIG": str(sandbox.kubeconfig_path)}
+        env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+        log = (tmp_path / "operator.log").open("w")
+        proc = subprocess.Popen([command, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while http_status(f"http://127.0.0.1:{port}{probe['path']}") != 200:
+                assert proc.poll() is None, (tmp_path / "operator.log").read_text()
+                assert time.monotonic() < deadline, "the operator never answered its liveness probe"
+                time.sleep(0.2)
+            job = yaml.safe_load((CHART_DIR.parents[1] / "manifests/examples/digits-cpu.yaml").read_text())
+            job["metadata"]["namespace"] = "team-a"
+            sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+            name = job["metadata"]["name"]
+            deadline = time.monotonic() + 60
+            while True:
+                pods = sandbox.server.iter_objects(sandbox.server.resources[("", "pods")], "team-a")
+                if any(p["metadata"].get("labels", {}).get(render.LABEL_JOB) == name for p in pods):
+                    break
+                assert proc.poll() is None, (tmp_path / "operator.log").read_text()
+                assert time.monotonic() < deadline, "the operator created no pod for the example job"
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            log.close()
+    output = (tmp_path / "operator.log").read_text()
+    assert code == 0, output
+    assert "Traceback" not in output, output
