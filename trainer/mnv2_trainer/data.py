@@ -262,6 +262,7 @@ def _make_sampler(
     seed: int,
     start_epoch: int,
     limit: int | None = None,
+    label: str = "",
 ) -> Any:
     import mindspore.dataset as ds
 
@@ -285,7 +286,9 @@ def _make_sampler(
                 limit=limit,
             )
             if len(idx) <= LOG_INDICES_MAX:
-                _logger.debug("shard %d/%d epoch %d indices %s", shard_id, num_shards, self.epoch + 1, idx)
+                _logger.debug(
+                    "%s shard %d/%d epoch %d indices %s", label, shard_id, num_shards, self.epoch + 1, idx
+                )
             self.epoch += 1
             return iter(idx)
 
@@ -360,6 +363,7 @@ def create_loader(
             seed=seed,
             start_epoch=start_epoch,
             limit=num_samples,
+            label=split,
         )
         dataset = ds.GeneratorDataset(
             _ArraySource(images, labels), column_names=["image", "label"], sampler=sampler
@@ -382,6 +386,7 @@ def create_loader(
             seed=seed,
             start_epoch=start_epoch,
             limit=num_samples,
+            label=split,
         )
         dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, num_parallel_workers=workers)
         decode = True

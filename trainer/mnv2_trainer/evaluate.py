@@ -53,27 +53,6 @@ def finish(sums: np.ndarray) -> EvalResult:
     return EvalResult(float(sums[0] / n), float(sums[1] / n), float(sums[2] / n), int(round(n)))
 
 
-def create_allreduce() -> Any:
-    """A callable summing a float32 numpy vector over all ranks (only after communication.init())."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class _Sum(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.reduce = ops.AllReduce(ops.ReduceOp.SUM)
-
-        def construct(self, x: ms.Tensor) -> ms.Tensor:
-            return self.reduce(x)
-
-    cell = _Sum()
-
-    def allreduce(vec: np.ndarray) -> np.ndarray:
-        return cell(ms.Tensor(vec.astype(np.float32))).asnumpy().astype(np.float64)
-
-    return allreduce
-
-
 def evaluate(network: Any, dataset: Any, label_smoothing: float = 0.0, allreduce: Any = None) -> EvalResult:
     """Run ``network`` in inference mode over ``dataset`` (batches of ``(image, label)``).
 
@@ -81,7 +60,7 @@ def evaluate(network: Any, dataset: Any, label_smoothing: float = 0.0, allreduce
         network: the MobileNetV2 cell; put back into training mode by the caller if needed.
         dataset: a batched ``mindspore.dataset`` pipeline.
         label_smoothing: for the reported loss.
-        allreduce: from :func:`create_allreduce` in distributed runs, else ``None``.
+        allreduce: ``distributed.create_allreduce()`` in distributed runs, else ``None``.
     """
     network.set_train(False)
     sums = np.zeros(4, dtype=np.float64)

@@ -317,23 +317,13 @@ def _read_strict(path: str, key: str) -> ckpt_lib.TrainState:
 
 
 def agree_across_ranks(value: float, env: Env) -> tuple[float, float]:
-    """``(min, max)`` of ``value`` over all ranks, all-reduced as float32."""
+    """``(min, max)`` of ``value`` over all ranks."""
     if not env.distributed:
         return value, value
-    import mindspore as ms
-    import numpy as np
-    from mindspore import nn, ops
+    from .distributed import create_allreduce, gather_values
 
-    class _MinMax(nn.Cell):
-        def __init__(self) -> None:
-            super().__init__()
-            self.max = ops.AllReduce(ops.ReduceOp.MAX)
-
-        def construct(self, x: ms.Tensor) -> ms.Tensor:
-            return self.max(x)
-
-    out = _MinMax()(ms.Tensor(np.array([value, -value], np.float32))).asnumpy()
-    return float(-out[1]), float(out[0])
+    values = gather_values(value, env.rank, env.group_size, create_allreduce())
+    return float(values.min()), float(values.max())
 
 
 def weights_digest(network: Any) -> str:
@@ -394,6 +384,7 @@ def create_callback(**kwargs: Any) -> Any:
                 )
 
         def on_train_epoch_end(self, run_context: Any) -> None:
+            from .distributed import average_parameters, batchnorm_statistics
             from .evaluate import evaluate
             from .report import metrics_line
 
@@ -406,6 +397,8 @@ def create_callback(**kwargs: Any) -> Any:
             loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
             ips = self.spe * self.global_batch / seconds if seconds > 0 else None
             result = None
+            if self.allreduce is not None:  # every rank validates and saves the same model
+                average_parameters(batchnorm_statistics(self.network), self.env.group_size, self.allreduce)
             if self.val_loader is not None and (epoch % self.val_interval == 0 or epoch == self.epochs):
                 t0 = time.time()
                 result = evaluate(self.network, self.val_loader.dataset, self.label_smoothing, self.allreduce)
@@ -487,7 +480,7 @@ def run(cfg: dict[str, Any]) -> RunState:
     """Train according to the resolved config; returns the final state (for tests and main)."""
     import mindspore as ms
 
-    from .evaluate import create_allreduce
+    from .distributed import broadcast_parameters, create_allreduce
     from .model import create_model, param_count
     from .report import create_reporter
 
@@ -554,6 +547,9 @@ def run(cfg: dict[str, Any]) -> RunState:
     train_cell = create_train_cell(network, create_loss(cfg), optimizer, amp_level, (kind, scale, drop))
     if state_ckpt is not None and not position.finished:
         load_train_state(train_cell, optimizer, state_ckpt, position.global_step)
+    allreduce = create_allreduce() if env.distributed else None
+    if allreduce is not None:  # replicas must start equal (initialisers differ per rank)
+        broadcast_parameters(network.get_parameters(), env.rank, allreduce)
     n_tensors, n_values = param_count(network)
 
     resume_text = (
@@ -616,7 +612,7 @@ def run(cfg: dict[str, Any]) -> RunState:
         val_loader=val_loader,
         val_interval=int(cfg.get("val_interval", 1) or 1),
         label_smoothing=float(cfg.get("label_smoothing", 0.0) or 0.0),
-        allreduce=create_allreduce() if env.distributed else None,
+        allreduce=allreduce,
         reporter=reporter,
         model_name=model_name,
         save_dir=save_dir,
