@@ -31,5 +31,15 @@ RUN pip install ".[trainer]" && rm -rf /src
 RUN command -v msrun && command -v python \
  && python -c "import mindspore, mnv2_trainer.train; print('mindspore', mindspore.__version__)"
 
-# Checkpoints, logs and data are volumes mounted by the operator (/output, /data).
+# The operator starts `msrun` directly, without a shell, so CANN's environment (ASCEND_HOME_PATH,
+# LD_LIBRARY_PATH, PYTHONPATH for its Python modules, ...) must be set with ENV in the image, not only by
+# sourcing set_env.sh in a shell profile. CANN base images usually do this; warn when it looks unset.
+RUN if [ -z "${ASCEND_HOME_PATH:-}${ASCEND_TOOLKIT_HOME:-}" ]; then \
+      echo "WARNING: ASCEND_HOME_PATH/ASCEND_TOOLKIT_HOME unset: add ENV lines equivalent to CANN's set_env.sh"; \
+    fi
+
+# Checkpoints, logs and data are volumes mounted by the operator (/output, /data). CPU jobs run as
+# uid 1000 (Ascend jobs as the image's user): the working directory, where MindSpore may write scratch
+# files, is writable for both.
 WORKDIR /workspace
+RUN chmod 1777 /workspace
