@@ -302,10 +302,16 @@ class Controller:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         # The Helm chart's jobDefaults reach the operator as MNV2_DEFAULT_* environment variables.
         self.defaults = OperatorDefaults.from_env()
+        self._warned: dict[Key, str] = {}  # job -> spec hash last warned about (SpecChangeDeferred)
 
     def kick(self, key: Key, pods_index: Any) -> None:
         self.pods_index = pods_index
         self.scheduler.kick(key)
+
+    def forget(self, key: Key) -> None:
+        """The job is gone: drop its timers and memory."""
+        self.scheduler.forget(key)
+        self._warned.pop(key, None)
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         if self.pods_index is None or key not in self.pods_index:
@@ -318,7 +324,7 @@ class Controller:
             job = await self.api.request("GET", job_path(namespace, name))
         except ApiError as err:
             if err.status == 404:
-                self.scheduler.forget(key)
+                self.forget(key)
                 return None
             raise
         meta = job.get("metadata", {})
@@ -371,7 +377,7 @@ class Controller:
             except ApiError as err:
                 if err.status != 404:
                     raise
-            self.scheduler.forget(key)
+            self.forget(key)
             return None
         return requeue
 
@@ -416,7 +422,7 @@ class Controller:
         pods: list[dict[str, Any]],
         spec_hash: str,
     ) -> None:
-        """Tell the user once per generation that running pods keep the spec they started with."""
+        """Tell the user once per edit that running pods keep the spec they started with."""
         generation = job["metadata"].get("generation")
         if previous.get("observedGeneration") in (None, generation):
             return
@@ -424,20 +430,24 @@ class Controller:
             return
         hashes = {(p["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) for p in pods}
         hashes.discard(None)
-        if hashes and hashes != {spec_hash}:
-            self._post(
-                job,
-                [
-                    st.Event(
-                        "Warning",
-                        "SpecChangeDeferred",
-                        f"spec changed (generation {generation}) while the job is "
-                        f"{decision.status['phase']}: running pods keep the spec they started with; "
-                        "the change applies when pods are next created (after a gang restart, or "
-                        "suspend and resume the job to apply it now). runPolicy changes apply at once.",
-                    )
-                ],
-            )
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        # Remembered in memory only: after an operator restart the warning may come once more.
+        if not hashes or hashes == {spec_hash} or self._warned.get(key) == spec_hash:
+            return
+        self._warned[key] = spec_hash
+        self._post(
+            job,
+            [
+                st.Event(
+                    "Warning",
+                    "SpecChangeDeferred",
+                    f"spec changed (generation {generation}) while the job is "
+                    f"{decision.status['phase']}: running pods keep the spec they started with; "
+                    "the change applies when pods are next created (after a gang restart, or "
+                    "suspend and resume the job to apply it now). runPolicy changes apply at once.",
+                )
+            ],
+        )
 
     async def _delete_pod(self, namespace: str, pod: Mapping[str, Any]) -> None:
         # The uid precondition makes sure a newer pod that reuses the name is never deleted.
@@ -579,7 +589,7 @@ async def _job_event(
     type: str | None, namespace: str, name: str, memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
 ) -> None:
     if type == "DELETED":
-        memo.mnv2.scheduler.forget((namespace, name))
+        memo.mnv2.forget((namespace, name))
         return
     memo.mnv2.kick((namespace, name), mnv2_pods)
 
@@ -593,6 +603,10 @@ def run_operator(namespaces: list[str], liveness: str | None, standalone: bool) 
         standalone: no peering with other replicas (no kopfpeerings objects needed).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One line per watch event ("Handler '_pod_event' succeeded") and per liveness probe would drown
+    # the operator's own lines (one per transition, logger `mnv2_operator`) with thousands of jobs.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kopf.run(
         standalone=standalone,
         clusterwide=not namespaces,

@@ -584,3 +584,67 @@ def test_api_errors_are_retried(cluster: Cluster, namespace: str, monkeypatch: p
     assert sorted(failed) == ["PATCH status", "POST pods"]
     assert "retrying" in runner.output
     assert len(cluster.pods(ns, name)) == 2
+
+
+def test_spec_change_while_running_is_deferred_with_a_warning(cluster: Cluster, namespace: str) -> None:
+    ns, name = namespace, "edited"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 1, 0))
+        uid = pods[0].metadata.uid
+        cluster.patch_spec(ns, name, {"config": {"epoch_size": 3}})
+        wait_for("SpecChangeDeferred event", lambda: "SpecChangeDeferred" in events_of(cluster, ns, name))
+        job = cluster.job(ns, name)
+        assert job is not None
+        wait_for(
+            "observedGeneration",
+            lambda: cluster.status(ns, name).get("observedGeneration") == job["metadata"]["generation"],
+        )
+        # The running pod was left alone; a runPolicy change alone gives no warning.
+        assert [p.metadata.uid for p in cluster.pods(ns, name)] == [uid]
+        cluster.patch_spec(ns, name, {"runPolicy": {"backoffLimit": 5}})
+        wait_for(
+            "observedGeneration",
+            lambda: cluster.status(ns, name).get("observedGeneration") == job["metadata"]["generation"] + 1,
+        )
+        assert events_of(cluster, ns, name).count("SpecChangeDeferred") == 1
+
+
+def test_mnv2_operator_command(cluster: Cluster, namespace: str) -> None:
+    """`mnv2 operator` as a process: liveness endpoint, handles a job, exits 0 on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, KUBECONFIG=cluster.kubeconfig)
+    cmd = [sys.executable, "-m", "mnv2_operator.cli", "operator", "--standalone", "-n", namespace]
+    proc = subprocess.Popen(
+        [*cmd, "--liveness", f"http://127.0.0.1:{port}/healthz"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def alive() -> bool:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_for("the liveness endpoint", alive, timeout=30)
+        cluster.create_job(namespace, "cli", job_spec(nodes=1))
+        wait_for("phase Running", phase_is(cluster, namespace, "cli", "Running"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    assert f"{namespace}/cli: Running" in out
