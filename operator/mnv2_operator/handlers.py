@@ -206,7 +206,14 @@ class Scheduler:
                     n = self._failures.get(key, 0) + 1
                     self._failures[key] = n
                     again = min(0.5 * 2 ** (n - 1), 30.0)
-                    logger.warning("reconcile of %s/%s failed (%s); retrying in %.1fs", *key, err, again)
+                    # API errors are expected now and then (one line); anything else is a bug (traceback).
+                    logger.warning(
+                        "reconcile of %s/%s failed (%s); retrying in %.1fs",
+                        *key,
+                        err,
+                        again,
+                        exc_info=not isinstance(err, ApiError),
+                    )
                 if again is not None:
                     self.kick(key, again)
                 if key not in self._dirty:
