@@ -164,7 +164,7 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         existing,
         job(NS_A, "ok", runPolicy={"backoffLimit": 1, "ttlSecondsAfterFinished": 1}),
         job(NS_B, "bad", mode="validate", nodes=1),  # validate mode without a checkpoint: InvalidSpec
-        job(NS_B, "gang", scheduling={"gang": True}),
+        job(NS_B, "gang", scheduling={"gang": True}, runPolicy={"backoffLimit": 1}),
     ])  # fmt: skip
     store = Store(sandbox)
     start = len(sandbox.audit)
@@ -190,6 +190,9 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         assert "checkpoint" in failed["message"]
         wait_for("gang: PodGroup", lambda: store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang"))
         wait_for("gang: running", lambda: store.running(NS_B, "gang", 2, 0))
+        # A gang restart re-applies every child, the PodGroup included (create -> 409 -> patch).
+        sandbox.kubelet.finish(NS_B, "gang-worker-0", exit_code=1, reason="Error")
+        wait_for("gang: attempt 1 running", lambda: store.running(NS_B, "gang", 2, 1))
         # Let the last status patches and Events go out before stopping.
         wait_for("gang: phase Running", lambda: store.status(NS_B, "gang").get("phase") == "Running")
         time.sleep(1.0)
