@@ -248,7 +248,7 @@ class Kubelet:
             return
         self.server.update_pod_status(run.namespace, run.name, mutate)
 
-    def _statuses(self, pod: dict[str, Any], first: dict[str, Any]) -> list[dict[str, Any]]:
+    def _statuses(self, run: PodRun, pod: dict[str, Any], first: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
         for i, c in enumerate(pod["spec"]["containers"]):
             base = {
@@ -260,6 +260,9 @@ class Kubelet:
                 "ready": False,
             }
             if i == 0:
+                base["restartCount"] = run.extra.get("restarts", 0)
+                if run.extra.get("last"):
+                    base["lastState"] = run.extra["last"]
                 base.update(first)
             else:
                 base["state"] = {
@@ -278,7 +281,7 @@ class Kubelet:
 
         def mutate(st: dict[str, Any]) -> None:
             st["containerStatuses"] = self._statuses(
-                pod, {"state": {"waiting": {"reason": reason, "message": message}}}
+                run, pod, {"state": {"waiting": {"reason": reason, "message": message}}}
             )
 
         self._update(run, mutate)
@@ -301,7 +304,7 @@ class Kubelet:
                                      "restartCount": restarts, "containerID": container_id}  # fmt: skip
             if last:
                 first["lastState"] = last
-            st["containerStatuses"] = self._statuses(pod, first)
+            st["containerStatuses"] = self._statuses(run, pod, first)
             st["conditions"] = _conditions(ready=ready, t=t)
 
         self._update(run, mutate)
@@ -320,7 +323,7 @@ class Kubelet:
         def mutate(st: dict[str, Any]) -> None:
             st["phase"] = "Succeeded" if exit_code == 0 else "Failed"
             st.setdefault("startTime", started or t)
-            st["containerStatuses"] = self._statuses(pod, {"state": {"terminated": term}, "ready": False, "started": False,
+            st["containerStatuses"] = self._statuses(run, pod, {"state": {"terminated": term}, "ready": False, "started": False,
                                                            "restartCount": restarts, "containerID": container_id})  # fmt: skip
             st["conditions"] = _conditions(ready=False, t=t, reason="PodCompleted")
 
@@ -414,12 +417,13 @@ class Kubelet:
             if not restart:
                 self._set_terminated(run, exit_code, reason, restarts, started, cid)
                 return
-            last = {
+            last = run.extra["last"] = {
                 "terminated": self._set_terminated(
                     run, exit_code, reason, restarts, started, cid, final=False
                 )
             }
             restarts += 1
+            run.extra["restarts"] = restarts
             self._set_waiting(
                 run,
                 "CrashLoopBackOff" if exit_code else "Completed",

@@ -140,7 +140,7 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[Cause]:
             Cause(
                 "FieldValueTypeInvalid",
                 path,
-                f"Invalid value: {go_repr(value)}: {path} in body must be of type {stype}: {go_repr(actual)}",
+                f"Invalid value: {go_repr(actual)}: {path} in body must be of type {stype}: {go_repr(actual)}",
             )
         )
         return causes

@@ -261,8 +261,13 @@ class ApiServer:
                     "kubeletVersion": SERVER_VERSION["gitVersion"],
                     "operatingSystem": "linux",
                     "architecture": "amd64",
-                    "containerRuntimeVersion": "mnv2-sandbox://process",
                     "osImage": "local processes",
+                    "kernelVersion": os.uname().release,
+                    "bootID": "sandbox",
+                    "machineID": "sandbox",
+                    "systemUUID": "sandbox",
+                    "kubeProxyVersion": "",
+                    "containerRuntimeVersion": "mnv2-sandbox://process",
                 },  # fmt: skip
             },
         }

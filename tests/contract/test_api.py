@@ -1,0 +1,316 @@
+"""API semantics through the `kubernetes` Python client: validation, defaults, status, versions,
+conflicts, selectors, finalizers, garbage collection."""
+
+from __future__ import annotations
+
+import json
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+
+from contract.kit import GROUP, Cluster, wait_for, widget
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def co(api: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(api)
+
+
+@pytest.fixture
+def core(api: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api)
+
+
+def create(co: kubernetes.client.CustomObjectsApi, ns: str, body: dict) -> dict:
+    return co.create_namespaced_custom_object(GROUP, "v1", ns, "widgets", body)
+
+
+def status_of(e: ApiException) -> dict:
+    return json.loads(e.body)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "reason", "message"),
+    [
+        (
+            {"size": 0},
+            "spec.size",
+            "FieldValueInvalid",
+            "Invalid value: 0: spec.size in body should be greater than or equal to 1",
+        ),
+        (
+            {"size": 65},
+            "spec.size",
+            "FieldValueInvalid",
+            "Invalid value: 65: spec.size in body should be less than or equal to 64",
+        ),
+        ({}, "spec.size", "FieldValueRequired", "Required value"),
+        (
+            {"size": 1, "color": "green"},
+            "spec.color",
+            "FieldValueNotSupported",
+            'Unsupported value: "green": supported values: "red", "blue"',
+        ),
+        (
+            {"size": "x"},
+            "spec.size",
+            "FieldValueTypeInvalid",
+            'Invalid value: "string": spec.size in body must be of type integer: "string"',
+        ),
+        (
+            {"size": 1, "label": "ABC"},
+            "spec.label",
+            "FieldValueInvalid",
+            "Invalid value: \"ABC\": spec.label in body should match '^[a-z]+$'",
+        ),
+        (
+            {"size": 1, "tags": ["a", "b", "c", "d"]},
+            "spec.tags",
+            "FieldValueTooMany",
+            "Too many: 4: must have at most 3 items",
+        ),
+    ],
+)
+def test_schema_validation_422_shape(
+    co, ns: str, widget_crd: str, spec: dict, field: str, reason: str, message: str
+) -> None:
+    body = widget("bad")
+    body["spec"] = spec
+    with pytest.raises(ApiException) as exc:
+        create(co, ns, body)
+    assert exc.value.status == 422
+    st = status_of(exc.value)
+    assert st["kind"] == "Status" and st["reason"] == "Invalid" and st["code"] == 422
+    assert (
+        st["details"]["name"] == "bad"
+        and st["details"]["group"] == GROUP
+        and st["details"]["kind"] == "Widget"
+    )
+    causes = st["details"]["causes"]
+    assert {"reason": reason, "message": message, "field": field} in causes
+    assert st["message"].startswith(f'Widget.{GROUP} "bad" is invalid: ')
+    assert f"{field}: {message}" in st["message"]
+
+
+def test_several_errors_are_listed_together(co, ns: str, widget_crd: str) -> None:
+    body = widget("bad2")
+    body["spec"] = {"color": "green"}
+    with pytest.raises(ApiException) as exc:
+        create(co, ns, body)
+    st = status_of(exc.value)
+    assert {c["field"] for c in st["details"]["causes"]} == {"spec.size", "spec.color"}
+    assert ": [" in st["message"]
+
+
+def test_defaults_applied_and_unknown_fields_pruned(co, ns: str, widget_crd: str) -> None:
+    body = widget("d", 2, extra={"anything": {"goes": 1}})
+    body["spec"]["unknownField"] = 1
+    body["topLevelJunk"] = True
+    got = create(co, ns, body)
+    assert got["spec"] == {"size": 2, "color": "red", "extra": {"anything": {"goes": 1}}}
+    assert "topLevelJunk" not in got
+
+
+def test_metadata_on_create(co, ns: str, widget_crd: str) -> None:
+    got = create(co, ns, widget("m"))
+    meta = got["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1
+    assert int(meta["resourceVersion"]) > 0
+    assert meta["namespace"] == ns
+
+
+def test_status_subresource_semantics(co, ns: str, widget_crd: str) -> None:
+    create(co, ns, {**widget("s"), "status": {"phase": "ignored-on-create"}})
+    got = co.get_namespaced_custom_object(GROUP, "v1", ns, "widgets", "s")
+    assert "phase" not in (got.get("status") or {})
+    # /status writes change status only, and do not bump generation
+    got = co.patch_namespaced_custom_object_status(
+        GROUP, "v1", ns, "widgets", "s", {"status": {"phase": "Running"}, "spec": {"size": 9}}
+    )
+    assert (
+        got["status"]["phase"] == "Running"
+        and got["spec"]["size"] == 2
+        and got["metadata"]["generation"] == 1
+    )
+    # main-resource writes ignore status, and bump generation on spec changes
+    got = co.patch_namespaced_custom_object(
+        GROUP, "v1", ns, "widgets", "s", {"status": {"phase": "Hacked"}, "spec": {"size": 3}}
+    )
+    assert (
+        got["status"]["phase"] == "Running"
+        and got["spec"]["size"] == 3
+        and got["metadata"]["generation"] == 2
+    )
+    # metadata-only change: resourceVersion moves, generation does not
+    rv = got["metadata"]["resourceVersion"]
+    got = co.patch_namespaced_custom_object(
+        GROUP, "v1", ns, "widgets", "s", {"metadata": {"labels": {"k": "v"}}}
+    )
+    assert got["metadata"]["generation"] == 2 and got["metadata"]["resourceVersion"] != rv
+
+
+def test_update_with_stale_resource_version_conflicts(co, ns: str, widget_crd: str) -> None:
+    got = create(co, ns, widget("c"))
+    stale = json.loads(json.dumps(got))
+    got["spec"]["size"] = 5
+    co.replace_namespaced_custom_object(GROUP, "v1", ns, "widgets", "c", got)
+    stale["spec"]["size"] = 6
+    with pytest.raises(ApiException) as exc:
+        co.replace_namespaced_custom_object(GROUP, "v1", ns, "widgets", "c", stale)
+    assert exc.value.status == 409
+    st = status_of(exc.value)
+    assert st["reason"] == "Conflict"
+    assert st["message"] == (
+        f'Operation cannot be fulfilled on widgets.{GROUP} "c": the object has been modified; '
+        "please apply your changes to the latest version and try again"
+    )
+
+
+def test_create_twice_is_already_exists_and_missing_is_not_found(core, ns: str) -> None:
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "x"}})
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "x"}})
+    assert exc.value.status == 409 and status_of(exc.value)["reason"] == "AlreadyExists"
+    assert status_of(exc.value)["message"] == 'configmaps "x" already exists'
+    with pytest.raises(ApiException) as exc:
+        core.read_namespaced_config_map("nope", ns)
+    assert exc.value.status == 404 and status_of(exc.value)["message"] == 'configmaps "nope" not found'
+
+
+def test_invalid_name_is_refused(core, ns: str) -> None:
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "Bad_Name"}})
+    assert exc.value.status == 422
+    assert status_of(exc.value)["details"]["causes"][0]["field"] == "metadata.name"
+
+
+def test_generate_name(core, ns: str) -> None:
+    got = core.create_namespaced_config_map(ns, {"metadata": {"generateName": "gen-"}})
+    assert got.metadata.name.startswith("gen-") and len(got.metadata.name) == len("gen-") + 5
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("tier=web", ["a", "b"]),
+        ("tier!=web", ["c", "d"]),
+        ("tier in (web,db)", ["a", "b", "c"]),
+        ("tier notin (web)", ["c", "d"]),
+        ("tier", ["a", "b", "c"]),
+        ("!tier", ["d"]),
+        ("tier=web,env=prod", ["a"]),
+    ],
+)
+def test_label_selectors_on_list(core, ns: str, selector: str, expected: list[str]) -> None:
+    labels = {
+        "a": {"tier": "web", "env": "prod"},
+        "b": {"tier": "web"},
+        "c": {"tier": "db"},
+        "d": {"other": "x"},
+    }
+    for name, lab in labels.items():
+        core.create_namespaced_config_map(ns, {"metadata": {"name": name, "labels": lab}})
+    got = sorted(c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector=selector).items)
+    assert got == expected
+
+
+def test_field_selector_on_list(core, ns: str) -> None:
+    for name in ("f1", "f2"):
+        core.create_namespaced_config_map(ns, {"metadata": {"name": name}})
+    got = [
+        c.metadata.name for c in core.list_namespaced_config_map(ns, field_selector="metadata.name=f2").items
+    ]
+    assert got == ["f2"]
+    got = [
+        c.metadata.name
+        for c in core.list_config_map_for_all_namespaces(
+            field_selector=f"metadata.namespace={ns},metadata.name!=f2"
+        ).items
+    ]
+    assert "f1" in got and "f2" not in got
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_config_map(ns, field_selector="data.x=1")
+    assert exc.value.status == 400
+
+
+def test_finalizers_hold_deletion(co, ns: str, widget_crd: str) -> None:
+    body = widget("fin")
+    body["metadata"]["finalizers"] = ["contract.mnv2.dev/hold"]
+    create(co, ns, body)
+    co.delete_namespaced_custom_object(GROUP, "v1", ns, "widgets", "fin")
+    got = co.get_namespaced_custom_object(GROUP, "v1", ns, "widgets", "fin")
+    assert got["metadata"]["deletionTimestamp"]
+    co.patch_namespaced_custom_object(GROUP, "v1", ns, "widgets", "fin", {"metadata": {"finalizers": None}})
+
+    def gone() -> bool:
+        try:
+            co.get_namespaced_custom_object(GROUP, "v1", ns, "widgets", "fin")
+            return False
+        except ApiException as e:
+            return e.status == 404
+
+    wait_for(gone, 10, "the object to go once its finalizers are removed")
+
+
+def test_orphan_propagation_keeps_dependents(core, ns: str) -> None:
+    owner = core.create_namespaced_config_map(ns, {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "dep", "ownerReferences": [ref]}})
+    core.delete_namespaced_config_map("owner", ns, propagation_policy="Orphan")
+
+    def orphaned() -> bool:
+        dep = core.read_namespaced_config_map("dep", ns)
+        return not dep.metadata.owner_references
+
+    wait_for(orphaned, 10, "the dependent to lose its ownerReference")
+
+
+def test_pagination_with_limit_and_continue(core, ns: str) -> None:
+    for i in range(5):
+        core.create_namespaced_config_map(ns, {"metadata": {"name": f"pg{i}"}})
+    first = core.list_namespaced_config_map(ns, limit=2)
+    assert len(first.items) == 2 and first.metadata._continue
+    rest = core.list_namespaced_config_map(ns, limit=10, _continue=first.metadata._continue)
+    names = [c.metadata.name for c in first.items + rest.items if c.metadata.name.startswith("pg")]
+    assert names == [f"pg{i}" for i in range(5)]
+
+
+def test_node_registered(core, cluster: Cluster) -> None:
+    nodes = core.list_node().items
+    assert nodes
+    if cluster.sandbox is not None:
+        assert [n.metadata.name for n in nodes] == ["sandbox"]
+        assert nodes[0].metadata.labels["kubernetes.io/hostname"] == "sandbox"
+
+
+def test_discovery_lists_project_resources(api: kubernetes.client.ApiClient, widget_crd: str) -> None:
+    core = kubernetes.client.CoreV1Api(api).get_api_resources()
+    by_name = {r.name: r for r in core.resources}
+    for name in (
+        "pods",
+        "pods/log",
+        "pods/status",
+        "services",
+        "configmaps",
+        "events",
+        "serviceaccounts",
+        "namespaces",
+        "nodes",
+    ):
+        assert name in by_name, name
+    assert by_name["pods"].short_names == ["po"] and "watch" in by_name["pods"].verbs
+    groups = {g.name for g in kubernetes.client.ApisApi(api).get_api_versions().groups}
+    assert {
+        "apps",
+        "rbac.authorization.k8s.io",
+        "coordination.k8s.io",
+        "apiextensions.k8s.io",
+        "events.k8s.io",
+        GROUP,
+    } <= groups
+    res = kubernetes.client.CustomObjectsApi(api).get_api_resources(GROUP, "v1")
+    names = {r.name for r in res.resources}
+    assert names == {"widgets", "widgets/status"}

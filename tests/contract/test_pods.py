@@ -1,0 +1,266 @@
+"""Pods run by the kubelet: phases, exit codes, logs, env and volumes, graceful deletion.
+
+Pods name a real image so the same tests run on a real cluster; the sandbox ignores images and runs
+the command as a local process.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+
+from contract.kit import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+IMAGE = "python:3.11-slim"
+
+
+def pod(name: str, code: str, restart: str = "Never", grace: int | None = None, **container: object) -> dict:
+    spec: dict = {
+        "restartPolicy": restart,
+        "containers": [
+            {"name": "main", "image": IMAGE, "command": ["python", "-c", textwrap.dedent(code)], **container}
+        ],
+    }
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ct"}},
+        "spec": spec,
+    }
+
+
+def phase(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
+    return core.read_namespaced_pod(name, ns).status.phase
+
+
+def gone(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> bool:
+    try:
+        core.read_namespaced_pod(name, ns)
+        return False
+    except ApiException as e:
+        return e.status == 404
+
+
+@pytest.fixture
+def core(api: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api)
+
+
+def test_pod_runs_fails_with_exit_code_and_logs(cluster: Cluster, core, ns: str) -> None:
+    core.create_namespaced_pod(
+        ns, pod("fail", "import sys; print('hello out'); print('hello err', file=sys.stderr); sys.exit(3)")
+    )
+    wait_for(lambda: phase(core, ns, "fail") == "Failed", 60, "pod phase Failed")
+    st = core.read_namespaced_pod("fail", ns).status
+    term = st.container_statuses[0].state.terminated
+    assert term.exit_code == 3 and term.reason == "Error"
+    assert st.start_time is not None
+    logs = cluster.kubectl("logs", "-n", ns, "fail").stdout
+    assert "hello out" in logs and "hello err" in logs
+    assert "hello out" in core.read_namespaced_pod_log("fail", ns)
+    assert "Error" in cluster.kubectl("get", "pod", "-n", ns, "fail").stdout
+
+
+def test_pod_succeeds_and_goes_through_running(core, ns: str) -> None:
+    core.create_namespaced_pod(ns, pod("ok", "import time; time.sleep(1.5); print('done')"))
+    wait_for(lambda: phase(core, ns, "ok") == "Running", 60, "pod phase Running")
+    st = core.read_namespaced_pod("ok", ns).status
+    assert st.container_statuses[0].state.running is not None and st.pod_ip
+    assert any(c.type == "Ready" and c.status == "True" for c in st.conditions)
+    wait_for(lambda: phase(core, ns, "ok") == "Succeeded", 60, "pod phase Succeeded")
+    term = core.read_namespaced_pod("ok", ns).status.container_statuses[0].state.terminated
+    assert term.exit_code == 0 and term.reason == "Completed"
+
+
+def test_pod_env_downward_api_and_volumes(cluster: Cluster, core, ns: str) -> None:
+    core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "cfg"}, "data": {"config.yaml": "lr: 0.1\n", "mode": "fast"}}
+    )
+    code = """
+        import os
+        print("CFG", open("/etc/ct/config.yaml").read().strip())
+        os.makedirs("/scratch/sub", exist_ok=True)
+        open("/scratch/sub/f", "w").write("x")
+        print("SCRATCH", os.listdir("/scratch/sub"))
+        for k in ("MY_NAME", "MY_NS", "MY_APP", "MY_IP", "MODE", "HOSTNAME", "OUT_DIR"):
+            print(k, os.environ.get(k))
+    """
+    p = pod(
+        "envpod",
+        code,
+        env=[
+            {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "MY_APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+            {"name": "OUT_DIR", "value": "/scratch/out"},
+        ],
+        volumeMounts=[{"name": "cfg", "mountPath": "/etc/ct"}, {"name": "scratch", "mountPath": "/scratch"}],
+    )
+    p["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "cfg"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    core.create_namespaced_pod(ns, p)
+    wait_for(lambda: phase(core, ns, "envpod") in ("Succeeded", "Failed"), 60, "envpod to end")
+    logs = core.read_namespaced_pod_log("envpod", ns)
+    assert phase(core, ns, "envpod") == "Succeeded", logs
+    lines = dict(ln.split(" ", 1) for ln in logs.splitlines() if " " in ln)
+    assert lines["CFG"] == "lr: 0.1"
+    assert lines["SCRATCH"] == "['f']"
+    assert lines["MY_NAME"] == "envpod" and lines["HOSTNAME"] == "envpod"
+    assert lines["MY_NS"] == ns and lines["MY_APP"] == "ct" and lines["MODE"] == "fast"
+    assert lines["MY_IP"] not in ("", "None")
+    if cluster.sandbox is not None:
+        # env values are mapped like command args: the mount path becomes the local folder
+        assert lines["OUT_DIR"].endswith("/volumes/scratch/out") and lines["OUT_DIR"].startswith(
+            str(cluster.sandbox.state_dir)
+        )
+
+
+def test_deleting_pod_sends_sigterm_then_removes_it(cluster: Cluster, core, ns: str) -> None:
+    code = """
+        import signal, sys, time
+        def term(*_):
+            print("got SIGTERM", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, term)
+        print("ready", flush=True)
+        time.sleep(120)
+    """
+    core.create_namespaced_pod(ns, pod("term", code, grace=20))
+    wait_for(lambda: "ready" in core.read_namespaced_pod_log("term", ns), 60, "the process to start")
+    pid = _sandbox_pid(cluster, core, ns, "term")
+    t0 = time.monotonic()
+    core.delete_namespaced_pod("term", ns)
+    wait_for(lambda: gone(core, ns, "term"), 30, "the pod to be removed")
+    assert time.monotonic() - t0 < 15  # the process exited on SIGTERM, well before the 20 s grace
+    if cluster.sandbox is not None:
+        assert "got SIGTERM" in cluster.sandbox.kubelet.logs(ns, "term")
+        assert not _alive(pid)
+
+
+def test_deleting_pod_sigkills_after_grace_period(cluster: Cluster, core, ns: str) -> None:
+    code = """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(120)
+    """
+    core.create_namespaced_pod(ns, pod("stubborn", code, grace=1))
+    wait_for(lambda: "ready" in core.read_namespaced_pod_log("stubborn", ns), 60, "the process to start")
+    pid = _sandbox_pid(cluster, core, ns, "stubborn")
+    core.delete_namespaced_pod("stubborn", ns)
+    assert core.read_namespaced_pod("stubborn", ns).metadata.deletion_timestamp is not None
+    wait_for(lambda: gone(core, ns, "stubborn"), 30, "the pod to be removed after its grace period")
+    if cluster.sandbox is not None:
+        assert not _alive(pid)
+
+
+def test_kill_fails_pod_with_137(cluster: Cluster, core, ns: str) -> None:
+    sb = cluster.need_sandbox("Kubelet.kill simulates a node fault")
+    core.create_namespaced_pod(ns, pod("victim", "import time; print('up', flush=True); time.sleep(120)"))
+    wait_for(lambda: "up" in core.read_namespaced_pod_log("victim", ns), 60, "the process to start")
+    sb.kubelet.kill(ns, "victim")
+    wait_for(lambda: phase(core, ns, "victim") == "Failed", 10, "pod phase Failed")
+    assert (
+        core.read_namespaced_pod("victim", ns).status.container_statuses[0].state.terminated.exit_code == 137
+    )
+
+
+def test_restart_policy_on_failure_restarts(cluster: Cluster, core, ns: str) -> None:
+    cluster.need_sandbox("a real kubelet's back-off makes this take minutes")
+    code = """
+        import os, sys
+        marker = "/work/attempts"
+        n = len(os.listdir(marker)) if os.path.isdir(marker) else 0
+        os.makedirs(marker, exist_ok=True)
+        open(f"{marker}/{n}", "w").close()
+        print("attempt", n, flush=True)
+        sys.exit(0 if n >= 1 else 5)
+    """
+    p = pod("retry", code, restart="OnFailure", volumeMounts=[{"name": "w", "mountPath": "/work"}])
+    p["spec"]["volumes"] = [{"name": "w", "emptyDir": {}}]
+    core.create_namespaced_pod(ns, p)
+    wait_for(lambda: phase(core, ns, "retry") == "Succeeded", 30, "pod to succeed on its second attempt")
+    cs = core.read_namespaced_pod("retry", ns).status.container_statuses[0]
+    assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 5
+
+
+def test_pvc_and_hostpath_map_to_state_dir(cluster: Cluster, core, ns: str) -> None:
+    sb = cluster.need_sandbox("maps PVC and hostPath volumes to sandbox folders")
+    code = "open('/data/sub/hello.txt', 'w').write('hi'); open('/host/x.txt', 'w').write('h')"
+    p = pod(
+        "vols",
+        code,
+        volumeMounts=[
+            {"name": "d", "mountPath": "/data", "subPath": "sub-root"},
+            {"name": "h", "mountPath": "/host"},
+        ],
+    )
+    p["spec"]["containers"][0]["command"][-1] = "import os; os.makedirs('/data/sub', exist_ok=True); " + code
+    p["spec"]["volumes"] = [
+        {"name": "d", "persistentVolumeClaim": {"claimName": "mydata"}},
+        {"name": "h", "hostPath": {"path": "/mnt/host"}},
+    ]
+    core.create_namespaced_pod(ns, p)
+    wait_for(lambda: phase(core, ns, "vols") in ("Succeeded", "Failed"), 30, "pod to end")
+    assert phase(core, ns, "vols") == "Succeeded", sb.kubelet.logs(ns, "vols")
+    assert (sb.state_dir / "volumes/pvc/mydata/sub-root/sub/hello.txt").read_text() == "hi"
+    assert (sb.state_dir / "volumes/hostpath/mnt/host/x.txt").read_text() == "h"
+
+
+def test_pod_process_gets_sandbox_kubeconfig(cluster: Cluster, core, ns: str) -> None:
+    sb = cluster.need_sandbox("KUBECONFIG for pod processes is the sandbox's in-cluster stand-in")
+    core.create_namespaced_pod(
+        ns, pod("kc", "import os, sys; print(os.environ['KUBECONFIG']); print(sys.executable)")
+    )
+    wait_for(lambda: phase(core, ns, "kc") == "Succeeded", 30, "pod to succeed")
+    out = sb.kubelet.logs(ns, "kc").split()
+    assert out[0] == str(sb.kubeconfig_path)
+
+
+def test_pod_without_command_reports_why(cluster: Cluster, core, ns: str) -> None:
+    cluster.need_sandbox("the sandbox cannot run images")
+    p = pod("nocmd", "")
+    del p["spec"]["containers"][0]["command"]
+    core.create_namespaced_pod(ns, p)
+
+    def waiting_reason() -> str | None:
+        cs = core.read_namespaced_pod("nocmd", ns).status.container_statuses
+        return cs[0].state.waiting.reason if cs and cs[0].state.waiting else None
+
+    assert wait_for(lambda: waiting_reason() == "CreateContainerError", 10, "CreateContainerError")
+    msg = core.read_namespaced_pod("nocmd", ns).status.container_statuses[0].state.waiting.message
+    assert "command" in msg
+
+
+def _sandbox_pid(cluster: Cluster, core, ns: str, name: str) -> int | None:
+    if cluster.sandbox is None:
+        return None
+    cid = core.read_namespaced_pod(name, ns).status.container_statuses[0].container_id
+    return int(cid.rsplit("/", 1)[1])
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie not yet reaped counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
