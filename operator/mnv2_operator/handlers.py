@@ -310,6 +310,7 @@ class Controller:
         # The Helm chart's jobDefaults reach the operator as MNV2_DEFAULT_* environment variables.
         self.defaults = OperatorDefaults.from_env()
         self._warned: dict[Key, str] = {}  # job -> spec hash last warned about (SpecChangeDeferred)
+        self._create_errors: dict[Key, str] = {}  # job -> why its children cannot be created
 
     def kick(self, key: Key, pods_index: Any) -> None:
         self.pods_index = pods_index
@@ -319,6 +320,7 @@ class Controller:
         """The job is gone: drop its timers and memory."""
         self.scheduler.forget(key)
         self._warned.pop(key, None)
+        self._create_errors.pop(key, None)
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         if self.pods_index is None or key not in self.pods_index:
@@ -365,6 +367,9 @@ class Controller:
                 await self._invalid(job, previous, str(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
+        if decision.create_ranks and key in self._create_errors:
+            # Keep showing why pods cannot be created instead of flipping back to "waiting".
+            decision.status["message"] = self._create_errors[key]
 
         # Order matters for crash safety: the status (with the new attempt) is written before pods
         # of the old attempt are deleted, so a crash in between replays the same restart.
@@ -374,8 +379,15 @@ class Controller:
         for pod in pods:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(namespace, pod)
-        if rendered is not None and await self._create(job, rendered, decision, spec_hash):
-            requeue = 1.0 if requeue is None else min(requeue, 1.0)
+        if rendered is not None:
+            try:
+                if await self._create(job, rendered, decision, spec_hash):
+                    requeue = 1.0 if requeue is None else min(requeue, 1.0)
+                self._create_errors.pop(key, None)
+            except ApiError as err:
+                if err.status in (403, 404, 422):
+                    await self._report_create_error(job, key, err)
+                raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
         if decision.delete_job:
             try:
                 await self.api.request(
@@ -398,6 +410,21 @@ class Controller:
         for pod in pods:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(job["metadata"]["namespace"], pod)
+
+    async def _report_create_error(self, job: Mapping[str, Any], key: Key, err: ApiError) -> None:
+        """Say in the status and an Event why children cannot be created (needs a human to fix)."""
+        message = f"cannot create the job's children: {err}"
+        if self._create_errors.get(key) == message:
+            return  # said already; the retries stay quiet
+        self._create_errors[key] = message
+        meta = job["metadata"]
+        await self.api.request(
+            "PATCH",
+            job_path(meta["namespace"], meta["name"], "status"),
+            {"status": {"message": message}},
+            content_type="application/merge-patch+json",
+        )
+        self._post(job, [st.Event("Warning", "CreateFailed", message)])
 
     async def _patch_status(
         self, job: Mapping[str, Any], previous: Mapping[str, Any], decision: st.Decision
@@ -510,6 +537,17 @@ class Controller:
             await self.api.request("POST", object_path(obj, namespace), obj)
             return True
         except ApiError as err:
+            if err.status == 404:
+                raise ApiError(
+                    404,
+                    "Not Found",
+                    f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster; "
+                    + (
+                        "gang scheduling (spec.scheduling.gang) needs Volcano installed"
+                        if obj["kind"] == "PodGroup"
+                        else "is its CRD installed?"
+                    ),
+                ) from err
             if err.status != 409:
                 raise
         await self.api.request(

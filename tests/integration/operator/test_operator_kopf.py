@@ -653,3 +653,63 @@ def test_mnv2_operator_command(cluster: Cluster, namespace: str) -> None:
     assert "Traceback" not in out, out
     assert f"{namespace}/cli: Pending" in out
     assert f"{namespace}/cli: PodsCreated" in out
+
+
+PODGROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
+    "spec": {
+        "group": "scheduling.volcano.sh",
+        "names": {
+            "kind": "PodGroup",
+            "plural": "podgroups",
+            "singular": "podgroup",
+            "listKind": "PodGroupList",
+        },
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
+}
+
+
+def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, namespace: str) -> None:
+    import kubernetes
+
+    if cluster.sandbox is None:
+        pytest.skip("installs and needs the absence of Volcano's PodGroup CRD")
+    ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
+    with contextlib.suppress(kubernetes.client.ApiException):
+        ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
+    ns, name = namespace, "gang"
+    spec = job_spec(nodes=2)
+    spec["scheduling"] = {"gang": True}
+    with operator(ns):
+        cluster.create_job(ns, name, spec)
+        s = wait_for(
+            "the reason in the status",
+            lambda: (x := cluster.status(ns, name)) and "Volcano" in x.get("message", "") and x,
+        )
+        assert s["phase"] == "Pending"
+        assert "CreateFailed" in wait_for("CreateFailed event", lambda: events_of(cluster, ns, name))
+        assert cluster.pods(ns, name) == []
+        ext.create_custom_resource_definition(PODGROUP_CRD)
+        try:
+            # Retried with backoff (0.5 s doubling): the job goes on once the CRD is there.
+            wait_for(
+                "pods after Volcano's CRD appeared", lambda: len(cluster.pods(ns, name)) == 2, timeout=30
+            )
+            wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+            assert "Volcano" not in cluster.status(ns, name)["message"]
+            assert events_of(cluster, ns, name).count("CreateFailed") == 1
+        finally:
+            ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
