@@ -87,7 +87,7 @@ class Policy:
         run = spec.get("runPolicy") or {}
         return cls(
             workers=int(spec.get("nodes") or 1),
-            backoff_limit=int(run.get("backoffLimit", 3) if run.get("backoffLimit") is not None else 3),
+            backoff_limit=int(3 if run.get("backoffLimit") is None else run["backoffLimit"]),
             active_deadline_seconds=run.get("activeDeadlineSeconds"),
             ttl_seconds_after_finished=run.get("ttlSecondsAfterFinished"),
             clean_pod_policy=str(run.get("cleanPodPolicy") or "Running"),
