@@ -332,9 +332,8 @@ def test_delete_cleans_every_child(cluster: Cluster, namespace: str) -> None:
         cluster.create_job(ns, name, job_spec(nodes=2))
         wait_for("two pods", lambda: len(cluster.pods(ns, name)) == 2)
         wait_for("phase set", lambda: cluster.status(ns, name).get("phase"))
-        cluster.custom.delete_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Foreground"
-        )
+        # As `kubectl delete` does: background propagation, the garbage collector follows owner refs.
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         selector = f"{render.LABEL_JOB}={name}"
 
         def leftovers() -> list[str]:
