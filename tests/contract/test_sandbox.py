@@ -1,0 +1,178 @@
+"""Sandbox-only behaviour: simulated kubelet, audit records, 410 Gone, throughput, `mnv2 sandbox`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+from mnv2_operator.sandbox import Sandbox
+
+from contract.kit import Cluster, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def sim(cluster: Cluster, tmp_path: Path) -> Iterator[Sandbox]:
+    cluster.need_sandbox("tests the sandbox itself")
+    with Sandbox(tmp_path / "sim", kubelet="simulated") as sb:
+        yield sb
+
+
+def simple_pod(name: str, labels: dict | None = None) -> dict:
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "nodeSelector": {"accelerator": "huawei-Ascend910"},
+            "containers": [{"name": "c", "image": "x", "command": ["true"]}],
+        },
+    }
+
+
+def test_simulated_pods_run_until_finished(sim: Sandbox) -> None:
+    core = kubernetes.client.CoreV1Api(sim.api_client())
+    core.create_namespaced_pod("default", simple_pod("s1"))
+    core.create_namespaced_pod("default", simple_pod("s2"))
+    assert (
+        core.read_namespaced_pod("s1", "default").spec.node_name == "sandbox"
+    )  # bound despite the nodeSelector
+    for name in ("s1", "s2"):
+        wait_for(
+            lambda n=name: core.read_namespaced_pod(n, "default").status.phase == "Running",
+            5,
+            f"{name} Running",
+        )
+    sim.kubelet.finish("default", "s1", 0)
+    sim.kubelet.finish("default", "s2", 2, reason="OOMKilled")
+    wait_for(lambda: core.read_namespaced_pod("s1", "default").status.phase == "Succeeded", 5, "s1 Succeeded")
+    wait_for(lambda: core.read_namespaced_pod("s2", "default").status.phase == "Failed", 5, "s2 Failed")
+    term = core.read_namespaced_pod("s2", "default").status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (2, "OOMKilled")
+    with pytest.raises(LookupError):
+        sim.kubelet.finish("default", "nope", 0)
+
+
+def test_simulated_default_outcome_and_deletion(sim: Sandbox) -> None:
+    core = kubernetes.client.CoreV1Api(sim.api_client())
+    sim.kubelet.default_outcome = (0.3, 1)
+    core.create_namespaced_pod("default", simple_pod("auto"))
+    wait_for(
+        lambda: core.read_namespaced_pod("auto", "default").status.phase == "Failed",
+        5,
+        "auto Failed by itself",
+    )
+    sim.kubelet.default_outcome = None
+    core.create_namespaced_pod("default", simple_pod("del"))
+    wait_for(lambda: core.read_namespaced_pod("del", "default").status.phase == "Running", 5, "del Running")
+    core.delete_namespaced_pod("del", "default")
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("del", "default")
+            return False
+        except ApiException as e:
+            return e.status == 404
+
+    wait_for(gone, 5, "the deleted simulated pod to go")
+
+
+def test_audit_records_every_request(sim: Sandbox) -> None:
+    core = kubernetes.client.CoreV1Api(sim.api_client())
+    core.create_namespaced_config_map("default", {"metadata": {"name": "a"}})
+    core.patch_namespaced_config_map("a", "default", {"data": {"x": "1"}})
+    core.list_namespaced_config_map("default", label_selector="x=y")
+    core.delete_namespaced_config_map("a", "default")
+    sim.kubectl("get", "pods", "-A")
+    got = [(a.verb, a.group, a.resource, a.subresource, a.namespace, a.name, a.code) for a in sim.audit]
+    assert ("create", "", "configmaps", "", "default", "", 201) in got
+    assert ("patch", "", "configmaps", "", "default", "a", 200) in got
+    assert ("list", "", "configmaps", "", "default", "", 200) in got
+    assert ("delete", "", "configmaps", "", "default", "a", 200) in got
+    assert ("list", "", "pods", "", "", "", 200) in got
+
+
+def test_too_old_resource_version_is_410_gone(sim: Sandbox) -> None:
+    sim.server.history_limit = 3
+    core = kubernetes.client.CoreV1Api(sim.api_client())
+    ns = "gone-test"
+    core.create_namespace({"metadata": {"name": ns}})
+    first = core.create_namespaced_secret(ns, {"metadata": {"name": "s0"}}).metadata.resource_version
+    for i in range(1, 6):
+        core.create_namespaced_secret(ns, {"metadata": {"name": f"s{i}"}})
+    url = f"{sim.url}/api/v1/namespaces/{ns}/secrets?watch=true&resourceVersion={first}&timeoutSeconds=1"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        event = json.loads(resp.readline())
+    assert (
+        event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+    )
+
+
+def test_create_throughput(sim: Sandbox) -> None:
+    """The operator benchmark needs 1000 jobs x several objects: creates must not slow down with size."""
+    core = kubernetes.client.CoreV1Api(sim.api_client())
+    n = 600
+    t0 = time.perf_counter()
+    for i in range(n):
+        core.create_namespaced_config_map(
+            "default",
+            {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}, "data": {"k": "v" * 100}},
+        )
+    first_half = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for i in range(n, 2 * n):
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}}
+        )
+    second_half = time.perf_counter() - t1
+    rate = 2 * n / (first_half + second_half)
+    print(f"sandbox create throughput: {rate:.0f} creates/s ({2 * n} configmaps)")
+    assert rate > 150, f"{rate:.0f} creates/s"
+    assert second_half < 2.5 * first_half, "creates slow down as the store grows (linear scans?)"
+    assert len(core.list_namespaced_config_map("default", label_selector="job=j7").items) == 2 * n // 50
+
+
+def test_process_kubelet_ignores_devices_and_binds_to_the_node(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.need_sandbox("tests the sandbox itself")
+    with Sandbox(tmp_path / "proc") as sb:
+        core = kubernetes.client.CoreV1Api(sb.api_client())
+        p = simple_pod("dev")
+        p["spec"]["restartPolicy"] = "Never"
+        p["spec"]["containers"][0]["resources"] = {"limits": {"huawei.com/Ascend910": "8"}}
+        p["spec"]["containers"].append({"name": "sidecar", "image": "x", "command": ["true"]})
+        core.create_namespaced_pod("default", p)
+        wait_for(
+            lambda: core.read_namespaced_pod("dev", "default").status.phase == "Succeeded",
+            10,
+            "dev Succeeded",
+        )
+        pod = core.read_namespaced_pod("dev", "default")
+        assert pod.spec.node_name == "sandbox"
+        assert pod.status.container_statuses[1].state.waiting.reason == "SandboxUnsupported"
+
+
+def test_mnv2_sandbox_command(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.need_sandbox("runs the `mnv2 sandbox` command")
+    state = tmp_path / "cli"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnv2_operator.cli", "sandbox", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert lines[2].strip() == f"export KUBECONFIG={state.resolve() / 'kubeconfig'}"
+        kubeconfig = lines[2].strip().split("=", 1)[1]
+        client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        names = [n.metadata.name for n in kubernetes.client.CoreV1Api(client).list_node().items]
+        assert names == ["sandbox"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
