@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import kopf
@@ -258,12 +258,12 @@ def _owner_ref(job: Mapping[str, Any]) -> dict[str, Any]:
 
 def _owned(obj: Mapping[str, Any], job: Mapping[str, Any], namespace: str) -> dict[str, Any]:
     """A copy of a rendered object that is sure to be in the job's namespace and owned by it."""
-    obj = json.loads(json.dumps(obj))
-    meta = obj.setdefault("metadata", {})
+    copy: dict[str, Any] = json.loads(json.dumps(obj))
+    meta = copy.setdefault("metadata", {})
     meta["namespace"] = namespace
     refs = [r for r in meta.get("ownerReferences") or [] if r.get("uid") != job["metadata"]["uid"]]
     meta["ownerReferences"] = [*refs, _owner_ref(job)]
-    return obj
+    return copy
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -444,7 +444,7 @@ class Controller:
 
     def _post(self, job: Mapping[str, Any], events: Iterable[st.Event]) -> None:
         for ev in events:
-            kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message[:1000])
+            kopf.event(cast(Any, job), type=ev.type, reason=ev.reason, message=ev.message[:1000])
             log = logger.warning if ev.type == "Warning" else logger.info
             log("%s/%s: %s: %s", job["metadata"]["namespace"], job["metadata"]["name"], ev.reason, ev.message)
 
@@ -608,10 +608,13 @@ async def _shutdown(memo: kopf.Memo, **_: Any) -> None:
         await controller.close()
 
 
-_POD_LABELS = {st.LABEL_JOB: kopf.PRESENT, st.LABEL_ROLE: "worker"}
+_POD_LABELS: Mapping[str, Any] = {st.LABEL_JOB: kopf.PRESENT, st.LABEL_ROLE: "worker"}
+
+# kopf's handler protocols list every keyword a handler may receive; handlers that name only the
+# ones they use (kopf's own style, `**_` for the rest) do not match them for mypy, hence the ignores.
 
 
-@kopf.index("pods", labels=_POD_LABELS)
+@kopf.index("pods", labels=_POD_LABELS)  # type: ignore[arg-type]
 async def mnv2_pods(
     namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
@@ -622,14 +625,14 @@ async def mnv2_pods(
     return {(namespace, labels[st.LABEL_JOB]): slim_pod(body)}
 
 
-@kopf.on.event("pods", labels=_POD_LABELS)
+@kopf.on.event("pods", labels=_POD_LABELS)  # type: ignore[arg-type]
 async def _pod_event(
     namespace: str, labels: Mapping[str, str], memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
 ) -> None:
     memo.mnv2.kick((namespace, labels[st.LABEL_JOB]), mnv2_pods)
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 async def _job_event(
     type: str | None, namespace: str, name: str, memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
 ) -> None:

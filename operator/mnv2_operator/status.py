@@ -153,6 +153,8 @@ def pod_name(pod: Mapping[str, Any]) -> str:
 def pod_attempt(pod: Mapping[str, Any]) -> int:
     """The attempt label of a pod; -1 when missing or unreadable (treated as stale)."""
     value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_ATTEMPT)
+    if value is None:
+        return -1
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -269,7 +271,7 @@ def invalid_spec(
         "observedGeneration": generation,
         "message": text,
     }
-    events = ()
+    events: tuple[Event, ...] = ()
     if prev.get("phase") != FAILED or prev.get("message") != text:
         events = (Event("Warning", REASON_INVALID_SPEC, text),)
     return Decision(
