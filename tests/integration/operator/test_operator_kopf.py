@@ -386,6 +386,12 @@ def test_invalid_spec_fails_creates_nothing_and_operator_continues(cluster: Clus
         assert (
             cluster.core.list_namespaced_config_map(ns, label_selector=f"{render.LABEL_JOB}=bad").items == []
         )
+        # A name too long for the pods' hostnames is refused at render time, the same way.
+        long_name = "x" * 60
+        cluster.create_job(ns, long_name, job_spec(nodes=1))
+        s = wait_for("the long name Failed", phase_is(cluster, ns, long_name, "Failed"))
+        assert condition(s, "Failed")["reason"] == "InvalidSpec", s
+        assert cluster.pods(ns, long_name) == []
         # The operator keeps working for the next job (pods created: on a real cluster they may not
         # start, for want of the image or the `runs` claim; that is not this test's business).
         cluster.create_job(ns, "good", job_spec(nodes=1))
