@@ -347,6 +347,12 @@ class Controller:
         try:
             spec = parse_spec(job.get("spec") or {})
         except SpecError as err:
+            if previous.get("phase") in st.TERMINAL and not st.failed_by_invalid_spec(previous):
+                # A finished job edited afterwards keeps its outcome; its TTL and cleanup still
+                # apply, read leniently from the raw spec.
+                raw = job.get("spec") or {}
+                decision = st.reconcile(name, st.Policy.from_spec(raw), pods, previous, generation, now)
+                return await self._apply(job, previous, decision, pods, None, "")
             await self._invalid(job, previous, str(err), pods)
             return None
 
@@ -367,6 +373,20 @@ class Controller:
                 await self._invalid(job, previous, str(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
+        return await self._apply(job, previous, decision, pods, rendered, spec_hash)
+
+    async def _apply(
+        self,
+        job: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        decision: st.Decision,
+        pods: list[dict[str, Any]],
+        rendered: RenderedJob | None,
+        spec_hash: str,
+    ) -> float | None:
+        """Carry out a decision; returns when to reconcile again (seconds) or None."""
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        key = (namespace, name)
         if decision.create_ranks and key in self._create_errors:
             # Keep showing why pods cannot be created instead of flipping back to "waiting".
             decision.status["message"] = self._create_errors[key]

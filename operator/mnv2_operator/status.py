@@ -282,7 +282,8 @@ def invalid_spec(
     )
 
 
-def _failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:
+def failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:
+    """Whether the status says Failed because the spec did not validate."""
     if prev.get("phase") != FAILED:
         return False
     return any(
@@ -318,7 +319,7 @@ def reconcile(
         The decision; applying its actions and then calling again converges to a fixed point.
     """
     prev = dict(previous or {})
-    if _failed_by_invalid_spec(prev):
+    if failed_by_invalid_spec(prev):
         # The spec was fixed: start as a new job (nothing was created while it was invalid).
         prev = {"conditions": prev.get("conditions")}
     pods = list(pods)

@@ -268,6 +268,14 @@ def test_job_runs_to_success(cluster: Cluster, namespace: str) -> None:
         # cleanPodPolicy Running (default): finished pods are kept for their logs.
         assert len(cluster.pods(ns, name)) == 2
         assert pod_creates(cluster, ns) == 2
+        # Editing the finished job into an invalid spec does not rewrite its outcome.
+        cluster.patch_spec(ns, name, {"output": {"emptyDir": {}, "pvc": None}})
+        gen = job["metadata"]["generation"] + 1
+        s = wait_for(
+            "the edit observed",
+            lambda: (x := cluster.status(ns, name)).get("observedGeneration") == gen and x,
+        )
+        assert s["phase"] == "Succeeded" and condition(s, "Failed")["status"] == "False"
 
 
 def test_worker_failure_restarts_gang(cluster: Cluster, namespace: str) -> None:
