@@ -42,11 +42,11 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _num(value: float | None, digits: int = 6) -> float | None:
-    """JSON-safe number: ``None`` for missing/NaN/inf (JSON has no NaN), else rounded."""
+def _num(value: float | None, digits: int = 7) -> float | None:
+    """JSON-safe number: ``None`` for missing/NaN/inf (JSON has no NaN), else ``digits`` significant digits."""
     if value is None or not math.isfinite(float(value)):
         return None
-    return round(float(value), digits)
+    return float(f"{float(value):.{digits}g}")
 
 
 def metrics_line(
@@ -73,14 +73,14 @@ def metrics_line(
         "total_epochs": total_epochs,
         "step": step,
         "loss": _num(loss),
-        "lr": _num(lr, 9),
+        "lr": _num(lr),
         "top1": _num(top1),
         "top5": _num(top5),
         "val_loss": _num(val_loss),
         "best_top1": _num(best_top1),
         "best_epoch": best_epoch,
-        "images_per_second": _num(images_per_second, 2),
-        "epoch_seconds": _num(epoch_seconds, 2),
+        "images_per_second": _num(images_per_second, 5),
+        "epoch_seconds": _num(epoch_seconds, 5),
         "checkpoint": latest,
         "best_checkpoint": best,
         "time": time_ or utc_now(),
@@ -104,8 +104,8 @@ def progress_body(
             "totalEpochs": total_epochs,
             "step": step,
             "loss": _num(loss),
-            "lr": _num(lr, 9),
-            "imagesPerSecond": _num(images_per_second, 2),
+            "lr": _num(lr),
+            "imagesPerSecond": _num(images_per_second, 5),
             "updatedAt": updated_at or utc_now(),
         }
     }

@@ -14,12 +14,23 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, TRAIN_IMAGES, VAL_IMAGES, explain, metrics, train, validate, write_config
+from conftest import (
+    DIGITS_CONFIG,
+    MODEL,
+    TRAIN_IMAGES,
+    VAL_IMAGES,
+    explain,
+    metrics,
+    train,
+    validate,
+    write_config,
+)
 from mnv2_trainer.schedule import create_lr_schedule
 
 pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 
 STEPS = TRAIN_IMAGES // 32  # 44 steps per epoch at batch 32 on one card
+EPOCHS = DIGITS_CONFIG["epoch_size"]
 MIN_TOP1 = 0.95
 
 
@@ -36,21 +47,23 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, digits_dir: Path):
 def test_digits_learns(digits_run) -> None:
     config, out, proc, seconds = digits_run
     lines = metrics(out)
-    assert [x["epoch"] for x in lines] == list(range(1, 16))
-    assert lines[-1]["step"] == 15 * STEPS
+    assert [x["epoch"] for x in lines] == list(range(1, EPOCHS + 1))
+    assert lines[-1]["step"] == EPOCHS * STEPS
     last = lines[-1]
     print(
-        f"digits: 15 epochs in {seconds:.0f}s; final top-1 {last['top1']:.4f}, best {last['best_top1']:.4f} "
+        f"digits: {EPOCHS} epochs in {seconds:.0f}s; final top-1 {last['top1']:.4f}, best {last['best_top1']:.4f} "
         f"(epoch {last['best_epoch']}); {last['images_per_second']:.0f} img/s in the last epoch"
     )
     assert last["top1"] >= MIN_TOP1, [x["top1"] for x in lines]
     assert lines[0]["top1"] < 0.5  # it learnt during the run, not before
     # one log line per epoch on the console, a configuration summary at start
-    assert len(re.findall(r"INFO: epoch \d+/15 step", proc.stdout)) == 15
+    assert len(re.findall(rf"INFO: epoch \d+/{EPOCHS} step", proc.stdout)) == EPOCHS
     assert "configuration" in proc.stdout and "44 steps/epoch" in proc.stdout
     # MindCV's names, keep-last-3, the best one, no temporaries
     names = sorted(p.name for p in out.glob("*.ckpt"))
-    assert names == sorted([f"{MODEL}-{e}_{STEPS}.ckpt" for e in (13, 14, 15)] + [f"{MODEL}_best.ckpt"])
+    assert names == sorted(
+        [f"{MODEL}-{e}_{STEPS}.ckpt" for e in (EPOCHS - 2, EPOCHS - 1, EPOCHS)] + [f"{MODEL}_best.ckpt"]
+    )
     assert not list(out.glob(".tmp-*"))
 
 
@@ -59,7 +72,7 @@ def test_validate_matches_the_last_validation(digits_run, digits_dir: Path, tmp_
 
     config, out, _, _ = digits_run
     last = metrics(out)[-1]
-    ckpt = out / f"{MODEL}-15_{STEPS}.ckpt"
+    ckpt = out / f"{MODEL}-{EPOCHS}_{STEPS}.ckpt"
     ours = validate(config, digits_dir, ckpt)
     assert ours["images"] == VAL_IMAGES
     assert ours["top1"] == pytest.approx(last["top1"], abs=1e-6)
@@ -92,7 +105,13 @@ def test_resume_with_another_epoch_count(tmp_path: Path, digits_dir: Path) -> No
     log = proc.stdout
     assert "skipping checkpoint" in log and f"{MODEL}-3_{STEPS}.ckpt" in log
     new_lrs = create_lr_schedule(
-        {"scheduler": "cosine_decay", "lr": 0.03, "min_lr": 0.0, "warmup_epochs": 1, "decay_epochs": 2},
+        {
+            "scheduler": "cosine_decay",
+            "lr": DIGITS_CONFIG["lr"],
+            "min_lr": 0.0,
+            "warmup_epochs": 1,
+            "decay_epochs": 2,
+        },
         STEPS,
         3,
     )
@@ -106,7 +125,7 @@ def test_resume_with_another_epoch_count(tmp_path: Path, digits_dir: Path) -> No
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     assert lines[-1]["lr"] == pytest.approx(new_lrs[3 * STEPS - 1], rel=1e-5)
     # the 2-epoch schedule had ended at 0; the new one continues the cosine from its middle
-    assert new_lrs[2 * STEPS] > 0.01
+    assert new_lrs[2 * STEPS] > 0.3 * DIGITS_CONFIG["lr"]
     state = ms.load_checkpoint(str(out / f"{MODEL}-3_{STEPS}.ckpt"))
     assert int(state["global_step"].asnumpy().reshape(-1)[0]) == 3 * STEPS
     assert int(state["epoch_num"].asnumpy()) == 3
