@@ -389,7 +389,7 @@ class Controller:
         key = (namespace, name)
         if decision.create_ranks and key in self._create_errors:
             # Keep showing why pods cannot be created instead of flipping back to "waiting".
-            decision.status["message"] = self._create_errors[key]
+            self._mark_not_created(decision.status, previous, self._create_errors[key])
 
         # Order matters for crash safety: the status (with the new attempt) is written before pods
         # of the old attempt are deleted, so a crash in between replays the same restart.
@@ -406,7 +406,7 @@ class Controller:
                 self._create_errors.pop(key, None)
             except ApiError as err:
                 if err.status in (403, 404, 422):
-                    await self._report_create_error(job, key, err)
+                    await self._report_create_error(job, key, decision.status, err)
                 raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
         if decision.delete_job:
             try:
@@ -431,19 +431,27 @@ class Controller:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(job["metadata"]["namespace"], pod)
 
-    async def _report_create_error(self, job: Mapping[str, Any], key: Key, err: ApiError) -> None:
+    def _mark_not_created(self, status: dict[str, Any], previous: Mapping[str, Any], message: str) -> None:
+        """Put a creation failure into a computed status: message, and condition Created False."""
+        status["message"] = message
+        old = {c.get("type"): c for c in previous.get("conditions") or []}.get("Created") or {}
+        for cond in status["conditions"]:
+            if cond["type"] == "Created":
+                cond.update(status="False", reason="CreateFailed", message=message)
+                if old.get("status") == "False" and old.get("lastTransitionTime"):
+                    cond["lastTransitionTime"] = old["lastTransitionTime"]
+
+    async def _report_create_error(
+        self, job: Mapping[str, Any], key: Key, status: dict[str, Any], err: ApiError
+    ) -> None:
         """Say in the status and an Event why children cannot be created (needs a human to fix)."""
         message = f"cannot create the job's children: {err}"
         if self._create_errors.get(key) == message:
             return  # said already; the retries stay quiet
         self._create_errors[key] = message
-        meta = job["metadata"]
-        await self.api.request(
-            "PATCH",
-            job_path(meta["namespace"], meta["name"], "status"),
-            {"status": {"message": message}},
-            content_type="application/merge-patch+json",
-        )
+        new = json.loads(json.dumps(status))
+        self._mark_not_created(new, status, message)
+        await self._patch_status(job, status, st.Decision(status=new, attempt=0))
         self._post(job, [st.Event("Warning", "CreateFailed", message)])
 
     async def _patch_status(

@@ -713,6 +713,8 @@ def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, names
             lambda: (x := cluster.status(ns, name)) and "Volcano" in x.get("message", "") and x,
         )
         assert s["phase"] == "Pending"
+        assert condition(s, "Created")["status"] == "False"
+        assert condition(s, "Created")["reason"] == "CreateFailed"
         assert "CreateFailed" in wait_for("CreateFailed event", lambda: events_of(cluster, ns, name))
         assert cluster.pods(ns, name) == []
         ext.create_custom_resource_definition(PODGROUP_CRD)
@@ -722,7 +724,9 @@ def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, names
                 "pods after Volcano's CRD appeared", lambda: len(cluster.pods(ns, name)) == 2, timeout=30
             )
             wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
-            assert "Volcano" not in cluster.status(ns, name)["message"]
+            s = cluster.status(ns, name)
+            assert "Volcano" not in s["message"]
+            assert condition(s, "Created")["status"] == "True"
             assert events_of(cluster, ns, name).count("CreateFailed") == 1
         finally:
             ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
