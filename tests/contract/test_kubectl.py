@@ -201,3 +201,43 @@ def test_api_resources_lists_crd_with_short_name(cluster: Cluster, widget_crd: s
     out = cluster.kubectl("api-resources", f"--api-group={GROUP}").stdout
     row = next(ln.split() for ln in out.splitlines() if ln.startswith("widgets"))
     assert row == ["widgets", "wdg", f"{GROUP}/v1", "true", "Widget"]
+
+
+def test_typed_kubectl_create_commands(cluster: Cluster, ns: str) -> None:
+    """kubectl's typed `create` subcommands send protobuf bodies; their objects arrive intact."""
+    cluster.kubectl("create", "configmap", "tc", "-n", ns, "--from-literal=a=b", "--from-literal=c=d")
+    cluster.kubectl("create", "secret", "generic", "ts", "-n", ns, "--from-literal=token=s3cret")
+    cluster.kubectl("create", "serviceaccount", "tsa", "-n", ns)
+    cluster.kubectl("create", "role", "tr", "-n", ns, "--verb=get,list", "--resource=pods,configmaps")
+    cluster.kubectl("create", "rolebinding", "trb", "-n", ns, "--role=tr", f"--serviceaccount={ns}:tsa")
+    cm = json.loads(cluster.kubectl("get", "cm", "tc", "-n", ns, "-o", "json").stdout)
+    assert cm["data"] == {"a": "b", "c": "d"}
+    secret = json.loads(cluster.kubectl("get", "secret", "ts", "-n", ns, "-o", "json").stdout)
+    assert secret["type"] == "Opaque" and secret["data"] == {"token": "czNjcmV0"}  # base64 of s3cret
+    role = json.loads(cluster.kubectl("get", "role", "tr", "-n", ns, "-o", "json").stdout)
+    assert role["rules"] == [
+        {"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "configmaps"]}
+    ]
+    rb = json.loads(cluster.kubectl("get", "rolebinding", "trb", "-n", ns, "-o", "json").stdout)
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tr"}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "tsa", "namespace": ns}]
+    assert cluster.kubectl("auth", "can-i", "get", "pods", "-n", ns).stdout.strip() == "yes"
+    cluster.kubectl("delete", "secret", "ts", "-n", ns)
+
+
+def test_foreground_deletion_waits_for_dependents(
+    cluster: Cluster, api: kubernetes.client.ApiClient, ns: str
+) -> None:
+    core = kubernetes.client.CoreV1Api(api)
+    owner = core.create_namespaced_config_map(ns, {"metadata": {"name": "fg-owner"}})
+    ref = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "fg-owner",
+        "uid": owner.metadata.uid,
+        "blockOwnerDeletion": True,
+    }
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "fg-dep", "ownerReferences": [ref]}})
+    cluster.kubectl("delete", "cm", "fg-owner", "-n", ns, "--cascade=foreground", "--timeout=30s")
+    left = {c.metadata.name for c in core.list_namespaced_config_map(ns).items}
+    assert "fg-owner" not in left and "fg-dep" not in left

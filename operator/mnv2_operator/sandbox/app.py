@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from mnv2_operator.sandbox import table
+from mnv2_operator.sandbox import protobuf, table
 from mnv2_operator.sandbox.catalog import ResourceInfo
 from mnv2_operator.sandbox.selectors import SelectorError, parse_field_selector, parse_label_selector
 from mnv2_operator.sandbox.server import SERVER_VERSION, ApiError, ApiServer, AuditRecord, Watcher, output
@@ -251,15 +251,21 @@ class Handler:
             method, ("delete" if route.name else "deletecollection") if method == "DELETE" else method.lower()
         )
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: web.Request, info: ResourceInfo | None = None, kind: str = "") -> Any:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", JSON)
         if "protobuf" in ctype:
-            raise ApiError(
-                415,
-                "UnsupportedMediaType",
-                "the sandbox API server accepts JSON (and YAML) bodies only, not protobuf",
-            )
+            if not raw:
+                return None
+            try:
+                obj = protobuf.decode_object(raw, kind or (info.kind if info else ""))
+            except protobuf.ProtobufError as e:
+                if info is not None and info.group == "authorization.k8s.io":
+                    return {"kind": info.kind, "spec": {}}  # access reviews are answered without reading them
+                raise ApiError(415, "UnsupportedMediaType", str(e)) from None
+            if info is not None and not kind:
+                obj["apiVersion"] = info.group_version()
+            return obj
         if not raw:
             return None
         try:
@@ -326,11 +332,11 @@ class Handler:
                 raise ApiError(
                     405, "MethodNotAllowed", f"create is not supported on {info.qualified}/{r.sub or r.name}"
                 )
-            body = await self._body(request)
+            body = await self._body(request, info)
             obj = s.create_object(info, ns or "", body, params, warnings)
             return _respond(output(obj, info, r.version), 201, warnings)
         if verb == "update":
-            body = await self._body(request)
+            body = await self._body(request, info)
             obj = s.update_object(info, ns or "", r.name or "", body, r.sub, params, warnings)
             return _respond(output(obj, info, r.version), 200, warnings)
         if verb == "patch":
@@ -347,12 +353,12 @@ class Handler:
             )
             return _respond(output(obj, info, r.version), code, warnings)
         if verb == "delete":
-            opts = await self._body(request) or {}
+            opts = await self._body(request, kind="DeleteOptions") or {}
             opts = {**opts, **_delete_params(params)}
             obj = s.delete_object(info, ns or "", r.name or "", opts)
             return _respond(output(obj, info, r.version))
         if verb == "deletecollection":
-            opts = {**(await self._body(request) or {}), **_delete_params(params)}
+            opts = {**(await self._body(request, kind="DeleteOptions") or {}), **_delete_params(params)}
             items, _ = s.list_objects(
                 info,
                 r.namespace,

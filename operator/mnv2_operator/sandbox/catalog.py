@@ -24,6 +24,7 @@ SERVED_GROUP_VERSIONS = (
     "storage.k8s.io/v1",
     "discovery.k8s.io/v1",
     "node.k8s.io/v1",
+    "authorization.k8s.io/v1",  # access reviews: answered "allowed" (authorization is not enforced)
 )
 SKIPPED_RESOURCES = {"bindings", "componentstatuses"}
 # The sandbox implements these subresources; others (exec, portforward, scale, ...) are not listed.

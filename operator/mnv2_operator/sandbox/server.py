@@ -40,6 +40,7 @@ SERVER_VERSION = {"major": "1", "minor": "37", "gitVersion": "v1.37.0-mnv2-sandb
 NODE_NAME = "sandbox"
 HISTORY_PER_RESOURCE = 20000  # watch events kept per resource for resumption; older -> 410 Gone
 POD_GRACE_CAP = 30.0
+FOREGROUND = "foregroundDeletion"
 
 Key = tuple[str, str]  # (group, plural)
 
@@ -335,6 +336,13 @@ class ApiServer:
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
         obj = clone(body)
+        if info.group == "authorization.k8s.io":
+            # `kubectl auth can-i` and friends: the sandbox authorizes everything (nothing is stored).
+            obj["status"] = {"allowed": True, "reason": "the mnv2 sandbox does not enforce authorization"}
+            if info.kind == "SelfSubjectRulesReview":
+                obj["status"] = {"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                                 "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": False}  # fmt: skip
+            return obj
         obj["apiVersion"] = obj.get("apiVersion") or info.group_version()
         obj["kind"] = obj.get("kind") or info.kind
         if obj["kind"] != info.kind:
@@ -469,6 +477,8 @@ class ApiServer:
             spec["nodeName"] = NODE_NAME
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort",
                              "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]}  # fmt: skip
+        elif info.key == ("", "secrets"):
+            self._secret_defaults(obj)
         elif info.key == ("", "services"):
             spec = obj.setdefault("spec", {})
             spec.setdefault("type", "ClusterIP")
@@ -506,6 +516,16 @@ class ApiServer:
                     ],
                 )
             obj["status"] = self._crd_status(obj)
+
+    @staticmethod
+    def _secret_defaults(obj: dict[str, Any]) -> None:
+        """As the real server: type defaults to Opaque; stringData is folded into data (base64)."""
+        obj["type"] = obj.get("type") or "Opaque"
+        string_data = obj.pop("stringData", None) or {}
+        if string_data:
+            data = obj.setdefault("data", {})
+            for k, v in string_data.items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
 
     def _crd_status(self, crd: dict[str, Any]) -> dict[str, Any]:
         spec = crd.get("spec") or {}
@@ -597,6 +617,8 @@ class ApiServer:
                 new = self._custom(info, new, warnings, params)
             if info.key == ("", "pods"):
                 new["spec"]["nodeName"] = NODE_NAME
+            if info.key == ("", "secrets"):
+                self._secret_defaults(new)
             if info.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 try:
                     resource_from_crd(new)
@@ -732,6 +754,17 @@ class ApiServer:
             if is_pod and self.kubelet is not None and grace is not None:
                 self.kubelet.pod_deleting(old, grace)  # a shorter grace period shortens the wait
             return old
+        if policy == "Foreground" and self.dependents.get(meta["uid"]):
+            # Foreground: the owner waits (deletionTimestamp + foregroundDeletion finalizer) until
+            # the garbage collector has deleted its dependents, then goes itself.
+            new = clone(old)
+            new["metadata"]["deletionTimestamp"] = now_iso()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["metadata"]["finalizers"] = [*(meta.get("finalizers") or []), FOREGROUND]
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._store(info, new, old)
+            self._collect(meta["uid"], "Foreground")
+            return self.get(info, namespace, name) or new
         if meta.get("finalizers") or (is_pod and self.kubelet is not None):
             new = clone(old)
             new["metadata"]["deletionTimestamp"] = now_iso()
@@ -769,6 +802,7 @@ class ApiServer:
         self._pending_policy.pop((info.key, ns, meta["name"]), None)
         for o in meta.get("ownerReferences") or []:
             self.dependents[o.get("uid", "")].discard((info.key, ns, meta["name"]))
+            self._foreground_done(o.get("uid", ""))
         gone = clone(obj)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._emit(info, "DELETED", gone, None)
@@ -781,26 +815,50 @@ class ApiServer:
         self._collect(meta["uid"], policy)
         return gone
 
+    def _foreground_done(self, owner_uid: str) -> None:
+        """Release an owner in foreground deletion once its last dependent is gone."""
+        where = self.uids.get(owner_uid)
+        if where is None or self.dependents.get(owner_uid):
+            return
+        info = self.resources.get(where[0])
+        owner = self.get(info, where[1], where[2]) if info else None
+        if info is None or owner is None or FOREGROUND not in (owner["metadata"].get("finalizers") or []):
+            return
+        new = clone(owner)
+        new["metadata"]["finalizers"] = [f for f in new["metadata"]["finalizers"] if f != FOREGROUND]
+        if not new["metadata"]["finalizers"]:
+            del new["metadata"]["finalizers"]
+        self._commit_update(info, owner, new)
+
     def _collect(self, owner_uid: str, policy: str) -> None:
         """Garbage collection: delete (or orphan) the dependents of a deleted owner."""
-        for key, ns, name in list(self.dependents.pop(owner_uid, ())):
+        deps = (
+            self.dependents.get(owner_uid, set())
+            if policy == "Foreground"
+            else self.dependents.pop(owner_uid, set())
+        )
+        for key, ns, name in list(deps):
             info = self.resources.get(key)
             dep = self.get(info, ns, name) if info else None
             if info is None or dep is None:
                 continue
             refs = dep["metadata"].get("ownerReferences") or []
-            if policy == "Orphan":
+            live_others = any(r.get("uid") != owner_uid and r.get("uid") in self.uids for r in refs)
+            if policy == "Orphan" or live_others:
+                # Orphaned, or kept by another live owner: only the reference to this owner goes.
                 new = clone(dep)
                 new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != owner_uid]
                 if not new["metadata"]["ownerReferences"]:
                     del new["metadata"]["ownerReferences"]
                 self._commit_update(info, dep, new)
                 continue
-            # Deleted once no owner is left (the GC's rule: any live owner keeps the dependent).
-            if any(r.get("uid") != owner_uid and r.get("uid") in self.uids for r in refs):
-                continue
             with contextlib.suppress(ApiError):
-                self.delete_object(info, ns, name, {"propagationPolicy": "Background"})
+                self.delete_object(
+                    info,
+                    ns,
+                    name,
+                    {"propagationPolicy": "Foreground" if policy == "Foreground" else "Background"},
+                )
 
     def _drop_crd(self, crd: dict[str, Any]) -> None:
         spec = crd.get("spec") or {}
