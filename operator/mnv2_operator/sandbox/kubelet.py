@@ -182,6 +182,7 @@ class Kubelet:
         if run.proc is not None and run.proc.returncode is None:
             if not run.extra.get("sigterm"):
                 run.extra["sigterm"] = True
+                self._event(run, "Killing", f"Stopping container (SIGTERM, SIGKILL after {grace:g} s)")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(run.proc.pid, signal.SIGTERM)
             if run.kill_handle is not None:
@@ -273,6 +274,35 @@ class Kubelet:
                 }
             out.append(base)
         return out
+
+    def _event(
+        self, run: PodRun, reason: str, message: str, type_: str = "Normal", source: str = "kubelet"
+    ) -> None:
+        """Post a core/v1 Event about the pod, as a kubelet does (`kubectl describe pod` shows them)."""
+        if self.server is None:
+            return
+        t = _now()
+        event = {
+            "metadata": {"name": f"{run.name}.{os.urandom(8).hex()}", "namespace": run.namespace},
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "namespace": run.namespace,
+                "name": run.name,
+                "uid": run.uid,
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": source, "host": "sandbox"},
+            "reportingComponent": source,
+            "reportingInstance": "sandbox",
+            "firstTimestamp": t,
+            "lastTimestamp": t,
+            "count": 1,
+        }
+        with contextlib.suppress(Exception):  # e.g. the namespace is being deleted
+            self.server.create_object(self.server.resources[("", "events")], run.namespace, event)
 
     def _set_waiting(self, run: PodRun, reason: str, message: str) -> None:
         pod = self._pod(run)
@@ -368,6 +398,12 @@ class Kubelet:
         uid_file.write_text(run.uid)
         log_path = self.log_path(run.namespace, run.name)
         log_path.touch()
+        self._event(
+            run,
+            "Scheduled",
+            f"Successfully assigned {run.namespace}/{run.name} to sandbox",
+            source="default-scheduler",
+        )
         self._set_waiting(run, "ContainerCreating", "")
         while True:
             if run.deleting:
@@ -377,9 +413,12 @@ class Kubelet:
                 cmd, env, cwd = self.prepare(pod, pod_dir)
                 break
             except PodConfigError as e:
-                self._set_waiting(run, e.reason, e.message)
-                with log_path.open("a") as f:
-                    f.write(f"[sandbox kubelet] cannot start container: {e.reason}: {e.message}\n")
+                if run.extra.get("config_error") != e.message:  # report each new problem once
+                    run.extra["config_error"] = e.message
+                    self._set_waiting(run, e.reason, e.message)
+                    self._event(run, "Failed", f"Error: {e.message}", "Warning")
+                    with log_path.open("a") as f:
+                        f.write(f"[sandbox kubelet] cannot start container: {e.reason}: {e.message}\n")
                 if not e.retry:
                     return
                 await asyncio.sleep(1.0)
@@ -403,6 +442,11 @@ class Kubelet:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(run.proc.pid, signal.SIGTERM)
             self._set_running(run, restarts, last, cid)
+            self._event(
+                run,
+                "Started",
+                f"Started container {pod['spec']['containers'][0]['name']} (pid {run.proc.pid})",
+            )
             rc = await run.proc.wait()
             # The process group may have children left (msrun workers): end them with it.
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -86,6 +86,7 @@ class Sandbox:
                 ready.set()
                 return
             self.kubelet.loop = loop
+            self.server.loop, self.server.loop_thread = loop, threading.get_ident()
             ready.set()
             loop.run_forever()
             loop.close()
@@ -131,6 +132,7 @@ class Sandbox:
             self._thread = None
             self._loop = None
             self.kubelet.loop = None
+            self.server.loop = None
 
     def __enter__(self) -> Sandbox:
         return self.start()

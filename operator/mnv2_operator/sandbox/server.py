@@ -21,6 +21,7 @@ import os
 import random
 import re
 import string
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,6 +214,8 @@ class ApiServer:
         self.dependents: dict[str, set[tuple[Key, str, str]]] = collections.defaultdict(set)
         self.uids: dict[str, tuple[Key, str, str]] = {}
         self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by Sandbox once serving
+        self.loop_thread = 0
         self._pending_policy: dict[tuple[Key, str, str], str] = {}
         for info in builtin_resources():
             self.resources[info.key] = info
@@ -288,10 +291,27 @@ class ApiServer:
 
     # ---- store primitives ------------------------------------------------------------------------
 
+    def _in_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in the server's loop when called from another thread (tests reading the store)."""
+        loop = self.loop
+        if loop is None or not loop.is_running() or threading.get_ident() == self.loop_thread:
+            return fn()
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(30)
+
+    def snapshot(self, info: ResourceInfo, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Thread-safe copy of the stored objects of a resource (optionally one namespace)."""
+        return self._in_loop(lambda: clone(self.iter_objects(info, namespace)))
+
     def get(self, info: ResourceInfo, namespace: str, name: str) -> dict[str, Any] | None:
         return self.data[info.key].get(namespace if info.namespaced else "", {}).get(name)
 
     def iter_objects(self, info: ResourceInfo, namespace: str | None) -> list[dict[str, Any]]:
+        if self.loop is not None and threading.get_ident() != self.loop_thread:
+            return self.snapshot(info, namespace)
         buckets = self.data[info.key]
         if namespace is not None and info.namespaced:
             return list(buckets.get(namespace, {}).values())
