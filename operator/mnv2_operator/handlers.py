@@ -266,6 +266,15 @@ def _owned(obj: Mapping[str, Any], job: Mapping[str, Any], namespace: str) -> di
     return copy
 
 
+def owned_pods(pods: Iterable[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """The pods owned by the job with this uid.
+
+    A job deleted and re-created under the same name shares the pod label with its predecessor,
+    whose pods may still be around until the garbage collector gets to them: they are not ours.
+    """
+    return [p for p in pods if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
+
+
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a pod that status.py reads (keeps the index small for thousands of pods)."""
     meta = body.get("metadata", {})
@@ -289,6 +298,7 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
                 k: v for k, v in (meta.get("annotations") or {}).items() if k == ANNOTATION_SPEC_HASH
             },
             "deletionTimestamp": meta.get("deletionTimestamp"),
+            "ownerReferences": [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []],
         },
         "status": {
             "phase": status.get("phase"),
@@ -343,7 +353,7 @@ class Controller:
         generation = meta.get("generation")
         now = self.clock()
 
-        pods = self.pods_of(key)
+        pods = owned_pods(self.pods_of(key), meta.get("uid", ""))
         try:
             spec = parse_spec(job.get("spec") or {})
         except SpecError as err:
@@ -405,7 +415,7 @@ class Controller:
                     requeue = 1.0 if requeue is None else min(requeue, 1.0)
                 self._create_errors.pop(key, None)
             except ApiError as err:
-                if err.status in (403, 404, 422):
+                if err.status in (403, 404, 409, 422):
                     await self._report_create_error(job, key, decision.status, err)
                 raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
         if decision.delete_job:
@@ -537,7 +547,8 @@ class Controller:
         if created:
             self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
         retry = False
-        made = []
+        made: list[str] = []
+        foreign: list[str] = []
         for pod in rendered.pods:
             if st.pod_rank(pod) not in decision.create_ranks:
                 continue
@@ -549,15 +560,35 @@ class Controller:
             except ApiError as err:
                 if err.status != 409:
                     raise
-                # A pod of that name exists: ours of this attempt (the index lags) or a previous
-                # attempt's that is still terminating. Look again shortly; never replace it blindly.
-                retry = True
+                # A pod of that name exists: ours (the index lags, or a previous attempt's pod is
+                # still terminating: look again shortly), or someone else's, which is never replaced.
+                if await self._owned_by_job(namespace, pod["metadata"]["name"], job["metadata"]["uid"]):
+                    retry = True
+                else:
+                    foreign.append(pod["metadata"]["name"])
         if made:
             self._post(
                 job,
                 [st.Event("Normal", "PodsCreated", f"attempt {decision.attempt}: created {', '.join(made)}")],
             )
+        if foreign:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"pod(s) {', '.join(foreign)} exist but do not belong to this job (left over from a "
+                "deleted job of the same name?); delete them and the job starts",
+            )
         return retry
+
+    async def _owned_by_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the existing pod `name` is the job's (True also when it is gone meanwhile)."""
+        try:
+            pod = await self.api.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}")
+        except ApiError as err:
+            if err.status == 404:
+                return True
+            raise
+        return any(r.get("uid") == uid for r in pod.get("metadata", {}).get("ownerReferences") or [])
 
     async def _apply_child(self, obj: dict[str, Any], namespace: str) -> bool:
         """Create a child; if it exists, merge-patch it to the rendered form (adopts orphans too)."""

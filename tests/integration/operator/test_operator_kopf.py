@@ -730,3 +730,36 @@ def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, names
             assert events_of(cluster, ns, name).count("CreateFailed") == 1
         finally:
             ext.delete_custom_resource_definition(PODGROUP_CRD["metadata"]["name"])
+
+
+def test_job_recreated_under_the_same_name_starts_afresh(cluster: Cluster, namespace: str) -> None:
+    """The predecessor's pods (same name, same labels) never count for the new job."""
+    ns, name = namespace, "again"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 1, 0))
+        cluster.finish(ns, f"{name}-worker-0", 0)
+        wait_for("phase Succeeded", phase_is(cluster, ns, name, "Succeeded"))
+        cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        wait_for("the job gone", lambda: cluster.job(ns, name) is None)
+        new = cluster.create_job(ns, name, job_spec(nodes=1))
+        pods = wait_for("the new job's pod running", running_pods(cluster, ns, name, 1, 0))
+        assert [r.uid for r in pods[0].metadata.owner_references] == [new["metadata"]["uid"]]
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert not s.get("completionTime")
+        # Deleted with its pod orphaned: the leftover pod (same name, same labels, Succeeded) is
+        # not the new job's; the new job waits, says why, and starts once the pod is removed.
+        cluster.finish(ns, f"{name}-worker-0", 0)
+        wait_for("phase Succeeded", phase_is(cluster, ns, name, "Succeeded"))
+        cluster.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Orphan"
+        )
+        wait_for("the job gone", lambda: cluster.job(ns, name) is None)
+        assert len(cluster.pods(ns, name)) == 1
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        s = wait_for(
+            "the reason", lambda: (x := cluster.status(ns, name)) and "do not belong" in x["message"] and x
+        )
+        assert s["phase"] == "Pending" and condition(s, "Created")["reason"] == "CreateFailed"
+        cluster.core.delete_namespaced_pod(f"{name}-worker-0", ns)
+        wait_for("the third job running", phase_is(cluster, ns, name, "Running"))

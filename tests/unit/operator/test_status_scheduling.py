@@ -136,3 +136,12 @@ def test_spec_hash_ignores_run_policy() -> None:
     b = {"nodes": 2, "runPolicy": {"suspend": True, "backoffLimit": 9}}
     assert handlers._spec_hash(a) == handlers._spec_hash(b)
     assert handlers._spec_hash(a) != handlers._spec_hash({"nodes": 4, "runPolicy": {}})
+
+
+def test_only_pods_owned_by_this_job_count() -> None:
+    mine = {"metadata": {"name": "j-worker-0", "ownerReferences": [{"uid": "new"}]}}
+    predecessor = {"metadata": {"name": "j-worker-1", "ownerReferences": [{"uid": "old"}]}}
+    orphan = {"metadata": {"name": "j-worker-2"}}
+    assert handlers.owned_pods([mine, predecessor, orphan], "new") == [mine]
+    slim = handlers.slim_pod({"metadata": {"name": "p", "ownerReferences": [{"uid": "new", "kind": "X"}]}})
+    assert handlers.owned_pods([slim], "new") == [slim]
