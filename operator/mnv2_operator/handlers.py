@@ -639,6 +639,9 @@ async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
+    # Only the job's worker pods are streamed from the API server (server-side label selector), so a
+    # cluster-wide operator does not receive every pod of the cluster. The handlers filter again.
+    settings.watching.label_selectors["pods"] = f"{st.LABEL_JOB},{st.LABEL_ROLE}=worker"
     # Events and index updates are cheap; let many objects be processed at once.
     settings.queueing.worker_limit = None
     if getattr(memo, "mnv2", None) is None:
