@@ -321,7 +321,9 @@ def running_cluster(
 
     state_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        stack.callback(_restore_sigint, signal.getsignal(signal.SIGINT))
+        stack.callback(
+            _restore_signals, {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        )
         sandbox = Sandbox(state_dir, kubelet="process")
         # Registered before start(): a Ctrl-C during start-up must still stop what did start.
         stack.callback(_quietly, "stopping the sandbox (and every pod's processes)", sandbox.stop, log)
@@ -341,14 +343,17 @@ def running_cluster(
 
 
 def _quietly(what: str, stop: Callable[[], None], log: TextIO) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(what + " ...", file=log, flush=True)
     stop()
 
 
-def _restore_sigint(handler: Any) -> None:
-    with contextlib.suppress(TypeError, ValueError):  # ValueError: not the main thread
-        signal.signal(signal.SIGINT, handler if handler is not None else signal.default_int_handler)
+def _restore_signals(handlers: dict[signal.Signals, Any]) -> None:
+    for sig, handler in handlers.items():
+        with contextlib.suppress(TypeError, ValueError):  # ValueError: not the main thread
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -448,6 +453,8 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 2
     started = time.monotonic()
     succeeded: bool | None = None  # None until the job finished
+    # SIGTERM (`timeout`, `kill`, a closing terminal) takes the same orderly path as Ctrl-C.
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         with running_cluster(state_dir, ref.namespace, log=out) as cluster:
             print(f"$ kubectl apply -f {manifest}", file=out)
@@ -466,7 +473,24 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     except (DemoError, show.ShowError) as exc:
         print(f"mnv2 demo: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _restore_sigterm(previous_sigterm)
     return 0 if succeeded else 1
+
+
+def _sigterm_as_interrupt() -> Any:
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (e.g. called from a test's thread): leave it
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report(cluster: Cluster, ref: JobRef, job: Mapping[str, Any], out: TextIO, elapsed: float) -> None:
