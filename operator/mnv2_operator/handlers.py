@@ -14,7 +14,8 @@ How it works (see docs/operator.md for the whole story):
   concurrently. Time-based transitions (activeDeadlineSeconds, ttlSecondsAfterFinished) and retries
   after API errors are scheduled with timers. Nothing runs for an idle job: 1000 jobs cost 1000
   dict entries, not 1000 polling loops.
-- Pods are found through a kopf index keyed by (namespace, job name). kopf fills every index from a
+- Pods are found through a kopf index keyed by (namespace, job name), fed by a watch with a
+  server-side label selector; only pods owned by the job's uid count. kopf fills every index from a
   full LIST before any handler runs, so after an operator restart the first reconcile of each job
   already sees all its pods: nothing is duplicated and the status continues from what is observed.
 - No finalizer: children carry owner references and are garbage-collected with the job. kopf's
