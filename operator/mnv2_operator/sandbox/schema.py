@@ -47,6 +47,14 @@ def _child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+# String formats the apiserver checks on custom resources (a subset of kube-openapi's strfmt).
+_FORMATS = {
+    "date-time": re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"),
+    "date": re.compile(r"^\d{4}-\d{2}-\d{2}$"),
+    "uuid": re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"),
+    "byte": re.compile(r"^[A-Za-z0-9+/]*={0,2}$"),
+}
+
 _TYPE_CHECK = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -199,6 +207,15 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[Cause]:
                     f"Invalid value: {go_repr(value)}: {path} in body should be at least {schema['minLength']} chars long",
                 )
             )
+        fmt = schema.get("format")
+        if fmt in _FORMATS and not _FORMATS[fmt].match(value):
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    path,
+                    f"Invalid value: {go_repr(value)}: {path} in body must be of type {fmt}: {go_repr(value)}",
+                )
+            )
         if "pattern" in schema and not re.search(schema["pattern"], value):
             causes.append(
                 Cause(
@@ -227,6 +244,23 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[Cause]:
         if isinstance(schema.get("items"), dict):
             for i, item in enumerate(value):
                 causes.extend(validate(item, schema["items"], f"{path}[{i}]"))
+        if schema.get("x-kubernetes-list-type") == "map" and schema.get("x-kubernetes-list-map-keys"):
+            seen: set[str] = set()
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    key = json.dumps([item.get(k) for k in schema["x-kubernetes-list-map-keys"]])
+                    if key in seen:
+                        keys = ", ".join(
+                            f"{k}={go_repr(item.get(k))}" for k in schema["x-kubernetes-list-map-keys"]
+                        )
+                        causes.append(
+                            Cause(
+                                "FieldValueDuplicate",
+                                f"{path}[{i}]",
+                                f"Duplicate value: map[string]interface {{}}{{{keys}}}",
+                            )
+                        )
+                    seen.add(key)
         if schema.get("x-kubernetes-list-type") == "set" and len(
             {json.dumps(v, sort_keys=True) for v in value}
         ) != len(value):

@@ -200,3 +200,35 @@ def test_protobuf_configmap_decodes() -> None:
     }
     with pytest.raises(protobuf.ProtobufError, match="send JSON"):
         protobuf.decode_object(body, "Deployment")
+
+
+def test_formats_and_list_map_keys() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "status": {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "conditions": {
+                        "type": "array",
+                        "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["type"],
+                        "items": {"type": "object", "properties": {"type": {"type": "string"}}},
+                    },
+                },
+            }
+        },
+    }
+    _, causes, _ = process_custom_object(
+        {"status": {"at": "2026-01-01T00:00:00Z", "conditions": [{"type": "A"}, {"type": "B"}]}}, schema
+    )
+    assert causes == []
+    _, causes, _ = process_custom_object(
+        {"status": {"at": "yesterday", "conditions": [{"type": "A"}, {"type": "A"}]}}, schema
+    )
+    assert [(c.field, c.reason) for c in causes] == [
+        ("status.at", "FieldValueInvalid"),
+        ("status.conditions[1]", "FieldValueDuplicate"),
+    ]
+    assert "must be of type date-time" in causes[0].message
