@@ -354,7 +354,11 @@ class Controller:
         generation = meta.get("generation")
         now = self.clock()
 
-        pods = owned_pods(self.pods_of(key), meta.get("uid", ""))
+        labelled = self.pods_of(key)
+        pods = owned_pods(labelled, meta.get("uid", ""))
+        # Pods with the job's labels and name but another owner (a deleted job's of the same name):
+        # never ours to count, replace or delete; the garbage collector removes them with time.
+        foreign = {st.pod_name(p): st.pod_deleting(p) for p in labelled if p not in pods}
         try:
             spec = parse_spec(job.get("spec") or {})
         except SpecError as err:
@@ -363,7 +367,7 @@ class Controller:
                 # apply, read leniently from the raw spec.
                 raw = job.get("spec") or {}
                 decision = st.reconcile(name, st.Policy.from_spec(raw), pods, previous, generation, now)
-                return await self._apply(job, previous, decision, pods, None, "")
+                return await self._apply(job, previous, decision, pods, None, "", {})
             await self._invalid(job, previous, str(err), pods)
             return None
 
@@ -384,7 +388,7 @@ class Controller:
                 await self._invalid(job, previous, str(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
-        return await self._apply(job, previous, decision, pods, rendered, spec_hash)
+        return await self._apply(job, previous, decision, pods, rendered, spec_hash, foreign)
 
     async def _apply(
         self,
@@ -394,8 +398,13 @@ class Controller:
         pods: list[dict[str, Any]],
         rendered: RenderedJob | None,
         spec_hash: str,
+        foreign: Mapping[str, bool],
     ) -> float | None:
-        """Carry out a decision; returns when to reconcile again (seconds) or None."""
+        """Carry out a decision; returns when to reconcile again (seconds) or None.
+
+        `foreign` maps names of pods in the way that belong to someone else to whether they are
+        being deleted already.
+        """
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         key = (namespace, name)
         if decision.create_ranks and key in self._create_errors:
@@ -412,7 +421,7 @@ class Controller:
                 await self._delete_pod(namespace, pod)
         if rendered is not None:
             try:
-                if await self._create(job, rendered, decision, spec_hash):
+                if await self._create(job, rendered, decision, spec_hash, foreign):
                     requeue = 1.0 if requeue is None else min(requeue, 1.0)
                 self._create_errors.pop(key, None)
             except ApiError as err:
@@ -537,7 +546,12 @@ class Controller:
                 raise
 
     async def _create(
-        self, job: Mapping[str, Any], rendered: RenderedJob, decision: st.Decision, spec_hash: str
+        self,
+        job: Mapping[str, Any],
+        rendered: RenderedJob,
+        decision: st.Decision,
+        spec_hash: str,
+        foreign: Mapping[str, bool],
     ) -> bool:
         """Ensure the children exist and create the decided pods. True when a pod must be retried."""
         namespace = job["metadata"]["namespace"]
@@ -549,9 +563,15 @@ class Controller:
             self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
         retry = False
         made: list[str] = []
-        foreign: list[str] = []
+        blocked: list[str] = []
         for pod in rendered.pods:
             if st.pod_rank(pod) not in decision.create_ranks:
+                continue
+            name = pod["metadata"]["name"]
+            if name in foreign:
+                retry = True
+                if not foreign[name]:
+                    blocked.append(name)
                 continue
             pod = _owned(pod, job, namespace)
             pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
@@ -561,35 +581,22 @@ class Controller:
             except ApiError as err:
                 if err.status != 409:
                     raise
-                # A pod of that name exists: ours (the index lags, or a previous attempt's pod is
-                # still terminating: look again shortly), or someone else's, which is never replaced.
-                if await self._owned_by_job(namespace, pod["metadata"]["name"], job["metadata"]["uid"]):
-                    retry = True
-                else:
-                    foreign.append(pod["metadata"]["name"])
+                # A pod of that name exists that the index does not show yet: ours (just created,
+                # or a previous attempt's still terminating) or someone else's. Look again shortly.
+                retry = True
         if made:
             self._post(
                 job,
                 [st.Event("Normal", "PodsCreated", f"attempt {decision.attempt}: created {', '.join(made)}")],
             )
-        if foreign:
+        if blocked:
             raise ApiError(
                 409,
                 "Conflict",
-                f"pod(s) {', '.join(foreign)} exist but do not belong to this job (left over from a "
+                f"pod(s) {', '.join(blocked)} exist but do not belong to this job (left over from a "
                 "deleted job of the same name?); delete them and the job starts",
             )
         return retry
-
-    async def _owned_by_job(self, namespace: str, name: str, uid: str) -> bool:
-        """Whether the existing pod `name` is the job's (True also when it is gone meanwhile)."""
-        try:
-            pod = await self.api.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}")
-        except ApiError as err:
-            if err.status == 404:
-                return True
-            raise
-        return any(r.get("uid") == uid for r in pod.get("metadata", {}).get("ownerReferences") or [])
 
     async def _apply_child(self, obj: dict[str, Any], namespace: str) -> bool:
         """Create a child; if it exists, merge-patch it to the rendered form (adopts orphans too)."""
