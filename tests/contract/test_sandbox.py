@@ -176,3 +176,14 @@ def test_mnv2_sandbox_command(cluster: Cluster, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0, proc.stderr.read()
+
+
+def test_watch_of_a_client_that_hung_up_is_dropped(sim: Sandbox) -> None:
+    key = ("", "configmaps")
+    before = len(sim.server.watchers[key])
+    resp = urllib.request.urlopen(f"{sim.url}/api/v1/namespaces/default/configmaps?watch=true", timeout=5)
+    wait_for(lambda: len(sim.server.watchers[key]) == before + 1, 5, "the watch to register")
+    resp.close()
+    wait_for(
+        lambda: len(sim.server.watchers[key]) == before, 5, "the idle watch of a closed connection to end"
+    )

@@ -435,14 +435,18 @@ class Handler:
             timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
             deadline = time.monotonic() + timeout if timeout else None
             bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
+            last_bookmark = time.monotonic()
             while not self.closing:
-                wait = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+                wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if wait <= 0:
                     break
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), wait)
                 except TimeoutError:
-                    if bookmarks:
+                    if _gone(request):
+                        break  # the client hung up while the stream was idle
+                    if bookmarks and time.monotonic() - last_bookmark > 30:
+                        last_bookmark = time.monotonic()
                         bm = {
                             "kind": info.kind,
                             "apiVersion": info.group_version(r.version),
@@ -497,7 +501,7 @@ class Handler:
         await resp.prepare(request)
         await resp.write(text)
         pos = len(path.read_bytes()) if path is not None and path.exists() else 0
-        while not self.closing:
+        while not self.closing and not _gone(request):
             await asyncio.sleep(0.2)
             if path is not None and path.exists():
                 data = path.read_bytes()
@@ -510,6 +514,11 @@ class Handler:
                     await resp.write(path.read_bytes()[pos:])
                 break
         return resp
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _nf(info: ResourceInfo, name: str) -> ApiError:
