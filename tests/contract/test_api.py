@@ -314,3 +314,18 @@ def test_discovery_lists_project_resources(api: kubernetes.client.ApiClient, wid
     res = kubernetes.client.CustomObjectsApi(api).get_api_resources(GROUP, "v1")
     names = {r.name for r in res.resources}
     assert names == {"widgets", "widgets/status"}
+
+
+def test_orphan_policy_holds_through_finalizers(co, core, ns: str, widget_crd: str) -> None:
+    body = widget("orph")
+    body["metadata"]["finalizers"] = ["contract.mnv2.dev/hold"]
+    owner = create(co, ns, body)
+    ref = {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "name": "orph", "uid": owner["metadata"]["uid"]}
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "orph-dep", "ownerReferences": [ref]}})
+    co.delete_namespaced_custom_object(GROUP, "v1", ns, "widgets", "orph", propagation_policy="Orphan")
+    co.patch_namespaced_custom_object(GROUP, "v1", ns, "widgets", "orph", {"metadata": {"finalizers": None}})
+
+    def orphaned() -> bool:
+        return not core.read_namespaced_config_map("orph-dep", ns).metadata.owner_references
+
+    wait_for(orphaned, 10, "the dependent to be orphaned, not deleted")

@@ -678,7 +678,11 @@ class ApiServer:
             and not meta.get("finalizers")
             and not self._awaiting_kubelet(info, new)
         ):
-            self._finalize_delete(info, new, "Background")
+            ns = meta.get("namespace", "") if info.namespaced else ""
+            # The propagation policy given with the DELETE applies once the finalizers are gone.
+            self._finalize_delete(
+                info, new, self._pending_policy.get((info.key, ns, meta["name"]), "Background")
+            )
         return new
 
     def patch_object(self, info: ResourceInfo, namespace: str, name: str, content_type: str, raw: bytes, subresource: str = "",
