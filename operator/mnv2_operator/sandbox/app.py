@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from mnv2_operator.sandbox.selectors import SelectorError, parse_field_selector,
 from mnv2_operator.sandbox.server import SERVER_VERSION, ApiError, ApiServer, AuditRecord, Watcher, output
 
 JSON = "application/json"
+log = logging.getLogger(__name__)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -233,6 +235,14 @@ class Handler:
         except ApiError as e:
             code = e.code
             return _respond(e.status(), e.code)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a sandbox bug: answer like the apiserver does, with the cause
+            log.exception("sandbox API server: %s %s failed", request.method, request.path_qs)
+            err = ApiError(
+                500, "InternalError", f"Internal error occurred: sandbox API server: {type(e).__name__}: {e}"
+            )
+            return _respond(err.status(), 500)
         finally:
             r = route
             self.server.audit.append(

@@ -636,7 +636,7 @@ class ApiServer:
             if info.crd:
                 new = self._custom(info, new, warnings, params)
             if info.key == ("", "pods"):
-                new["spec"]["nodeName"] = NODE_NAME
+                new.setdefault("spec", {})["nodeName"] = NODE_NAME
             if info.key == ("", "secrets"):
                 self._secret_defaults(new)
             if info.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
