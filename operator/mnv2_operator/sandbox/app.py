@@ -219,9 +219,9 @@ class Handler:
         route = parse_route(self.server, path)
         if route is None:
             if request.method == "GET":
-                resp = self.discovery(path)
-                if resp is not None:
-                    return resp
+                doc = self.discovery(path)
+                if doc is not None:
+                    return doc
             return _respond(
                 ApiError(404, "NotFound", "the server could not find the requested resource").status(), 404
             )

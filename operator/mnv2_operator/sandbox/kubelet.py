@@ -608,7 +608,7 @@ class Kubelet:
                     target.write_text(data[it["key"]])
                 if plural == "configmaps":
                     cm = (
-                        self.server.get(self.server.resources[("", "configmaps")], ns, ref["name"])
+                        self.server.get(self.server.resources[("", "configmaps")], ns, str(ref["name"]))
                         if self.server
                         else None
                     )

@@ -233,5 +233,5 @@ def _reorder(field: str, items: list[Any], order: list[Any], path: tuple[str, ..
     if key is None:
         ranking = {repr(v): i for i, v in enumerate(order)}
         return sorted(items, key=lambda v: ranking.get(repr(v), len(ranking)))
-    ranking = {o.get(key): i for i, o in enumerate(order) if isinstance(o, dict)}
-    return sorted(items, key=lambda v: ranking.get(v.get(key) if isinstance(v, dict) else None, len(ranking)))
+    by_key: dict[Any, int] = {o.get(key): i for i, o in enumerate(order) if isinstance(o, dict)}
+    return sorted(items, key=lambda v: by_key.get(v.get(key) if isinstance(v, dict) else None, len(by_key)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 
@@ -69,16 +70,13 @@ def parse_label_selector(text: str | None) -> Matcher | None:
             raise SelectorError(f"unable to parse requirement: empty requirement in {text!r}")
         if m := _SET_RE.match(part):
             key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
-            if op == "in":
-                reqs.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                reqs.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            reqs.append(partial(_in if op == "in" else _notin, key, values))
         elif m := _OP_RE.match(part):
             key, op, value = m.groups()
             if op in ("=", "=="):
-                reqs.append(lambda labels, k=key, v=value: labels.get(k) == v)
+                reqs.append(partial(_eq, key, value))
             elif op == "!=":
-                reqs.append(lambda labels, k=key, v=value: labels.get(k) != v)
+                reqs.append(partial(_ne, key, value))
             else:
                 try:
                     bound = int(value)
@@ -86,15 +84,11 @@ def parse_label_selector(text: str | None) -> Matcher | None:
                     raise SelectorError(
                         f"unable to parse requirement: {part!r}: {op} needs an integer"
                     ) from None
-                if op == ">":
-                    reqs.append(lambda labels, k=key, b=bound: _int_or_none(labels.get(k), lambda x: x > b))
-                else:
-                    reqs.append(lambda labels, k=key, b=bound: _int_or_none(labels.get(k), lambda x: x < b))
+                reqs.append(partial(_gt if op == ">" else _lt, key, bound))
         elif part.startswith("!") and re.fullmatch(r"![\w./-]+", part):
-            key = part[1:]
-            reqs.append(lambda labels, k=key: k not in labels)
+            reqs.append(partial(_absent, part[1:]))
         elif re.fullmatch(r"[\w./-]+", part):
-            reqs.append(lambda labels, k=part: k in labels)
+            reqs.append(partial(_present, part))
         else:
             raise SelectorError(f"unable to parse requirement: {part!r}")
 
@@ -105,11 +99,45 @@ def parse_label_selector(text: str | None) -> Matcher | None:
     return match
 
 
-def _int_or_none(value: str | None, pred: Callable[[int], bool]) -> bool:
+def _in(k: str, vs: set[str], labels: Mapping[str, str]) -> bool:
+    return labels.get(k) in vs
+
+
+def _notin(k: str, vs: set[str], labels: Mapping[str, str]) -> bool:
+    return labels.get(k) not in vs
+
+
+def _eq(k: str, v: str, labels: Mapping[str, str]) -> bool:
+    return labels.get(k) == v
+
+
+def _ne(k: str, v: str, labels: Mapping[str, str]) -> bool:
+    return labels.get(k) != v
+
+
+def _present(k: str, labels: Mapping[str, str]) -> bool:
+    return k in labels
+
+
+def _absent(k: str, labels: Mapping[str, str]) -> bool:
+    return k not in labels
+
+
+def _as_int(value: str | None) -> int | None:
     try:
-        return value is not None and pred(int(value))
+        return None if value is None else int(value)
     except ValueError:
-        return False
+        return None
+
+
+def _gt(k: str, bound: int, labels: Mapping[str, str]) -> bool:
+    v = _as_int(labels.get(k))
+    return v is not None and v > bound
+
+
+def _lt(k: str, bound: int, labels: Mapping[str, str]) -> bool:
+    v = _as_int(labels.get(k))
+    return v is not None and v < bound
 
 
 def _field_value(obj: Mapping[str, Any], path: str) -> str:

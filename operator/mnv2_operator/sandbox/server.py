@@ -766,7 +766,7 @@ class ApiServer:
         )
         meta = old["metadata"]
         is_pod = info.key == ("", "pods")
-        grace = options.get("gracePeriodSeconds")
+        grace: Any = options.get("gracePeriodSeconds")
         if is_pod:
             if grace is None:
                 grace = meta.get(

@@ -261,6 +261,10 @@ def _row_object(obj: dict[str, Any], include: str) -> dict[str, Any] | None:
     }
 
 
+def age_cells(o: dict[str, Any]) -> list[Any]:
+    return [age(o)]
+
+
 def build_table(
     plural: str,
     objs: list[dict[str, Any]],
@@ -283,20 +287,20 @@ def build_table(
         if not printer_columns:
             columns.append(AGE_COL)
 
-        def cells_of(o: dict[str, Any]) -> list[Any]:
+        def crd_cells(o: dict[str, Any]) -> list[Any]:
             if not printer_columns:
                 return [age(o)]
             return [
                 _format_cell(jsonpath(o, c["jsonPath"]), c.get("type", "string")) for c in printer_columns
             ]
+
+        cells_of: Callable[[dict[str, Any]], list[Any]] = crd_cells
     elif plural in BUILTIN:
         extra, cells_of = BUILTIN[plural]
         columns = [NAME_COL, *extra]
     else:
         columns = [NAME_COL, AGE_COL]
-
-        def cells_of(o: dict[str, Any]) -> list[Any]:
-            return [age(o)]
+        cells_of = age_cells
 
     rows = []
     for o in objs:
