@@ -92,12 +92,16 @@ def test_audit_records_every_request(sim: Sandbox) -> None:
     core.list_namespaced_config_map("default", label_selector="x=y")
     core.delete_namespaced_config_map("a", "default")
     sim.kubectl("get", "pods", "-A")
+    resp = urllib.request.urlopen(f"{sim.url}/api/v1/namespaces/default/secrets?watch=true", timeout=5)
+    wait_for(lambda: any(a.verb == "watch" for a in sim.audit), 5, "the open watch to be audited")
+    resp.close()
     got = [(a.verb, a.group, a.resource, a.subresource, a.namespace, a.name, a.code) for a in sim.audit]
     assert ("create", "", "configmaps", "", "default", "", 201) in got
     assert ("patch", "", "configmaps", "", "default", "a", 200) in got
     assert ("list", "", "configmaps", "", "default", "", 200) in got
     assert ("delete", "", "configmaps", "", "default", "a", 200) in got
     assert ("list", "", "pods", "", "", "", 200) in got
+    assert ("watch", "", "secrets", "", "default", "", 200) in got
 
 
 def test_too_old_resource_version_is_410_gone(sim: Sandbox) -> None:
@@ -119,25 +123,25 @@ def test_too_old_resource_version_is_410_gone(sim: Sandbox) -> None:
 def test_create_throughput(sim: Sandbox) -> None:
     """The operator benchmark needs 1000 jobs x several objects: creates must not slow down with size."""
     core = kubernetes.client.CoreV1Api(sim.api_client())
-    n = 600
-    t0 = time.perf_counter()
-    for i in range(n):
-        core.create_namespaced_config_map(
-            "default",
-            {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}, "data": {"k": "v" * 100}},
-        )
-    first_half = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    for i in range(n, 2 * n):
-        core.create_namespaced_config_map(
-            "default", {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}}
-        )
-    second_half = time.perf_counter() - t1
-    rate = 2 * n / (first_half + second_half)
-    print(f"sandbox create throughput: {rate:.0f} creates/s ({2 * n} configmaps)")
+    batches, size = 12, 100
+    times = []
+    for b in range(batches):
+        t0 = time.perf_counter()
+        for i in range(b * size, (b + 1) * size):
+            body = {
+                "metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}},
+                "data": {"k": "v" * 100},
+            }
+            core.create_namespaced_config_map("default", body)
+        times.append(time.perf_counter() - t0)
+    rate = batches * size / sum(times)
+    print(f"sandbox create throughput: {rate:.0f} creates/s ({batches * size} configmaps)")
     assert rate > 150, f"{rate:.0f} creates/s"
-    assert second_half < 2.5 * first_half, "creates slow down as the store grows (linear scans?)"
-    assert len(core.list_namespaced_config_map("default", label_selector="job=j7").items) == 2 * n // 50
+    # the fastest of the last batches vs the fastest of the first: robust to a busy machine
+    assert min(times[-3:]) < 2 * min(times[:3]), f"creates slow down as the store grows: {times}"
+    assert (
+        len(core.list_namespaced_config_map("default", label_selector="job=j7").items) == batches * size // 50
+    )
 
 
 def test_process_kubelet_ignores_devices_and_binds_to_the_node(cluster: Cluster, tmp_path: Path) -> None:

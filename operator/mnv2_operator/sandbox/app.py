@@ -20,6 +20,7 @@ from mnv2_operator.sandbox.server import SERVER_VERSION, ApiError, ApiServer, Au
 
 JSON = "application/json"
 log = logging.getLogger(__name__)
+AUDITED = web.RequestKey("mnv2_sandbox_audited", bool)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -244,12 +245,16 @@ class Handler:
             )
             return _respond(err.status(), 500)
         finally:
-            r = route
-            self.server.audit.append(
-                AuditRecord(
-                    verb, r.info.group, r.version, r.info.plural, r.sub, r.namespace or "", r.name or "", code
-                )
+            if not request.get(AUDITED):
+                self._audit(request, route, verb, code)
+
+    def _audit(self, request: web.Request, r: Route, verb: str, code: int) -> None:
+        request[AUDITED] = True
+        self.server.audit.append(
+            AuditRecord(
+                verb, r.info.group, r.version, r.info.plural, r.sub, r.namespace or "", r.name or "", code
             )
+        )
 
     @staticmethod
     def _verb(method: str, route: Route, params: dict[str, str]) -> str:
@@ -429,6 +434,7 @@ class Handler:
         resp = web.StreamResponse(headers={"Content-Type": JSON, "Transfer-Encoding": "chunked"})
         try:
             await resp.prepare(request)
+            self._audit(request, r, "watch", 200)  # streams are recorded when they start, not when they end
             if gone:
                 status = ApiError(
                     410, "Expired", f"too old resource version: {rv} ({s.evicted[info.key]})"
