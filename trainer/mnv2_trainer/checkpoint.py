@@ -27,7 +27,17 @@ _logger = logging.getLogger(__name__)
 
 #: Bookkeeping stored next to the parameters. ``epoch_num``/``step_num`` are MindCV's own keys
 #: (``ModelCheckpoint(append_info=["epoch_num", "step_num"])``); ``step_num`` is the global step.
-META_KEYS = ("epoch_num", "step_num", "mnv2_steps_per_epoch", "mnv2_global_batch_size", "mnv2_num_epochs")
+#: ``mnv2_best_top1``/``mnv2_best_epoch`` carry the best validation so far (-1/0: none yet), so that a
+#: resumed run does not overwrite ``{model}_best.ckpt`` with a worse model.
+META_KEYS = (
+    "epoch_num",
+    "step_num",
+    "mnv2_steps_per_epoch",
+    "mnv2_global_batch_size",
+    "mnv2_num_epochs",
+    "mnv2_best_top1",
+    "mnv2_best_epoch",
+)
 _TMP_PREFIX = ".tmp-"
 
 
@@ -137,6 +147,7 @@ class TrainState:
         epoch: completed epochs.
         global_step: optimizer steps taken.
         steps_per_epoch, global_batch_size, num_epochs: of the run that wrote it (0 if unknown).
+        best_top1, best_epoch: best validation up to this checkpoint (-1.0 and 0 if none).
     """
 
     path: str
@@ -146,6 +157,8 @@ class TrainState:
     steps_per_epoch: int = 0
     global_batch_size: int = 0
     num_epochs: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
 
 
 class InvalidCheckpoint(ValueError):
@@ -180,7 +193,7 @@ def read_train_state(path: str) -> TrainState:
         )
     epoch = int(_scalar(params["epoch_num"]))
     step = int(_scalar(params["step_num"])) if "step_num" in params else int(_scalar(params["global_step"]))
-    meta = {k: int(_scalar(params[k])) for k in META_KEYS[2:] if k in params}
+    meta = {k: _scalar(params[k]) for k in META_KEYS[2:] if k in params}
     for k in META_KEYS:
         params.pop(k, None)
     return TrainState(
@@ -188,9 +201,11 @@ def read_train_state(path: str) -> TrainState:
         params,
         epoch,
         step,
-        meta.get("mnv2_steps_per_epoch", 0),
-        meta.get("mnv2_global_batch_size", 0),
-        meta.get("mnv2_num_epochs", 0),
+        int(meta.get("mnv2_steps_per_epoch", 0)),
+        int(meta.get("mnv2_global_batch_size", 0)),
+        int(meta.get("mnv2_num_epochs", 0)),
+        float(meta.get("mnv2_best_top1", -1.0)),
+        int(meta.get("mnv2_best_epoch", 0)),
     )
 
 

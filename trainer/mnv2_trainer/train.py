@@ -414,6 +414,8 @@ def create_callback(**kwargs: Any) -> Any:
                 "mnv2_steps_per_epoch": self.spe,
                 "mnv2_global_batch_size": self.global_batch,
                 "mnv2_num_epochs": self.epochs,
+                "mnv2_best_top1": float(state.best_top1),
+                "mnv2_best_epoch": int(state.best_epoch or 0),
             }
             model = self.model_name
             if self.env.rank == 0:
@@ -496,6 +498,12 @@ def run(cfg: dict[str, Any]) -> RunState:
         ckpt_lib.remove_temporaries(save_dir)
     model_name = str(cfg["model"])
     epochs = int(cfg["epoch_size"])
+    if cfg.get("ckpt_save_policy") == "top_k":
+        _logger.warning(
+            "ckpt_save_policy top_k is treated as latest_k (resume needs the newest checkpoints); "
+            "the best one is always kept as %s",
+            ckpt_lib.best_name(model_name),
+        )
 
     state_ckpt = create_resume_state(cfg, model_name)
     completed = state_ckpt.epoch if state_ckpt else 0
@@ -593,6 +601,10 @@ def run(cfg: dict[str, Any]) -> RunState:
         ),
     )
     state = RunState(position.start_epoch, position.global_step)
+    if state_ckpt is not None and state_ckpt.best_epoch:
+        best_file = os.path.join(save_dir, ckpt_lib.best_name(model_name))
+        state.best_top1, state.best_epoch = state_ckpt.best_top1, state_ckpt.best_epoch
+        state.best_path = best_file if os.path.isfile(best_file) else None
     if position.finished:
         _logger.info("the checkpoint already covers all %d epochs: nothing to train", epochs)
         return state

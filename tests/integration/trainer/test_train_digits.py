@@ -123,6 +123,9 @@ def test_resume_with_another_epoch_count(tmp_path: Path, digits_dir: Path) -> No
     assert "INFO: epoch 1/3" not in log and "INFO: epoch 3/3 step 132" in log
     lines = metrics(out)
     assert [x["epoch"] for x in lines] == [1, 2, 3]
+    # the best validation so far survives the restart (it travels in the checkpoint)
+    assert lines[-1]["best_top1"] >= lines[1]["best_top1"]
+    assert lines[-1]["best_epoch"] in (lines[1]["best_epoch"], 3)
     assert lines[-1]["lr"] == pytest.approx(new_lrs[3 * STEPS - 1], rel=1e-5)
     # the 2-epoch schedule had ended at 0; the new one continues the cosine from its middle
     assert new_lrs[2 * STEPS] > 0.3 * DIGITS_CONFIG["lr"]
