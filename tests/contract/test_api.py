@@ -4,6 +4,7 @@ conflicts, selectors, finalizers, garbage collection."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import kubernetes
 import pytest
@@ -329,3 +330,36 @@ def test_orphan_policy_holds_through_finalizers(co, core, ns: str, widget_crd: s
         return not core.read_namespaced_config_map("orph-dep", ns).metadata.owner_references
 
     wait_for(orphaned, 10, "the dependent to be orphaned, not deleted")
+
+
+def test_namespace_deletion_waits_for_its_objects(co, core, widget_crd: str) -> None:
+    name = f"ct-del-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: core.list_namespaced_service_account(name).items, 20, "the default service account")
+    core.create_namespaced_config_map(name, {"metadata": {"name": "plain"}})
+    body = widget("held")
+    body["metadata"]["finalizers"] = ["contract.mnv2.dev/hold"]
+    create(co, name, body)
+    core.delete_namespace(name)
+    assert core.read_namespace(name).status.phase == "Terminating"
+    wait_for(
+        lambda: not core.list_namespaced_config_map(name, field_selector="metadata.name=plain").items,
+        30,
+        "the namespace's objects to go",
+    )
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(name, {"metadata": {"name": "late"}})
+    assert exc.value.status == 403  # no new content in a terminating namespace
+    assert core.read_namespace(name).status.phase == "Terminating"  # held by the widget's finalizer
+    co.patch_namespaced_custom_object(
+        GROUP, "v1", name, "widgets", "held", {"metadata": {"finalizers": None}}
+    )
+
+    def ns_gone() -> bool:
+        try:
+            core.read_namespace(name)
+            return False
+        except ApiException as e:
+            return e.status == 404
+
+    wait_for(ns_gone, 60, "the namespace to go once empty")

@@ -217,6 +217,7 @@ class ApiServer:
         self.loop: asyncio.AbstractEventLoop | None = None  # set by Sandbox once serving
         self.loop_thread = 0
         self._pending_policy: dict[tuple[Key, str, str], str] = {}
+        self._terminating: set[str] = set()  # namespaces being deleted
         for info in builtin_resources():
             self.resources[info.key] = info
         for ns in namespaces:
@@ -778,6 +779,18 @@ class ApiServer:
             if is_pod and self.kubelet is not None and grace is not None:
                 self.kubelet.pod_deleting(old, grace)  # a shorter grace period shortens the wait
             return old
+        if info.key == ("", "namespaces"):
+            # Terminating until every object in it is gone (pods stop, finalizers run), as for real.
+            new = clone(old)
+            new["metadata"]["deletionTimestamp"] = now_iso()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new.setdefault("status", {})["phase"] = "Terminating"
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._store(info, new, old)
+            self._terminating.add(name)
+            self._drop_namespace(name)
+            self._namespace_done(name)
+            return self.get(info, "", name) or new
         if policy == "Foreground" and self.dependents.get(meta["uid"]):
             # Foreground: the owner waits (deletionTimestamp + foregroundDeletion finalizer) until
             # the garbage collector has deleted its dependents, then goes itself.
@@ -835,9 +848,20 @@ class ApiServer:
         if info.key == ("apiextensions.k8s.io", "customresourcedefinitions"):
             self._drop_crd(gone)
         if info.key == ("", "namespaces"):
-            self._drop_namespace(meta["name"])
+            self._terminating.discard(meta["name"])
+        elif ns in self._terminating:
+            self._namespace_done(ns)
         self._collect(meta["uid"], policy)
         return gone
+
+    def _namespace_done(self, namespace: str) -> None:
+        """Remove a terminating namespace once nothing is left in it."""
+        if any(self.data[info.key].get(namespace) for info in self.resources.values() if info.namespaced):
+            return
+        info = self.resources[("", "namespaces")]
+        ns_obj = self.get(info, "", namespace)
+        if ns_obj is not None and not ns_obj["metadata"].get("finalizers"):
+            self._finalize_delete(info, ns_obj, "Background")
 
     def _foreground_done(self, owner_uid: str) -> None:
         """Release an owner in foreground deletion once its last dependent is gone."""
