@@ -1,0 +1,381 @@
+"""One training step of mobilenet_v2_075: ours vs MindCV's model + training cell vs PyTorch (CPU).
+
+    .venv/bin/python benchmarks/train_step.py [--rounds 5] [--steps 3] [--batch 16] [--size 224] [--smoke]
+
+Every peer trains on the same fixed random batch (batch 16 at 224x224 by default) with the recipe's
+loss (cross entropy, label smoothing 0.1) and optimizer (Momentum 0.9, weight decay 3e-5, the
+recipe's per-step cosine lr list), in float32 (the CPU backend has no float16 kernels, so our trainer
+trains at O0 on CPU; MindCV is given O0 too):
+
+* ``ours``: ``mnv2_trainer.model.create_model`` + the train cell that ``mnv2_trainer.train`` builds
+  (``create_loss``, ``create_optimizer``, ``create_train_cell``), graph mode.
+* ``mindcv``: ``mindcv.models.create_model`` + ``mindcv.loss.create_loss`` +
+  ``mindcv.optim.create_optimizer`` + ``mindcv.utils.create_trainer`` (a ``mindspore.Model``); its
+  ``train_network`` is the cell MindCV trains with; graph mode.
+* ``torch``, ``torch-cl``: a MobileNetV2 0.75 written here with PyTorch (torchvision cannot be
+  installed beside torch 2.13), eager mode, default (NCHW) and channels-last memory layout.
+
+Each peer lives in its own process; graph compilation and two warm-up steps are excluded. The peers
+then run ``--steps`` steps each, in turn (rotating order), for ``--rounds`` rounds; the table shows
+median images/s and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+MODEL = "mobilenet_v2_075"
+RECIPE = "mobilenet_v2_0.75_ascend"
+#: steps per epoch assumed for the lr list (only its length matters for speed)
+STEPS_PER_EPOCH = 100
+PEERS = ("ours", "mindcv", "torch", "torch-cl")
+
+
+# --------------------------------------------------------------------------- recipe values
+def recipe_settings(batch: int, size: int) -> dict[str, Any]:
+    """The recipe's loss/optimizer/schedule settings every peer uses (resolved by our config module)."""
+    from mnv2_trainer.config import load_recipe, resolve_config
+
+    cfg = resolve_config(
+        load_recipe(RECIPE),
+        {"batch_size": batch, "image_resize": size, "distribute": False, "amp_level": "O0"},
+    )
+    return cfg
+
+
+def batch_arrays(batch: int, size: int, num_classes: int = 1000, seed: int = 0) -> tuple[Any, Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+    labels = rng.integers(0, num_classes, size=(batch,)).astype(np.int32)
+    return images, labels
+
+
+# --------------------------------------------------------------------------- MindSpore peers
+def _ms_context() -> None:
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    ms.set_seed(0)
+
+
+def setup_ours(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
+    import mindspore as ms
+    from mnv2_trainer import schedule
+    from mnv2_trainer import train as ours
+    from mnv2_trainer.model import create_model
+
+    cfg = recipe_settings(batch, size)
+    _ms_context()
+    net = create_model(MODEL, num_classes=1000, drop_rate=cfg.get("drop_rate"))
+    lrs = schedule.create_lr_schedule(cfg, STEPS_PER_EPOCH, int(cfg["epoch_size"]))
+    amp, _ = ours.effective_amp(cfg, "CPU")
+    kind, scale, drop, _ = ours.effective_loss_scale(cfg, "CPU")
+    opt = ours.create_optimizer(cfg, net, lrs, scale if kind == "fixed" and not drop else 1.0)
+    cell = ours.create_train_cell(net, ours.create_loss(cfg), opt, amp, (kind, scale, drop))
+    cell.set_train(True)
+    x, y = batch_arrays(batch, size)
+    return _ms_runner(cell, ms.Tensor(x), ms.Tensor(y)), {"amp": amp, "loss_scale": scale}
+
+
+def setup_mindcv(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
+    import mindspore as ms
+    from mindcv.loss import create_loss
+    from mindcv.models import create_model
+    from mindcv.optim import create_optimizer
+    from mindcv.scheduler import create_scheduler
+    from mindcv.utils import create_trainer, get_metrics
+
+    cfg = recipe_settings(batch, size)
+    _ms_context()
+    net = create_model(MODEL, num_classes=1000)
+    loss = create_loss(name="CE", label_smoothing=float(cfg["label_smoothing"]))
+    lrs = create_scheduler(
+        STEPS_PER_EPOCH,
+        scheduler=cfg["scheduler"],
+        lr=cfg["lr"],
+        min_lr=cfg["min_lr"],
+        warmup_epochs=cfg["warmup_epochs"],
+        warmup_factor=cfg["warmup_factor"],
+        decay_epochs=cfg["decay_epochs"],
+        num_epochs=cfg["epoch_size"],
+    )
+    # MindCV's train.py: the optimizer divides by the loss scale when it is fixed without overflow drop
+    opt = create_optimizer(
+        net.trainable_params(),
+        opt=cfg["opt"],
+        lr=lrs,
+        weight_decay=cfg["weight_decay"],
+        momentum=cfg["momentum"],
+        nesterov=cfg["use_nesterov"],
+        weight_decay_filter=cfg["weight_decay_filter"],
+        loss_scale=cfg["loss_scale"],
+    )
+    model = create_trainer(
+        net,
+        loss,
+        opt,
+        get_metrics(1000),
+        amp_level="O0",
+        amp_cast_list=None,
+        loss_scale_type="fixed",
+        loss_scale=cfg["loss_scale"],
+        drop_overflow_update=False,
+    )
+    # mindspore.Model builds this cell (amp.build_train_network) in its constructor; Model.train runs it.
+    cell = model.train_network
+    cell.set_train(True)
+    x, y = batch_arrays(batch, size)
+    return _ms_runner(cell, ms.Tensor(x), ms.Tensor(y)), {"amp": "O0", "loss_scale": cfg["loss_scale"]}
+
+
+def _ms_runner(cell: Any, x: Any, y: Any) -> Any:
+    t0 = time.perf_counter()
+    loss = cell(x, y).asnumpy()  # compiles the graph
+    compile_s = time.perf_counter() - t0
+    cell(x, y).asnumpy()  # warm-up
+
+    def run(n: int) -> dict[str, Any]:
+        out = None
+        for _ in range(n):
+            out = cell(x, y)
+        return {"loss": float(out.asnumpy())} if out is not None else {}
+
+    run.compile_seconds = compile_s  # type: ignore[attr-defined]
+    run.first_loss = float(loss)  # type: ignore[attr-defined]
+    return run
+
+
+# --------------------------------------------------------------------------- PyTorch peers
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Same rounding as MindCV / ``mnv2_trainer.model`` (so the torch net has the same widths)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def torch_mobilenet_v2(alpha: float = 0.75, num_classes: int = 1000, drop_rate: float = 0.2) -> Any:
+    """MobileNetV2 in PyTorch with the layout of MindCV's (and torchvision's) model."""
+    import torch
+    from torch import nn
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> list:
+        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return layers + ([nn.ReLU6(inplace=True)] if relu else [])
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
+            super().__init__()
+            hidden = round(cin * t)
+            self.res = stride == 1 and cin == cout
+            layers = conv_bn(cin, hidden, 1) if t != 1 else []
+            layers += conv_bn(hidden, hidden, 3, stride, groups=hidden) + conv_bn(hidden, cout, 1, relu=False)
+            self.layers = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.layers(x) if self.res else self.layers(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            ch = make_divisible(32 * alpha)
+            last = make_divisible(1280 * max(1.0, alpha))
+            feats: list[nn.Module] = conv_bn(3, ch, 3, 2)
+            for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+                out = make_divisible(c * alpha)
+                for i in range(n):
+                    feats.append(InvertedResidual(ch, out, s if i == 0 else 1, t))
+                    ch = out
+            feats += conv_bn(ch, last, 1)
+            self.features = nn.Sequential(*feats)
+            self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(last, num_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    return MobileNetV2()
+
+
+def torch_param_count(net: Any) -> int:
+    """Parameters plus BN running statistics (how MindCV counts its 2.66 M)."""
+    params = sum(p.numel() for p in net.parameters())
+    stats = sum(b.numel() for n, b in net.named_buffers() if not n.endswith("num_batches_tracked"))
+    return params + stats
+
+
+def setup_torch(batch: int, size: int, channels_last: bool) -> tuple[Any, dict[str, Any]]:
+    import torch
+
+    cfg = recipe_settings(batch, size)
+    torch.manual_seed(0)
+    net = torch_mobilenet_v2(0.75)
+    x_np, y_np = batch_arrays(batch, size)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np).long()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg["label_smoothing"]))
+    opt = torch.optim.SGD(
+        net.parameters(),
+        lr=float(cfg["lr"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+        nesterov=bool(cfg["use_nesterov"]),
+    )
+    net.train()
+
+    def step() -> Any:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(2):
+        step()
+    warm = time.perf_counter() - t0
+
+    def run(n: int) -> dict[str, Any]:
+        loss = None
+        for _ in range(n):
+            loss = step()
+        return {"loss": float(loss.detach())} if loss is not None else {}
+
+    run.compile_seconds = warm  # type: ignore[attr-defined]
+    return run, {"threads": torch.get_num_threads(), "params": torch_param_count(net)}
+
+
+def worker(name: str, batch: int, size: int) -> None:
+    def setup() -> tuple[Any, dict[str, Any]]:
+        if name == "ours":
+            run, info = setup_ours(batch, size)
+        elif name == "mindcv":
+            run, info = setup_mindcv(batch, size)
+        elif name in ("torch", "torch-cl"):
+            run, info = setup_torch(batch, size, channels_last=name == "torch-cl")
+        else:
+            raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+        return run, dict(info, compile_seconds=getattr(run, "compile_seconds", None))
+
+    common.worker_loop(setup)
+
+
+# --------------------------------------------------------------------------- report
+def summarize(
+    results: dict[str, list[float]],
+    infos: dict[str, dict[str, Any]] | None = None,
+    per_cpu: dict[str, list[float]] | None = None,
+) -> tuple[list[list[Any]], dict[str, float]]:
+    """Rows of (peer, median img/s, min, max, img per CPU-s, rounds, compile s) and ours' ratios.
+
+    Args:
+        results: images/s (wall clock) of every round, by peer.
+        infos: the workers' ready messages (compile/warm-up seconds).
+        per_cpu: images per CPU-second of every round, by peer (less sensitive to other processes
+            on a shared machine, but counts spinning threads as work).
+    """
+    infos, per_cpu = infos or {}, per_cpu or {}
+    med = {k: common.median(v) for k, v in results.items()}
+    rows = [
+        [
+            k,
+            med[k],
+            min(v) if v else float("nan"),
+            max(v) if v else float("nan"),
+            common.median(per_cpu.get(k, [])),
+            len(v),
+            float(infos.get(k, {}).get("compile_seconds") or float("nan")),
+        ]
+        for k, v in results.items()
+    ]
+    ours = med.get("ours", float("nan"))
+    ratios = {f"ours/{k}": common.ratio(ours, m) for k, m in med.items() if k != "ours"}
+    torch_best = max((m for k, m in med.items() if k.startswith("torch") and m == m), default=float("nan"))
+    ratios["ours/best PyTorch"] = common.ratio(ours, torch_best)
+    return rows, ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="training steps per peer per round")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
+    p.add_argument("--smoke", action="store_true", help="tiny run (batch 2, 32x32, 1 round of 1 step)")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.steps, args.batch, args.size = 1, 1, 2, 32
+    if args.worker:
+        worker(args.worker, args.batch, args.size)
+        return 0
+
+    names = [n.strip() for n in args.peers.split(",") if n.strip()]
+    peers = [
+        common.Peer(
+            n,
+            [sys.executable, __file__, "--worker", n, "--batch", str(args.batch), "--size", str(args.size)],
+            # one MindSpore/torch thread pool per worker sized to the machine; they never run together
+            env={"GLOG_v": "3"},
+        )
+        for n in names
+    ]
+    print(
+        common.machine_header(
+            f"train_step: {MODEL}, batch {args.batch} at {args.size}x{args.size}, float32, CPU",
+            ["mindspore", "mindcv", "torch"],
+        )
+    )
+    common.alternate(peers, args.rounds, args.steps, common.default_log_dir("train_step"))
+    results = {peer.name: [args.batch * args.steps / r["seconds"] for r in peer.results] for peer in peers}
+    per_cpu = {
+        peer.name: [args.batch * args.steps / r["cpu"] for r in peer.results if r["cpu"] > 0]
+        for peer in peers
+    }
+    infos = {peer.name: peer.info for peer in peers}
+    rows, ratios = summarize(results, infos, per_cpu)
+    print(
+        common.format_table(
+            ["peer", "median img/s", "min", "max", "img per CPU-s", "rounds", "compile/warm-up s"], rows
+        )
+    )
+    print()
+    print(common.format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    for peer in peers:
+        if peer.error:
+            print(f"\n{peer.name}: {peer.error}")
+    print(f"\nload average at end: {common.load_average()}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"results": results, "per_cpu": per_cpu, "infos": infos, "ratios": ratios}, indent=1)
+        )
+    return 1 if any(peer.error for peer in peers) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
