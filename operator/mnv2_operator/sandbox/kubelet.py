@@ -164,6 +164,9 @@ class Kubelet:
         meta = pod["metadata"]
         run = PodRun(meta["namespace"], meta["name"], meta["uid"])
         self._runs[(run.namespace, run.name)] = run
+        if self.mode == "simulated":
+            # Created now, not when the task first runs: finish() right after the create must work.
+            run.outcome = asyncio.get_event_loop().create_future()
         target = self._run_simulated if self.mode == "simulated" else self._run_process
         run.task = asyncio.get_event_loop().create_task(self._guard(run, target(run, pod)))
 
@@ -363,8 +366,10 @@ class Kubelet:
     # ---- simulated -------------------------------------------------------------------------------
 
     async def _run_simulated(self, run: PodRun, pod: dict[str, Any]) -> None:
-        run.outcome = asyncio.get_event_loop().create_future()
-        await asyncio.sleep(random.uniform(0.1, 0.5))
+        assert run.outcome is not None
+        with contextlib.suppress(TimeoutError):
+            # Pending for a moment, unless finish() comes first.
+            await asyncio.wait_for(asyncio.shield(run.outcome), random.uniform(0.1, 0.5))
         if run.deleting:
             return
         started = _now()
