@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--marks", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
-        args.rounds, args.images, args.batch = 1, 128, 16
+        args.rounds, args.images, args.batch = 1, min(args.images, 128), 16
     if args.child:
         return child(args.child, args.data_dir, args.out_dir, args.batch, args.workers, args.marks)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,9 @@ RECIPE = "mobilenet_v2_0.75_ascend"
 #: steps per epoch assumed for the lr list (only its length matters for speed)
 STEPS_PER_EPOCH = 100
 PEERS = ("ours", "mindcv", "torch", "torch-cl")
+#: Not run by default: ``ours-threads`` = ours with MindSpore's CPU kernel pool sized to the cores
+#: (a proposed trainer change, measured with ``--peers ours,ours-threads``).
+EXPERIMENTS = ("ours-threads",)
 
 
 # --------------------------------------------------------------------------- recipe values
@@ -68,7 +72,8 @@ def _ms_context() -> None:
     ms.set_seed(0)
 
 
-def setup_ours(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
+def setup_ours(batch: int, size: int, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Our train cell; ``threads`` sets MindSpore's CPU kernel thread pool (a proposal, see PEERS)."""
     import mindspore as ms
     from mnv2_trainer import schedule
     from mnv2_trainer import train as ours
@@ -76,6 +81,9 @@ def setup_ours(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
 
     cfg = recipe_settings(batch, size)
     _ms_context()
+    if threads:
+        # MindSpore's CPU kernels default to a pool of 25-30 threads whatever the core count
+        ms.device_context.cpu.op_tuning.threads_num(threads)
     net = create_model(MODEL, num_classes=1000, drop_rate=cfg.get("drop_rate"))
     lrs = schedule.create_lr_schedule(cfg, STEPS_PER_EPOCH, int(cfg["epoch_size"]))
     amp, _ = ours.effective_amp(cfg, "CPU")
@@ -272,12 +280,14 @@ def worker(name: str, batch: int, size: int) -> None:
     def setup() -> tuple[Any, dict[str, Any]]:
         if name == "ours":
             run, info = setup_ours(batch, size)
+        elif name == "ours-threads":
+            run, info = setup_ours(batch, size, threads=os.cpu_count() or 1)
         elif name == "mindcv":
             run, info = setup_mindcv(batch, size)
         elif name in ("torch", "torch-cl"):
             run, info = setup_torch(batch, size, channels_last=name == "torch-cl")
         else:
-            raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+            raise SystemExit(f"unknown peer {name!r}; choose from {', '.join(PEERS + EXPERIMENTS)}")
         return run, dict(info, compile_seconds=getattr(run, "compile_seconds", None))
 
     common.worker_loop(setup)
@@ -324,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="training steps per peer per round")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
+    p.add_argument(
+        "--peers", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS + EXPERIMENTS)}"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny run (batch 2, 32x32, 1 round of 1 step)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
