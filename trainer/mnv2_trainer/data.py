@@ -333,7 +333,8 @@ def create_loader(
         cfg: resolved config; uses ``dataset``, ``data_dir``, ``batch_size``, ``num_parallel_workers``,
             ``seed``, ``num_classes`` (synthetic) and the transform keys.
         split: folder name under ``data_dir`` (``train_split`` / ``val_split``).
-        is_training: shuffle, pad shards, random augmentation, drop the last partial batch.
+        is_training: shuffle, pad shards, random augmentation, drop the last partial batch (unless
+            ``drop_remainder`` is False).
         num_shards, shard_id: data-parallel rank layout.
         start_epoch: 0-based epoch the first iteration belongs to (resume), so the data order
             continues where the interrupted run was.
@@ -411,8 +412,11 @@ def create_loader(
         input_columns="image",
         num_parallel_workers=workers,
     )
-    dataset = dataset.batch(batch_size, drop_remainder=is_training)
-    num_batches = shard_samples // batch_size if is_training else math.ceil(shard_samples / batch_size)
+    # MindCV drops the last partial training batch by default (drop_remainder: True); validation
+    # always keeps it so that every image is counted.
+    drop = is_training and bool(cfg.get("drop_remainder", True))
+    dataset = dataset.batch(batch_size, drop_remainder=drop)
+    num_batches = shard_samples // batch_size if drop else math.ceil(shard_samples / batch_size)
     if is_training and num_batches == 0:
         raise ValueError(
             f"batch_size {batch_size} is larger than the {shard_samples} training images each of the "

@@ -272,7 +272,7 @@ def create_train_cell(network: Any, loss: Any, optimizer: Any, amp_level: str, s
 def load_train_state(train_cell: Any, optimizer: Any, state: ckpt_lib.TrainState, global_step: int) -> None:
     """Load network weights and optimizer state, then place the optimizer at ``global_step``.
 
-    The stored ``learning_rate`` list is dropped: the schedule is rebuilt from the new config.
+    The stored ``learning_rate`` list and ``momentum`` are dropped: they come from the new config.
 
     Raises:
         TrainError: when network or optimizer parameters are missing from the checkpoint.
@@ -280,10 +280,13 @@ def load_train_state(train_cell: Any, optimizer: Any, state: ckpt_lib.TrainState
     import mindspore as ms
     import numpy as np
 
-    params = {k: v for k, v in state.params.items() if k != "learning_rate"}
+    # Hyperparameters come from the new config, not the checkpoint: the lr list is rebuilt and the
+    # momentum coefficient may have been changed on purpose.
+    derived = ("learning_rate", "momentum")
+    params = {k: v for k, v in state.params.items() if k not in derived}
     not_loaded, _unused = ms.load_param_into_net(train_cell, params, strict_load=True)
     # Loss-scale bookkeeping of a TrainOneStepWithLossScaleCell may be absent in older files.
-    missing = [n for n in not_loaded if n not in ("learning_rate", "scale_sense", "global_step")]
+    missing = [n for n in not_loaded if n not in (*derived, "scale_sense", "global_step")]
     if missing:
         raise TrainError(
             f"checkpoint {state.path} does not fit this model/optimizer: {len(missing)} parameters missing "
