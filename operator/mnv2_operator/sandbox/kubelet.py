@@ -524,7 +524,7 @@ class Kubelet:
                 pod_env[e["name"]] = expand_vars(value, pod_env)
         env.update({k: rewrite(v) for k, v in pod_env.items()})
         env["KUBECONFIG"] = str(self.kubeconfig_path)
-        env["HOSTNAME"] = meta["name"]
+        env["HOSTNAME"] = spec.get("hostname") or meta["name"]
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("KUBERNETES_SERVICE_HOST", None)  # not in a cluster: clients fall back to KUBECONFIG
         command = list(c.get("command") or [])
