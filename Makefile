@@ -24,6 +24,20 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 install-test: $(VENV)/.installed-test
 install-demo: $(VENV)/.installed-demo
 
+# PyTorch for the benchmarks' peer: these machines carry torch 2.13.0+cpu as a local wheel, which pip
+# prefers; the check refuses a CUDA build (gigabytes of nvidia-* wheels) if one came from an index.
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[trainer,dev,bench]'
+	$(BIN)/python -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA build: install the CPU wheel' if torch.version.cuda else 0)"
+	touch $@
+
+## make bench: the performance comparisons of benchmarks/ (README "Performance"; ~1 h on 2 busy cores).
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/epoch.py
+	$(BIN)/python benchmarks/operator_scale.py
+
 ## make demo: start the embedded cluster, the operator, and train MobileNetV2 on the digits data.
 demo: install-demo
 	$(BIN)/mnv2 demo
