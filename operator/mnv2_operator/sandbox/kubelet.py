@@ -502,7 +502,9 @@ class Kubelet:
                     f"volumeMounts {m.get('name')!r}: no volume of that name in spec.volumes",
                 )
             local = base / m["subPath"] if m.get("subPath") else base
-            if not m.get("subPath") or not local.exists() and "." not in local.name:
+            # A missing subPath is created as a directory, as the kubelet does; in configMap/secret
+            # volumes it names a file that is already there.
+            if not local.exists():
                 local.mkdir(parents=True, exist_ok=True)
             mounts[m["mountPath"]] = str(local)
         rewrite = path_rewriter(mounts)
