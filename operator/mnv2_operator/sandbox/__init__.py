@@ -21,13 +21,18 @@ Public API::
         sb.kubelet.finish("default", "pod-0", exit_code=1, reason="Error")   # simulated: end a pod now
         sb.kubelet.kill("default", "pod-0")         # process: SIGKILL the pod's process (node fault, 137)
         sb.kubelet.logs("default", "pod-0")         # the pod's log text
-    # stop(): stops the kubelet (kills pod processes) and the API server; state_dir is kept.
+        # In-process reads, no HTTP (not audited), safe from any thread:
+        sb.server.snapshot(sb.server.resources[("", "pods")], "default")   # copies of stored objects
+        sb.server.history_limit = 100   # watch events kept per resource (older resourceVersions: 410)
+    # stop(): stops the kubelet (kills pod processes) and the API server; state_dir is kept,
+    # the objects (in memory only) are gone.
 
 ``Sandbox`` runs the API server and the kubelet in one background thread with its own asyncio loop,
 so tests, ``kopf.testing.KopfRunner`` and the sandbox can share a process. ``start()`` returns once
 the server answers; ``stop()`` is idempotent. Both work as a context manager.
 
-``AuditRecord`` fields: ``verb`` (get/list/watch/create/update/patch/delete/deletecollection),
+``AuditRecord`` fields (watches are recorded when they start): ``verb``
+(get/list/watch/create/update/patch/delete/deletecollection),
 ``group`` ("" for core), ``version``, ``resource`` (plural), ``subresource`` ("" or e.g. "status",
 "log"), ``namespace`` ("" if cluster-scoped or all namespaces), ``name`` ("" for collections),
 ``code`` (HTTP status). Non-resource requests (discovery, /version, /openapi) are not recorded.
@@ -35,7 +40,8 @@ the server answers; ``stop()`` is idempotent. Both work as a context manager.
 Kubelet modes:
 - ``"simulated"``: no processes. A created pod goes Pending -> Running within ~0.1-0.5 s and stays
   Running until ``finish()`` ends it (Succeeded if exit_code == 0 else Failed), or by itself after
-  ``default_outcome = (seconds, exit_code)`` if set. Deleting a pod removes it at once.
+  ``default_outcome = (seconds, exit_code)`` if set. ``finish()`` may come right after the create.
+  Deleting a pod removes it at once.
 - ``"process"``: runs the first container's command+args as a local process group. Env (values,
   downward API fieldRef, configMapKeyRef, secretKeyRef), workingDir, volumes mapped under
   ``<state_dir>/volumes`` (configMap files, emptyDir per pod, PVC ``volumes/pvc/<claim>[/subPath]``,
@@ -47,6 +53,7 @@ Kubelet modes:
   Device resources (requests/limits such as ``huawei.com/Ascend910``) and images are ignored.
 
 Every pod is bound to the one Node ``sandbox`` (``spec.nodeName``) whatever its nodeSelector.
+What is emulated and what is missing compared with a real API server: docs/sandbox.md.
 """
 
 from __future__ import annotations
