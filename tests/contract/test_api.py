@@ -363,3 +363,26 @@ def test_namespace_deletion_waits_for_its_objects(co, core, widget_crd: str) -> 
             return e.status == 404
 
     wait_for(ns_gone, 60, "the namespace to go once empty")
+
+
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ({"labels": {"app": "x" * 64}}, "metadata.labels"),
+        ({"labels": {"bad key!": "x"}}, "metadata.labels"),
+        ({"labels": {"app": "-leading-dash"}}, "metadata.labels"),
+        ({"annotations": {"example.com/": "x"}}, "metadata.annotations"),
+    ],
+)
+def test_invalid_labels_and_annotations_are_refused(core, ns: str, meta: dict, field: str) -> None:
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "lab", **meta}})
+    assert exc.value.status == 422
+    assert status_of(exc.value)["details"]["causes"][0]["field"] == field
+
+
+def test_service_names_are_dns_1035_labels(core, ns: str) -> None:
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_service(ns, {"metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 80}]}})
+    assert exc.value.status == 422
+    assert "DNS-1035" in status_of(exc.value)["message"]

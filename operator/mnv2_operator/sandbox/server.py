@@ -126,6 +126,10 @@ def name_causes(plural: str, name: str) -> list[Cause]:
                 )
             ]
         return []
+    if plural == "services":
+        if len(name) > 63 or not _DNS1035_LABEL.match(name):
+            return [Cause("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": a DNS-1035 label must consist of lower case alphanumeric characters or \'-\', start with an alphabetic character, and end with an alphanumeric character (e.g. \'my-name\',  or \'abc-123\', regex used for validation is \'[a-z]([-a-z0-9]*[a-z0-9])?\')')]  # fmt: skip
+        return []
     if plural in _LABEL_NAME_RESOURCES:
         if len(name) > 63 or not _DNS1123_LABEL.match(name):
             return [Cause("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or \'-\', and must start and end with an alphanumeric character (e.g. \'my-name\',  or \'123-abc\', regex used for validation is \'[a-z0-9]([-a-z0-9]*[a-z0-9])?\')')]  # fmt: skip
@@ -133,6 +137,67 @@ def name_causes(plural: str, name: str) -> list[Cause]:
     if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
         return [Cause("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \'-\' or \'.\', and must start and end with an alphanumeric character (e.g. \'example.com\', regex used for validation is \'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\')')]  # fmt: skip
     return []
+
+
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def _qualified_name_causes(field: str, key: str) -> list[Cause]:
+    prefix, _, name = key.rpartition("/")
+    problems = []
+    if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        problems.append(
+            "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        )
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        problems.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            if name and len(name) <= 63
+            else "name part must be no more than 63 characters"
+            if name
+            else "name part must be non-empty"
+        )
+    return [Cause("FieldValueInvalid", field, f"Invalid value: {json.dumps(key)}: {p}") for p in problems]
+
+
+def metadata_causes(info_plural: str, obj: dict[str, Any]) -> list[Cause]:
+    """Label/annotation keys and values, and pod hostnames, as the real server validates them."""
+    meta = obj.get("metadata") or {}
+    causes: list[Cause] = []
+    for key, value in (meta.get("labels") or {}).items():
+        causes += _qualified_name_causes("metadata.labels", key)
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_NAME.match(value):
+            causes.append(
+                Cause(
+                    "FieldValueInvalid",
+                    "metadata.labels",
+                    f"Invalid value: {json.dumps(value)}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+                    if isinstance(value, str) and len(value) <= 63
+                    else f"Invalid value: {json.dumps(value)}: must be no more than 63 characters",
+                )
+            )
+    annotations = meta.get("annotations") or {}
+    for key in annotations:
+        causes += _qualified_name_causes("metadata.annotations", key)
+    if sum(len(k) + len(str(v)) for k, v in annotations.items()) > 256 * 1024:
+        causes.append(
+            Cause("FieldValueTooLong", "metadata.annotations", "Too long: may not be more than 262144 bytes")
+        )
+    if info_plural == "pods":
+        spec = obj.get("spec") or {}
+        for field in ("hostname", "subdomain"):
+            v = spec.get(field)
+            if v and (len(v) > 63 or not _DNS1123_LABEL.match(v)):
+                msg = (
+                    "must be no more than 63 characters"
+                    if len(v) > 63
+                    else "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+                )
+                causes.append(
+                    Cause("FieldValueInvalid", f"spec.{field}", f"Invalid value: {json.dumps(v)}: {msg}")
+                )
+    return causes
 
 
 class KubeletHooks(Protocol):
@@ -418,7 +483,7 @@ class ApiServer:
                     ],
                 )
         name = meta["name"]
-        causes = name_causes(info.plural, name)
+        causes = name_causes(info.plural, name) + metadata_causes(info.plural, obj)
         if causes:
             raise invalid(info, name, causes)
         if self.get(info, namespace, name) is not None:
@@ -634,6 +699,9 @@ class ApiServer:
                     meta[k] = old["metadata"][k]
                 else:
                     meta.pop(k, None)
+            causes = metadata_causes(info.plural, new)
+            if causes:
+                raise invalid(info, name, causes)
             if info.crd:
                 new = self._custom(info, new, warnings, params)
             if info.key == ("", "pods"):
