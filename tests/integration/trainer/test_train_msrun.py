@@ -3,7 +3,8 @@
 Checks: msrun --join=True exits 0; the ranks read disjoint shards (from the sample indices each
 rank logs to its own file); the replicas end with identical weights (rank 0's checkpoint equals
 rank 1's, BatchNorm statistics included); the sharded validation during training equals validate.py
-on the saved checkpoint (every image counted once, float32 sums only).
+on the saved checkpoint (every image counted once, float32 sums only). Then the 2-card run is
+resumed on 1 card with one more epoch: steps per epoch double, the position maps by epochs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MODEL, VAL_IMAGES, explain, metrics, run_cli, validate, write_config
+from conftest import (
+    DIGITS_CONFIG,
+    MODEL,
+    VAL_IMAGES,
+    explain,
+    metrics,
+    run_cli,
+    train,
+    validate,
+    write_config,
+)
+from mnv2_trainer.schedule import create_lr_schedule
 
 pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 
@@ -100,3 +112,28 @@ def test_msrun_two_cpu_workers(tmp_path: Path, digits_dir: Path) -> None:
     single = validate(write_config(tmp_path / "val.yaml"), digits_dir, out / f"{MODEL}-2_{STEPS}.ckpt")
     assert single["top1"] == pytest.approx(last["top1"], abs=1e-6)
     assert single["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
+
+    # Resume the 2-card run on 1 card with 3 epochs: 44 steps per epoch now, epoch 3 starts at step 88.
+    proc, _ = train(config, digits_dir, out, "--epoch_size", "3", "--decay_epochs", "2")
+    assert proc.returncode == 0, explain(proc)
+    one_card = 2 * STEPS
+    m = re.search(
+        rf"\(epoch 2, step {2 * STEPS}, {STEPS} steps/epoch\) -> epoch 3, global step (\d+), lr (\S+)",
+        proc.stdout,
+    )
+    assert m, proc.stdout[-3000:]
+    lrs = create_lr_schedule(
+        {
+            "scheduler": "cosine_decay",
+            "lr": DIGITS_CONFIG["lr"],
+            "min_lr": 0.0,
+            "warmup_epochs": 1,
+            "decay_epochs": 2,
+        },
+        one_card,
+        3,
+    )
+    assert int(m.group(1)) == 2 * one_card
+    assert float(m.group(2)) == pytest.approx(lrs[2 * one_card], rel=1e-5)
+    assert f"INFO: epoch 3/3 step {3 * one_card} " in proc.stdout
+    assert [x["epoch"] for x in metrics(out)] == [1, 2, 3]
