@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import explain, run_cli, train, write_config
+from trainer_cli import explain, run_cli, train, write_config
 
 
 def test_unknown_flag_exits_2_naming_the_key(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import (
+from mnv2_trainer.schedule import create_lr_schedule
+from trainer_cli import (
     DIGITS_CONFIG,
     MODEL,
     TRAIN_IMAGES,
@@ -25,7 +26,6 @@ from conftest import (
     validate,
     write_config,
 )
-from mnv2_trainer.schedule import create_lr_schedule
 
 pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 

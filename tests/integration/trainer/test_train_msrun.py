@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
+from mnv2_trainer.schedule import create_lr_schedule
+from trainer_cli import (
     DIGITS_CONFIG,
     MODEL,
     VAL_IMAGES,
@@ -27,7 +28,6 @@ from conftest import (
     validate,
     write_config,
 )
-from mnv2_trainer.schedule import create_lr_schedule
 
 pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 
