@@ -386,3 +386,22 @@ def test_service_names_are_dns_1035_labels(core, ns: str) -> None:
         core.create_namespaced_service(ns, {"metadata": {"name": "1svc"}, "spec": {"ports": [{"port": 80}]}})
     assert exc.value.status == 422
     assert "DNS-1035" in status_of(exc.value)["message"]
+
+
+def test_owner_references_need_uid_and_one_controller(core, ns: str) -> None:
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(
+            ns,
+            {
+                "metadata": {
+                    "name": "o1",
+                    "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": ""}],
+                }
+            },
+        )
+    assert exc.value.status == 422
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "controller": True}
+    refs = [{**ref, "name": "a", "uid": "u1"}, {**ref, "name": "b", "uid": "u2"}]
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "o2", "ownerReferences": refs}})
+    assert exc.value.status == 422

@@ -184,6 +184,25 @@ def metadata_causes(info_plural: str, obj: dict[str, Any]) -> list[Cause]:
         causes.append(
             Cause("FieldValueTooLong", "metadata.annotations", "Too long: may not be more than 262144 bytes")
         )
+    refs = meta.get("ownerReferences") or []
+    for ref in refs:
+        for key, what in (("apiVersion", "version"), ("kind", "kind"), ("name", "name"), ("uid", "uid")):
+            if not ref.get(key):
+                causes.append(
+                    Cause(
+                        "FieldValueInvalid",
+                        f"metadata.ownerReferences.{key}",
+                        f'Invalid value: "": {what} must not be empty',
+                    )
+                )
+    if sum(1 for ref in refs if ref.get("controller")) > 1:
+        causes.append(
+            Cause(
+                "FieldValueInvalid",
+                "metadata.ownerReferences",
+                "Invalid value: ...: Only one reference can have Controller set to true",
+            )
+        )
     if info_plural == "pods":
         spec = obj.get("spec") or {}
         for field in ("hostname", "subdomain"):
