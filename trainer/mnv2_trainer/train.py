@@ -59,6 +59,7 @@ _UNSUPPORTED_OFF = (
     ("aug_splits", 0),
     ("layer_decay", None),
     ("aux_factor", 0.0),
+    ("pretrained", False),  # MindCV downloads weights; here: download them and set ckpt_path
 )
 
 

@@ -30,8 +30,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from .train import TrainError, _device_available
 
     path = cfg.get("ckpt_path") or ""
-    if not path and not cfg.get("pretrained"):
-        raise TrainError("--ckpt_path is required: the checkpoint to validate")
+    if not path:  # never report numbers of random weights
+        raise TrainError("--ckpt_path is required: the checkpoint to validate (ours or MindCV's .ckpt)")
     target = str(cfg.get("device_target") or "CPU")
     if not _device_available(target):
         _logger.warning("device_target %s is not available in this MindSpore build: using CPU", target)
