@@ -326,6 +326,7 @@ def running_cluster(
         )
         sandbox = Sandbox(state_dir, kubelet="process")
         # Registered before start(): a Ctrl-C during start-up must still stop what did start.
+        stack.callback(_kill_leftovers, state_dir / "kubeconfig", log)
         stack.callback(_quietly, "stopping the sandbox (and every pod's processes)", sandbox.stop, log)
         print(f"starting the sandbox in {state_dir} ...", file=log, flush=True)
         sandbox.start()
@@ -340,6 +341,40 @@ def running_cluster(
         stack.callback(_quietly, "stopping the operator", operator.stop, log)
         operator.wait_ready()
         yield Cluster(sandbox=sandbox, operator=operator, api_client=api_client, state_dir=state_dir)
+
+
+def sandbox_processes(kubeconfig: Path) -> list[int]:
+    """Live processes started for this sandbox's pods: their environment names its kubeconfig.
+
+    The process kubelet gives every pod `KUBECONFIG=<state_dir>/kubeconfig`, and children inherit it,
+    also those that left the pod's process group (msrun starts its workers with setsid). Linux only
+    (/proc); elsewhere none are found.
+    """
+    needle = f"KUBECONFIG={kubeconfig}".encode()
+    pids = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pids
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
+
+
+def _kill_leftovers(kubeconfig: Path, log: TextIO) -> None:
+    """After the sandbox stopped: SIGKILL pod processes that escaped it (a real node's container
+    runtime ends every process of a container; the sandbox only ends the pod's process group)."""
+    leftovers = sandbox_processes(kubeconfig)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        print(f"killed {len(leftovers)} leftover pod process(es): {leftovers}", file=log, flush=True)
 
 
 def _quietly(what: str, stop: Callable[[], None], log: TextIO) -> None:
