@@ -264,3 +264,39 @@ def _alive(pid: int | None) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+SPAWN = """
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    print("child", child.pid, flush=True)
+    time.sleep({sleep})
+"""
+
+
+def _child_pid(sb, ns: str, name: str) -> int:
+    line = wait_for(
+        lambda: next((ln for ln in sb.kubelet.logs(ns, name).splitlines() if ln.startswith("child ")), None),
+        30,
+        "the child's pid",
+    )
+    return int(line.split()[1])
+
+
+def test_kill_reaches_processes_in_other_sessions(cluster: Cluster, core, ns: str) -> None:
+    """msrun starts its workers with setsid: a node fault must take them down with the pod."""
+    sb = cluster.need_sandbox("Kubelet.kill simulates a node fault")
+    core.create_namespaced_pod(ns, pod("tree", SPAWN.format(sleep=120)))
+    child = _child_pid(sb, ns, "tree")
+    assert _alive(child)
+    sb.kubelet.kill(ns, "tree")
+    wait_for(lambda: not _alive(child), 10, "the setsid'd child to die with the pod")
+    wait_for(lambda: phase(core, ns, "tree") == "Failed", 10, "pod phase Failed")
+
+
+def test_container_exit_ends_its_other_processes(cluster: Cluster, core, ns: str) -> None:
+    sb = cluster.need_sandbox("inspects local processes")
+    core.create_namespaced_pod(ns, pod("leaver", SPAWN.format(sleep=0)))
+    child = _child_pid(sb, ns, "leaver")
+    wait_for(lambda: phase(core, ns, "leaver") == "Succeeded", 30, "pod phase Succeeded")
+    wait_for(lambda: not _alive(child), 10, "the child to end with its container")

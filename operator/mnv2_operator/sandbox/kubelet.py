@@ -78,6 +78,35 @@ def path_rewriter(mounts: dict[str, str]) -> Callable[[str], str]:
     return lambda s: pattern.sub(lambda m: local[m.group(1)], s)
 
 
+POD_MARKER = "MNV2_SANDBOX_POD_UID"
+
+
+def pod_pids(uid: str) -> list[int]:
+    """Processes whose environment carries the pod's marker (they inherit it from the pod process)."""
+    needle = f"{POD_MARKER}={uid}".encode()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    out.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return out
+
+
+def signal_pod(run: PodRun, sig: int) -> None:
+    """Signal the pod's process group and every other process of the pod (e.g. setsid'd workers)."""
+    if run.proc is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.proc.pid, sig)
+    for pid in pod_pids(run.uid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
 class Kubelet:
     """Runs the sandbox's pods. See the package docstring for the two modes."""
 
@@ -141,9 +170,8 @@ class Kubelet:
             if self.mode == "simulated":
                 if run.outcome is not None and not run.outcome.done():
                     run.outcome.set_result((137, "Error"))
-            elif run.proc is not None and run.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.proc.pid, signal.SIGKILL)
+            elif run.proc is not None:
+                signal_pod(run, signal.SIGKILL)
 
         self._call(do)
 
@@ -186,8 +214,7 @@ class Kubelet:
             if not run.extra.get("sigterm"):
                 run.extra["sigterm"] = True
                 self._event(run, "Killing", f"Stopping container (SIGTERM, SIGKILL after {grace:g} s)")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.proc.pid, signal.SIGTERM)
+                signal_pod(run, signal.SIGTERM)
             if run.kill_handle is not None:
                 run.kill_handle.cancel()
             run.kill_handle = loop.call_later(grace, self._sigkill, run)
@@ -200,14 +227,12 @@ class Kubelet:
             run.deleting = True
             if run.outcome is not None and not run.outcome.done():
                 run.outcome.set_result((0, "Deleted"))
-            if run.proc is not None and run.proc.returncode is None:
-                self._sigkill(run)
+            self._sigkill(run)
             self._runs.pop((meta["namespace"], meta["name"]), None)
 
     def _sigkill(self, run: PodRun) -> None:
-        if run.proc is not None and run.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
+        if run.proc is not None:
+            signal_pod(run, signal.SIGKILL)
 
     def _release(self, namespace: str, name: str) -> None:
         if self.server is not None:
@@ -444,8 +469,7 @@ class Kubelet:
             started = _now()
             cid = f"sandbox://{run.proc.pid}"
             if run.extra.get("sigterm") or run.deleting:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.proc.pid, signal.SIGTERM)
+                signal_pod(run, signal.SIGTERM)
             self._set_running(run, restarts, last, cid)
             self._event(
                 run,
@@ -453,9 +477,9 @@ class Kubelet:
                 f"Started container {pod['spec']['containers'][0]['name']} (pid {run.proc.pid})",
             )
             rc = await run.proc.wait()
-            # The process group may have children left (msrun workers): end them with it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.proc.pid, signal.SIGKILL)
+            # When a container's main process ends, everything else in it ends too (msrun's
+            # workers run in sessions of their own, so the process group is not enough).
+            signal_pod(run, signal.SIGKILL)
             exit_code = rc if rc >= 0 else 128 - rc
             if run.deleting:
                 return
@@ -527,6 +551,8 @@ class Kubelet:
         env.update({k: rewrite(v) for k, v in pod_env.items()})
         env["KUBECONFIG"] = str(self.kubeconfig_path)
         env["HOSTNAME"] = spec.get("hostname") or meta["name"]
+        # Marks every process of the pod, whatever session it moves to: the kubelet's "cgroup".
+        env[POD_MARKER] = meta["uid"]
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("KUBERNETES_SERVICE_HOST", None)  # not in a cluster: clients fall back to KUBECONFIG
         command = list(c.get("command") or [])
