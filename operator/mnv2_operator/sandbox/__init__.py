@@ -48,8 +48,10 @@ Kubelet modes:
   hostPath ``volumes/hostpath/<path>``); every volumeMount ``mountPath`` prefix appearing in
   command/args/env values is rewritten to its local folder. Pod env also gets ``KUBECONFIG`` (the
   sandbox's), ``HOSTNAME`` = pod name, and the directory of ``sys.executable`` first on ``PATH``.
-  Logs go to ``<state_dir>/pods/<ns>/<name>/log`` and are served by ``pods/log``. Deleting a pod
-  sends SIGTERM to the process group, SIGKILL after terminationGracePeriodSeconds (capped at 30 s).
+  Logs go to ``<state_dir>/pods/<ns>/<name>/log`` and are served by ``pods/log``. A pod's processes
+  (including ones in other sessions, like msrun's workers) carry env ``MNV2_SANDBOX_POD_UID``; deleting
+  a pod sends them SIGTERM, SIGKILL after terminationGracePeriodSeconds (capped at 30 s); when the
+  main process exits, or on ``kill()``, the rest are SIGKILLed.
   Device resources (requests/limits such as ``huawei.com/Ascend910``) and images are ignored.
 
 Every pod is bound to the one Node ``sandbox`` (``spec.nodeName``) whatever its nodeSelector.
