@@ -233,10 +233,11 @@ def create_transforms(cfg: dict[str, Any], is_training: bool, decode: bool = Tru
         ratio = tuple(cfg.get("ratio") or (0.75, 1.333))
         crop_cls = vision.RandomCropDecodeResize if decode else vision.RandomResizedCrop
         ops: list[Any] = [crop_cls(size=size, scale=scale, ratio=ratio, interpolation=interp)]
-        if float(cfg.get("hflip", 0.5) or 0) > 0:
-            ops.append(vision.RandomHorizontalFlip(prob=float(cfg["hflip"])))
-        if float(cfg.get("vflip", 0.0) or 0) > 0:
-            ops.append(vision.RandomVerticalFlip(prob=float(cfg["vflip"])))
+        hflip, vflip = float(cfg.get("hflip", 0.5) or 0), float(cfg.get("vflip", 0.0) or 0)
+        if hflip > 0:
+            ops.append(vision.RandomHorizontalFlip(prob=hflip))
+        if vflip > 0:
+            ops.append(vision.RandomVerticalFlip(prob=vflip))
         jitter = cfg.get("color_jitter")
         if jitter:  # MindCV adds RandomColorAdjust for any non-None value; 0 is a no-op either way
             jitter = tuple(jitter) if isinstance(jitter, list | tuple) else (float(jitter),) * 3
@@ -376,8 +377,18 @@ def create_loader(
         if name == "digits":
             ensure_digits(data_dir)
         split_dir = os.path.join(os.fspath(data_dir), split)
-        samples, classes = list_image_folder(split_dir)
-        count, num_classes = len(samples), len(classes)
+        samples, classes = list_image_folder(split_dir)  # clear errors for a wrong layout
+        # The sampler indexes MindSpore's own file list, so its count is the one that matters (it
+        # may differ from ours, e.g. for hidden files).
+        probe = ds.ImageFolderDataset(split_dir, shuffle=False)
+        count, num_classes = probe.get_dataset_size(), len(probe.get_class_indexing())
+        if count != len(samples):
+            _logger.warning(
+                "%s: MindSpore reads %d files, %d of them look like images; check for stray files",
+                split_dir,
+                count,
+                len(samples),
+            )
         sampler = _make_sampler(
             count,
             num_shards,
