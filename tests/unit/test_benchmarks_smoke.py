@@ -131,9 +131,10 @@ def test_epoch_derive_and_summary(tmp_path: Path) -> None:
 
 def test_operator_scale_request_breakdown() -> None:
     os_ = _bench("operator_scale")
-    rec = lambda verb, res, sub="", code=200: SimpleNamespace(
-        verb=verb, resource=res, subresource=sub, code=code
-    )  # noqa: E731
+
+    def rec(verb: str, res: str, sub: str = "", code: int = 200) -> SimpleNamespace:
+        return SimpleNamespace(verb=verb, resource=res, subresource=sub, code=code)
+
     records = [
         rec("create", "mobilenetv2trainingjobs"),  # the benchmark's own creation: not counted
         rec("create", "pods"),
