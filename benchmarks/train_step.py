@@ -40,7 +40,9 @@ STEPS_PER_EPOCH = 100
 PEERS = ("ours", "mindcv", "torch", "torch-cl")
 #: Not run by default: ``ours-threads`` = ours with MindSpore's CPU kernel pool sized to the cores
 #: (a proposed trainer change, measured with ``--peers ours,ours-threads``).
-EXPERIMENTS = ("ours-threads",)
+#: ``ours-cell+mindcv-net`` / ``mindcv-cell+ours-net`` swap the networks between the two MindSpore
+#: train cells, to tell whether a difference comes from the network or from the cell around it.
+EXPERIMENTS = ("ours-threads", "ours-cell+mindcv-net", "mindcv-cell+ours-net")
 
 
 # --------------------------------------------------------------------------- recipe values
@@ -72,8 +74,11 @@ def _ms_context() -> None:
     ms.set_seed(0)
 
 
-def setup_ours(batch: int, size: int, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Our train cell; ``threads`` sets MindSpore's CPU kernel thread pool (a proposal, see PEERS)."""
+def setup_ours(
+    batch: int, size: int, threads: int | None = None, mindcv_net: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Our train cell; ``threads`` sets MindSpore's CPU kernel thread pool, ``mindcv_net`` puts
+    MindCV's network into it (experiments, see EXPERIMENTS)."""
     import mindspore as ms
     from mnv2_trainer import schedule
     from mnv2_trainer import train as ours
@@ -84,7 +89,12 @@ def setup_ours(batch: int, size: int, threads: int | None = None) -> tuple[Any, 
     if threads:
         # MindSpore's CPU kernels default to a pool of 25-30 threads whatever the core count
         ms.device_context.cpu.op_tuning.threads_num(threads)
-    net = create_model(MODEL, num_classes=1000, drop_rate=cfg.get("drop_rate"))
+    if mindcv_net:
+        import mindcv.models
+
+        net = mindcv.models.create_model(MODEL, num_classes=1000)
+    else:
+        net = create_model(MODEL, num_classes=1000, drop_rate=cfg.get("drop_rate"))
     lrs = schedule.create_lr_schedule(cfg, STEPS_PER_EPOCH, int(cfg["epoch_size"]))
     amp, _ = ours.effective_amp(cfg, "CPU")
     kind, scale, drop, _ = ours.effective_loss_scale(cfg, "CPU")
@@ -95,7 +105,7 @@ def setup_ours(batch: int, size: int, threads: int | None = None) -> tuple[Any, 
     return _ms_runner(cell, ms.Tensor(x), ms.Tensor(y)), {"amp": amp, "loss_scale": scale}
 
 
-def setup_mindcv(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
+def setup_mindcv(batch: int, size: int, our_net: bool = False) -> tuple[Any, dict[str, Any]]:
     import mindspore as ms
     from mindcv.loss import create_loss
     from mindcv.models import create_model
@@ -105,7 +115,12 @@ def setup_mindcv(batch: int, size: int) -> tuple[Any, dict[str, Any]]:
 
     cfg = recipe_settings(batch, size)
     _ms_context()
-    net = create_model(MODEL, num_classes=1000)
+    if our_net:
+        from mnv2_trainer.model import create_model as our_create_model
+
+        net = our_create_model(MODEL, num_classes=1000)
+    else:
+        net = create_model(MODEL, num_classes=1000)
     loss = create_loss(name="CE", label_smoothing=float(cfg["label_smoothing"]))
     lrs = create_scheduler(
         STEPS_PER_EPOCH,
@@ -282,8 +297,12 @@ def worker(name: str, batch: int, size: int) -> None:
             run, info = setup_ours(batch, size)
         elif name == "ours-threads":
             run, info = setup_ours(batch, size, threads=os.cpu_count() or 1)
+        elif name == "ours-cell+mindcv-net":
+            run, info = setup_ours(batch, size, mindcv_net=True)
         elif name == "mindcv":
             run, info = setup_mindcv(batch, size)
+        elif name == "mindcv-cell+ours-net":
+            run, info = setup_mindcv(batch, size, our_net=True)
         elif name in ("torch", "torch-cl"):
             run, info = setup_torch(batch, size, channels_last=name == "torch-cl")
         else:
