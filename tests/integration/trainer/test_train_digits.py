@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.mindspore]
 
 STEPS = TRAIN_IMAGES // 32  # 44 steps per epoch at batch 32 on one card
 EPOCHS = DIGITS_CONFIG["epoch_size"]
+RESUME_IMAGES = 640
+RSTEPS = RESUME_IMAGES // 32
 MIN_TOP1 = 0.95
 
 
@@ -91,19 +93,20 @@ def test_resume_with_another_epoch_count(tmp_path: Path, digits_dir: Path) -> No
     import mindspore as ms
 
     out = tmp_path / "out"
-    short = write_config(tmp_path / "short.yaml", epoch_size=2, decay_epochs=1)
+    # 640 images per epoch (20 steps) keep this test short; the position logic is the same.
+    short = write_config(tmp_path / "short.yaml", epoch_size=2, decay_epochs=1, num_samples=RESUME_IMAGES)
     proc, _ = train(short, digits_dir, out)
     assert proc.returncode == 0, explain(proc)
     assert [x["epoch"] for x in metrics(out)] == [1, 2]
     # A writer killed mid-file would leave this (ours never do: they write a temporary and rename).
-    good = (out / f"{MODEL}-2_{STEPS}.ckpt").read_bytes()
-    (out / f"{MODEL}-3_{STEPS}.ckpt").write_bytes(good[: len(good) // 3])
+    good = (out / f"{MODEL}-2_{RSTEPS}.ckpt").read_bytes()
+    (out / f"{MODEL}-3_{RSTEPS}.ckpt").write_bytes(good[: len(good) // 3])
 
-    longer = write_config(tmp_path / "longer.yaml", epoch_size=3, decay_epochs=2)
+    longer = write_config(tmp_path / "longer.yaml", epoch_size=3, decay_epochs=2, num_samples=RESUME_IMAGES)
     proc, _ = train(longer, digits_dir, out)
     assert proc.returncode == 0, explain(proc)
     log = proc.stdout
-    assert "skipping checkpoint" in log and f"{MODEL}-3_{STEPS}.ckpt" in log
+    assert "skipping checkpoint" in log and f"{MODEL}-3_{RSTEPS}.ckpt" in log
     new_lrs = create_lr_schedule(
         {
             "scheduler": "cosine_decay",
@@ -112,24 +115,24 @@ def test_resume_with_another_epoch_count(tmp_path: Path, digits_dir: Path) -> No
             "warmup_epochs": 1,
             "decay_epochs": 2,
         },
-        STEPS,
+        RSTEPS,
         3,
     )
     m = re.search(r"resume\s+: (\S+) \(epoch 2, step (\d+).*\) -> epoch 3, global step (\d+), lr (\S+)", log)
     assert m, log[-3000:]
-    assert m.group(1).endswith(f"{MODEL}-2_{STEPS}.ckpt")
-    assert int(m.group(2)) == int(m.group(3)) == 2 * STEPS
-    assert float(m.group(4)) == pytest.approx(new_lrs[2 * STEPS], rel=1e-5)
-    assert "INFO: epoch 1/3" not in log and "INFO: epoch 3/3 step 132" in log
+    assert m.group(1).endswith(f"{MODEL}-2_{RSTEPS}.ckpt")
+    assert int(m.group(2)) == int(m.group(3)) == 2 * RSTEPS
+    assert float(m.group(4)) == pytest.approx(new_lrs[2 * RSTEPS], rel=1e-5)
+    assert "INFO: epoch 1/3" not in log and f"INFO: epoch 3/3 step {3 * RSTEPS} " in log
     lines = metrics(out)
     assert [x["epoch"] for x in lines] == [1, 2, 3]
     # the best validation so far survives the restart (it travels in the checkpoint)
     assert lines[-1]["best_top1"] >= lines[1]["best_top1"]
     assert lines[-1]["best_epoch"] in (lines[1]["best_epoch"], 3)
-    assert lines[-1]["lr"] == pytest.approx(new_lrs[3 * STEPS - 1], rel=1e-5)
+    assert lines[-1]["lr"] == pytest.approx(new_lrs[3 * RSTEPS - 1], rel=1e-5)
     # the 2-epoch schedule had ended at 0; the new one continues the cosine from its middle
-    assert new_lrs[2 * STEPS] > 0.3 * DIGITS_CONFIG["lr"]
-    state = ms.load_checkpoint(str(out / f"{MODEL}-3_{STEPS}.ckpt"))
-    assert int(state["global_step"].asnumpy().reshape(-1)[0]) == 3 * STEPS
+    assert new_lrs[2 * RSTEPS] > 0.3 * DIGITS_CONFIG["lr"]
+    state = ms.load_checkpoint(str(out / f"{MODEL}-3_{RSTEPS}.ckpt"))
+    assert int(state["global_step"].asnumpy().reshape(-1)[0]) == 3 * RSTEPS
     assert int(state["epoch_num"].asnumpy()) == 3
     assert any(k.startswith("moments.") for k in state)
