@@ -133,3 +133,20 @@ def test_locate_metrics_prefers_the_status_then_searches_the_state_dir(tmp_path:
     assert demo.locate_metrics(with_status, tmp_path, "j") == ckpt / "metrics.jsonl"
     assert demo.locate_metrics({"status": {}}, tmp_path, "j") == ckpt / "metrics.jsonl"
     assert demo.locate_metrics({"status": {}}, tmp_path, "other") is None
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_follow_job_redraws_one_line_on_a_terminal() -> None:
+    states = iter([job("Running", 1, top1=0.5), job("Running", 2, top1=0.75), job("Succeeded", 3, top1=0.9)])
+    out = Terminal()
+    demo.follow_job(lambda: next(states), out=out, poll=0)
+    text = out.getvalue()
+    # Progress redraws in place (carriage returns), phase changes get lines of their own.
+    assert text.count("\n") == 3  # "phase Running", "phase Succeeded", and the final newline
+    assert text.count("\r") == 5
+    last = text.rstrip("\n").rsplit("\r", 1)[1]
+    assert last.startswith("[####################]  epoch 3/3") and "Succeeded" in last
