@@ -326,7 +326,7 @@ def running_cluster(
         )
         sandbox = Sandbox(state_dir, kubelet="process")
         # Registered before start(): a Ctrl-C during start-up must still stop what did start.
-        stack.callback(_kill_leftovers, state_dir / "kubeconfig", log)
+        stack.callback(_kill_leftovers, Path(sandbox.kubeconfig_path), log)
         stack.callback(_quietly, "stopping the sandbox (and every pod's processes)", sandbox.stop, log)
         print(f"starting the sandbox in {state_dir} ...", file=log, flush=True)
         sandbox.start()
