@@ -352,7 +352,7 @@ def create_loader(
     data_dir = cfg.get("data_dir")
     if name == "synthetic":
         size = int(cfg.get("image_resize", 224))
-        num_classes = int(cfg.get("num_classes", 1000))
+        num_classes = int(cfg.get("num_classes") or 1000)
         # Enough for 20 training steps per rank (or 2 validation batches): a throughput smoke test.
         count = batch_size * num_shards * (20 if is_training else 2)
         images, labels = _synthetic_source(count, size, num_classes, seed + (0 if is_training else 1))

@@ -369,8 +369,11 @@ def create_callback(**kwargs: Any) -> Any:
             step = self.state.global_step + self.steps_in_epoch
             if self.reporter is not None:
                 elapsed = max(time.time() - self.epoch_start, 1e-9)
+                # progress.epoch counts completed epochs (the CRD's column), so a running epoch
+                # shows as the one before it until its last step.
+                completed = cb.cur_epoch_num if self.steps_in_epoch >= self.spe else cb.cur_epoch_num - 1
                 self.reporter.step(
-                    epoch=cb.cur_epoch_num,
+                    epoch=completed,
                     step=step,
                     loss=loss,
                     lr=self.lrs[min(step, len(self.lrs)) - 1],
@@ -548,7 +551,11 @@ def run(cfg: dict[str, Any]) -> RunState:
         )
     init_ckpt = None if state_ckpt else (cfg.get("ckpt_path") or None)
     network = create_model(
-        model_name, num_classes=num_classes, drop_rate=cfg.get("drop_rate"), checkpoint_path=init_ckpt
+        model_name,
+        num_classes=num_classes,
+        drop_rate=cfg.get("drop_rate"),
+        checkpoint_path=init_ckpt,
+        ignore_classifier=bool(cfg.get("ignore_classifier")),
     )
     amp_level, amp_notes = effective_amp(cfg, env.device)
     kind, scale, drop, scale_notes = effective_loss_scale(cfg, env.device)

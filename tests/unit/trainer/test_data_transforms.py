@@ -86,3 +86,12 @@ def test_synthetic_loader_batches() -> None:
     images, labels = next(loader.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert images.shape == (4, 3, 32, 32) and images.dtype == np.float32
     assert labels.dtype == np.int32 and labels.max() < 7
+
+
+def test_synthetic_loader_defaults_to_1000_classes_when_the_config_leaves_num_classes_unset() -> None:
+    from mnv2_trainer import data
+
+    # A resolved config always holds num_classes, as None when the recipe leaves it unset.
+    cfg = dict(CFG, dataset="synthetic", batch_size=2, num_classes=None, num_parallel_workers=1, seed=1)
+    loader = data.create_loader(cfg, "val", is_training=False)
+    assert loader.num_classes == 1000
