@@ -300,3 +300,16 @@ def test_container_exit_ends_its_other_processes(cluster: Cluster, core, ns: str
     child = _child_pid(sb, ns, "leaver")
     wait_for(lambda: phase(core, ns, "leaver") == "Succeeded", 30, "pod phase Succeeded")
     wait_for(lambda: not _alive(child), 10, "the child to end with its container")
+
+
+def test_declared_container_ports_get_their_own_local_port(cluster: Cluster, core, ns: str) -> None:
+    sb = cluster.need_sandbox("sandbox pods share the host network, so the kubelet remaps declared ports")
+    code = "import sys; print(sys.argv[1])"
+    for name in ("p1", "p2"):
+        body = pod(name, code, ports=[{"containerPort": 8118, "name": "msrun"}])
+        body["spec"]["containers"][0]["args"] = ["--master_port=8118"]
+        core.create_namespaced_pod(ns, body)
+    for name in ("p1", "p2"):
+        wait_for(lambda n=name: phase(core, ns, n) == "Succeeded", 30, f"pod {name} to succeed")
+    seen = {sb.kubelet.logs(ns, name).strip() for name in ("p1", "p2")}
+    assert len(seen) == 2 and "--master_port=8118" not in seen, seen

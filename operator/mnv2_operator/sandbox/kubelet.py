@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,27 @@ def path_rewriter(mounts: dict[str, str]) -> Callable[[str], str]:
     local = {m.rstrip("/") or "/": v for m, v in mounts.items()}
     pattern = re.compile(r"(?<![\w.\-/])(" + "|".join(re.escape(k) for k in keys) + r")(?=/|$|[^\w.\-])")
     return lambda s: pattern.sub(lambda m: local[m.group(1)], s)
+
+
+def port_rewriter(ports: dict[int, int]) -> Callable[[str], str]:
+    """Replace declared container ports by the local ports the kubelet gave them.
+
+    Sandbox pods share the host's network, so two pods declaring the same containerPort (every
+    job's msrun master port) would collide. A port is replaced where a value names it: `--x_port=8118`,
+    `host:8118`, or a whole value `8118`; other digits (`18118`, `8118.5`) are left alone.
+    """
+    if not ports:
+        return lambda s: s
+    numbers = "|".join(str(p) for p in sorted(ports, reverse=True))
+    pattern = re.compile(r"(?:(?<=port=)|(?<=:)|^)(" + numbers + r")(?![\d.])")
+    return lambda s: pattern.sub(lambda m: str(ports[int(m.group(1))]), s)
+
+
+def free_local_port() -> int:
+    """A port on 127.0.0.1 nobody listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 POD_MARKER = "MNV2_SANDBOX_POD_UID"
@@ -531,7 +553,13 @@ class Kubelet:
             if not local.exists():
                 local.mkdir(parents=True, exist_ok=True)
             mounts[m["mountPath"]] = str(local)
-        rewrite = path_rewriter(mounts)
+        rewrite_paths = path_rewriter(mounts)
+        declared = {int(p["containerPort"]) for p in c.get("ports") or [] if p.get("containerPort")}
+        rewrite_ports = port_rewriter({port: free_local_port() for port in declared})
+
+        def rewrite(value: str) -> str:
+            return rewrite_ports(rewrite_paths(value))
+
         env: dict[str, str] = dict(os.environ)
         pod_env: dict[str, str] = {}
         for src in c.get("envFrom") or []:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mnv2_operator.sandbox import protobuf
-from mnv2_operator.sandbox.kubelet import expand_vars, field_ref, path_rewriter
+from mnv2_operator.sandbox.kubelet import expand_vars, field_ref, path_rewriter, port_rewriter
 from mnv2_operator.sandbox.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from mnv2_operator.sandbox.schema import process_custom_object
 from mnv2_operator.sandbox.selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -232,3 +232,15 @@ def test_formats_and_list_map_keys() -> None:
         ("status.conditions[1]", "FieldValueDuplicate"),
     ]
     assert "must be of type date-time" in causes[0].message
+
+
+def test_port_rewriter_maps_declared_ports_where_a_value_names_them() -> None:
+    rewrite = port_rewriter({8118: 40001})
+    assert rewrite("--master_port=8118") == "--master_port=40001"
+    assert rewrite("127.0.0.1:8118") == "127.0.0.1:40001"
+    assert rewrite("8118") == "40001"
+    # Other numbers that merely contain the port stay as they are.
+    assert rewrite("--master_port=18118") == "--master_port=18118"
+    assert rewrite("--timeout=8118.5") == "--timeout=8118.5"
+    assert rewrite("--cluster_time_out=8118") == "--cluster_time_out=8118"
+    assert port_rewriter({})("--master_port=8118") == "--master_port=8118"
