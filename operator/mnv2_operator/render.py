@@ -284,11 +284,14 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
+# libyaml's safe loader when PyYAML has it: parsing rendered templates was most of the operator's
+# CPU per job (benchmarks/operator_scale.py); the pure-Python loader gives the same objects.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _render(template: str, **context: Any) -> dict[str, Any]:
     text = _ENV.get_template(template).render(**context)
-    obj = yaml.safe_load(text)
+    obj = yaml.load(text, Loader=_SAFE_LOADER)
     if not isinstance(obj, dict):
         raise RuntimeError(f"template {template} rendered no object")
     return obj

@@ -30,6 +30,7 @@ This module imports neither MindSpore nor numpy: the operator imports it to reso
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import math
 import os
@@ -466,6 +467,21 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         ConfigError: missing file, invalid YAML, not a flat mapping, unknown key, invalid value.
     """
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    # The operator resolves the same recipe for every job it renders: parse each file version once.
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _YAML_CACHE:
+        _YAML_CACHE[key] = _load_yaml_uncached(path)
+    return copy.deepcopy(_YAML_CACHE[key])
+
+
+_YAML_CACHE: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
+def _load_yaml_uncached(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -8,6 +8,7 @@ version matching mindcv 0.3.0, and the recipe table of the design reference.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -381,3 +382,16 @@ def test_config_imports_without_mindspore_or_numpy() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_yaml_rereads_a_changed_file_and_hands_out_private_copies(tmp_path: Path) -> None:
+    from mnv2_trainer.config import load_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text("lr: 0.1\nbatch_size: 32\n")
+    first = load_yaml(path)
+    first["lr"] = 99.0  # a caller's change must not reach the next caller
+    assert load_yaml(path)["lr"] == 0.1
+    path.write_text("lr: 0.25\nbatch_size: 32\n")  # same size: the mtime tells the versions apart
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert load_yaml(path)["lr"] == 0.25
