@@ -350,13 +350,9 @@ def create_loader(
     seed = int(cfg.get("seed", 42) or 0)
     shuffle = is_training and bool(cfg.get("shuffle", True))
     data_dir = cfg.get("data_dir")
-    if name == "synthetic":
-        size = int(cfg.get("image_resize", 224))
-        num_classes = int(cfg.get("num_classes") or 1000)
-        # Enough for 20 training steps per rank (or 2 validation batches): a throughput smoke test.
-        count = batch_size * num_shards * (20 if is_training else 2)
-        images, labels = _synthetic_source(count, size, num_classes, seed + (0 if is_training else 1))
-        sampler = _make_sampler(
+
+    def sampler_for(count: int) -> Any:
+        return _make_sampler(
             count,
             num_shards,
             shard_id,
@@ -367,6 +363,14 @@ def create_loader(
             limit=num_samples,
             label=split,
         )
+
+    if name == "synthetic":
+        size = int(cfg.get("image_resize", 224))
+        num_classes = int(cfg.get("num_classes") or 1000)
+        # Enough for 20 training steps per rank (or 2 validation batches): a throughput smoke test.
+        count = batch_size * num_shards * (20 if is_training else 2)
+        images, labels = _synthetic_source(count, size, num_classes, seed + (0 if is_training else 1))
+        sampler = sampler_for(count)
         dataset = ds.GeneratorDataset(
             _ArraySource(images, labels), column_names=["image", "label"], sampler=sampler
         )
@@ -389,17 +393,7 @@ def create_loader(
                 count,
                 len(samples),
             )
-        sampler = _make_sampler(
-            count,
-            num_shards,
-            shard_id,
-            shuffle=shuffle,
-            pad=is_training,
-            seed=seed,
-            start_epoch=start_epoch,
-            limit=num_samples,
-            label=split,
-        )
+        sampler = sampler_for(count)
         dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, num_parallel_workers=workers)
         decode = True
     if num_samples is not None and num_samples < count:

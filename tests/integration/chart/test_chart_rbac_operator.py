@@ -31,6 +31,7 @@ from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator.manifests import CHART_DIR, render_chart
 from mnv2_operator.rbac import Request, denied_requests, grants_for_service_account, unused_rules
+from volcano import PODGROUP_CRD
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -44,34 +45,6 @@ NOT_EXERCISED = {
     # Never called: held so the operator may create the trainer's Role, which grants get + patch on
     # the job's status (Kubernetes refuses to create a Role granting rights its creator lacks).
     (GROUP, f"{PLURAL}/status", "get"),
-}
-
-# Just enough of Volcano's PodGroup CRD for the sandbox to serve the kind.
-PODGROUP_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
-    "spec": {
-        "group": "scheduling.volcano.sh",
-        "names": {
-            "kind": "PodGroup",
-            "plural": "podgroups",
-            "singular": "podgroup",
-            "listKind": "PodGroupList",
-        },
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-                "subresources": {"status": {}},
-            }
-        ],
-    },
 }
 
 

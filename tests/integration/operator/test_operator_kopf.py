@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from kopf.testing import KopfRunner
 from mnv2_operator import render
+from volcano import PODGROUP_CRD
 
 pytestmark = pytest.mark.cluster
 
@@ -666,33 +667,6 @@ def test_mnv2_operator_command(cluster: Cluster, namespace: str) -> None:
     assert "Traceback" not in out, out
     assert f"{namespace}/cli: Pending" in out
     assert f"{namespace}/cli: PodsCreated" in out
-
-
-PODGROUP_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
-    "spec": {
-        "group": "scheduling.volcano.sh",
-        "names": {
-            "kind": "PodGroup",
-            "plural": "podgroups",
-            "singular": "podgroup",
-            "listKind": "PodGroupList",
-        },
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                },
-            }
-        ],
-    },
-}
 
 
 def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, namespace: str) -> None:
