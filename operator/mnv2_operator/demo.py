@@ -489,7 +489,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     started = time.monotonic()
     succeeded: bool | None = None  # None until the job finished
     # SIGTERM (`timeout`, `kill`, a closing terminal) takes the same orderly path as Ctrl-C.
-    previous_sigterm = _sigterm_as_interrupt()
+    previous_handlers = _signals_as_interrupt()
     try:
         with running_cluster(state_dir, ref.namespace, log=out) as cluster:
             print(f"$ kubectl apply -f {manifest}", file=out)
@@ -509,23 +509,33 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"mnv2 demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        _restore_sigterm(previous_sigterm)
+        _restore_handlers(previous_handlers)
     return 0 if succeeded else 1
 
 
-def _sigterm_as_interrupt() -> Any:
+def _signals_as_interrupt() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM both take the KeyboardInterrupt path that stops everything cleanly.
+
+    SIGINT is installed explicitly too: a process started in the background by a non-interactive
+    shell (CI runners, `cmd &`) inherits SIGINT as ignored, and Python then never raises
+    KeyboardInterrupt, so the demo would train on after Ctrl-C.
+    """
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (e.g. called from a test's thread): leave it
-        return None
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, interrupt)
+        except ValueError:  # not the main thread (e.g. called from a test's thread): leave it
+            break
+    return previous
 
 
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def report(cluster: Cluster, ref: JobRef, job: Mapping[str, Any], out: TextIO, elapsed: float) -> None:

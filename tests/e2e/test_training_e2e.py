@@ -214,7 +214,9 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
 def test_ctrl_c_on_the_demo_stops_every_process(tmp_path: Path) -> None:
     manifest = shortened_example(tmp_path, "e2e-sigint", E2E_EPOCHS)
     state = tmp_path / "state"
-    proc = mnv2_demo(manifest, state)
+    # Started with SIGINT ignored, as a non-interactive shell starts background jobs (CI runners,
+    # `cmd &`): Ctrl-C must still stop the demo, so it has to install its own handler.
+    proc = mnv2_demo(manifest, state, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         # Interrupt once the trainer runs, which is when orphans could be left behind.
         deadline = time.monotonic() + 180
