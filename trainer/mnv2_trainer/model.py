@@ -23,6 +23,7 @@ import mindspore.common.initializer as init
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from . import cpu_depthwise
 from .model_names import MODEL_NAMES, UnknownModelError, model_variant
 
 __all__ = [
@@ -71,7 +72,16 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, group: int = 1) -> nn.Conv2d:
-    """A bias-free convolution with symmetric "same" padding, as MindCV builds them."""
+    """A bias-free convolution with symmetric "same" padding, as MindCV builds them.
+
+    On CPU, depthwise 3x3 convolutions use :mod:`.cpu_depthwise`'s C++ kernel when it is available
+    (MindSpore's own CPU kernel for them is ~100x slower); it is an ``nn.Conv2d`` with the same
+    parameter, so names, shapes, initialisation and checkpoints do not change.
+    """
+    if kernel == 3 and group == in_ch == out_ch:
+        fast = cpu_depthwise.depthwise_conv3x3(in_ch, stride)
+        if fast is not None:
+            return fast
     return nn.Conv2d(
         in_ch,
         out_ch,
