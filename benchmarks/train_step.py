@@ -7,7 +7,8 @@ loss (cross entropy, label smoothing 0.1) and optimizer (Momentum 0.9, weight de
 recipe's per-step cosine lr list), in float32 (the CPU backend has no float16 kernels, so our trainer
 trains at O0 on CPU; MindCV is given O0 too):
 
-* ``ours``: ``mnv2_trainer.model.create_model`` + the train cell that ``mnv2_trainer.train`` builds
+* ``ours``: ``mnv2_trainer.model.create_model`` (on CPU its depthwise convolutions run on the C++
+  kernel of ``mnv2_trainer.cpu_depthwise``) + the train cell that ``mnv2_trainer.train`` builds
   (``create_loss``, ``create_optimizer``, ``create_train_cell``), graph mode.
 * ``mindcv``: ``mindcv.models.create_model`` + ``mindcv.loss.create_loss`` +
   ``mindcv.optim.create_optimizer`` + ``mindcv.utils.create_trainer`` (a ``mindspore.Model``); its
@@ -39,10 +40,12 @@ RECIPE = "mobilenet_v2_0.75_ascend"
 STEPS_PER_EPOCH = 100
 PEERS = ("ours", "mindcv", "torch", "torch-cl")
 #: Not run by default: ``ours-threads`` = ours with MindSpore's CPU kernel pool sized to the cores
-#: (a proposed trainer change, measured with ``--peers ours,ours-threads``).
+#: (a proposed trainer change, measured with ``--peers ours,ours-threads``). ``ours-native`` = ours
+#: with MindSpore's own depthwise convolutions (``MNV2_CPU_DEPTHWISE=native``) instead of the C++
+#: kernel of ``mnv2_trainer.cpu_depthwise`` that ``ours`` uses on CPU.
 #: ``ours-cell+mindcv-net`` / ``mindcv-cell+ours-net`` swap the networks between the two MindSpore
 #: train cells, to tell whether a difference comes from the network or from the cell around it.
-EXPERIMENTS = ("ours-threads", "ours-cell+mindcv-net", "mindcv-cell+ours-net")
+EXPERIMENTS = ("ours-threads", "ours-native", "ours-cell+mindcv-net", "mindcv-cell+ours-net")
 
 
 # --------------------------------------------------------------------------- recipe values
@@ -80,7 +83,7 @@ def setup_ours(
     """Our train cell; ``threads`` sets MindSpore's CPU kernel thread pool, ``mindcv_net`` puts
     MindCV's network into it (experiments, see EXPERIMENTS)."""
     import mindspore as ms
-    from mnv2_trainer import schedule
+    from mnv2_trainer import cpu_depthwise, schedule
     from mnv2_trainer import train as ours
     from mnv2_trainer.model import create_model
 
@@ -102,7 +105,12 @@ def setup_ours(
     cell = ours.create_train_cell(net, ours.create_loss(cfg), opt, amp, (kind, scale, drop))
     cell.set_train(True)
     x, y = batch_arrays(batch, size)
-    return _ms_runner(cell, ms.Tensor(x), ms.Tensor(y)), {"amp": amp, "loss_scale": scale}
+    depthwise = "native" if mindcv_net or cpu_depthwise.library() is None else "C++ kernel"
+    return _ms_runner(cell, ms.Tensor(x), ms.Tensor(y)), {
+        "amp": amp,
+        "loss_scale": scale,
+        "depthwise": depthwise,
+    }
 
 
 def setup_mindcv(batch: int, size: int, our_net: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -295,6 +303,9 @@ def worker(name: str, batch: int, size: int) -> None:
     def setup() -> tuple[Any, dict[str, Any]]:
         if name == "ours":
             run, info = setup_ours(batch, size)
+        elif name == "ours-native":
+            os.environ["MNV2_CPU_DEPTHWISE"] = "native"
+            run, info = setup_ours(batch, size)
         elif name == "ours-threads":
             run, info = setup_ours(batch, size, threads=os.cpu_count() or 1)
         elif name == "ours-cell+mindcv-net":
@@ -397,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(common.format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    for peer in peers:
+        if (peer.info or {}).get("depthwise"):
+            print(f"{peer.name}: depthwise convolutions on {peer.info['depthwise']}")
     for peer in peers:
         if peer.error:
             print(f"\n{peer.name}: {peer.error}")
