@@ -13,6 +13,8 @@ later. Measured:
 * API requests per job made by the operator (the sandbox's audit log minus this script's own job
   creations; this script reads the store in-process, so its polling is not in the audit), by verb
   and resource;
+* duplicate creates: creates that got 409 Conflict (the object existed: created twice), those of
+  pods, and merge patches of children (after a 409 the operator used to patch every child);
 * the operator's peak RSS (``VmHWM``) and CPU seconds, and the sandbox's CPU (this process), so the
   time can be attributed: operator, API server, or waiting.
 
@@ -94,6 +96,24 @@ def request_breakdown(records: list[Any], jobs: int) -> tuple[int, dict[str, int
         failed = f" ({r.code})" if r.code >= 400 else ""
         counts[f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}{failed}"] += 1
     return sum(counts.values()), dict(counts.most_common())
+
+
+def duplicate_creates(records: list[Any]) -> dict[str, int]:
+    """Creates answered 409 Conflict (the object existed: a second create), and child patches.
+
+    Returns ``conflicts`` (409 creates of anything but Events), ``pod_conflicts`` (of pods: in this
+    benchmark a job has one pod, so that is about the number of jobs that had a duplicate create)
+    and ``child_patches`` (merge patches of anything but the job's status: the old operator patched
+    every child after a 409). The audit does not name the object of a create, so no per-job split.
+    """
+    conflicts = pod_conflicts = child_patches = 0
+    for r in records:
+        if r.verb == "patch" and r.resource != PLURAL:
+            child_patches += 1
+        if r.verb == "create" and r.code == 409 and r.resource != "events":
+            conflicts += 1
+            pod_conflicts += r.resource == "pods"
+    return {"conflicts": conflicts, "pod_conflicts": pod_conflicts, "child_patches": child_patches}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -183,6 +203,7 @@ def run_point(
             op_cpu0 = proc_status(proc.pid).get("cpu", 0.0)
             own_cpu0 = common.cpu_seconds()
             names = [f"bench-{i:05d}" for i in range(n)]
+            load_start = common.load_average()
             t0 = time.monotonic()
             created = create_jobs(sb, names)
             t_created = time.monotonic() - t0
@@ -212,7 +233,9 @@ def run_point(
             st = proc_status(proc.pid)
             op_cpu = st.get("cpu", 0.0) - op_cpu0
             own_cpu = common.cpu_seconds() - own_cpu0
-            total, breakdown = request_breakdown(sb.audit[audit_start:], n)
+            records = sb.audit[audit_start:]
+            total, breakdown = request_breakdown(records, n)
+            dups = duplicate_creates(records)
             latencies = [pod_seen[j] - created[j] for j in pod_seen if j in created]
             return {
                 "jobs": n,
@@ -226,9 +249,14 @@ def run_point(
                 "requests": total,
                 "requests_per_job": total / n,
                 "breakdown": breakdown,
+                "job_gets_per_job": breakdown.get(f"get {PLURAL}", 0) / n,
+                "conflict_creates": dups["conflicts"],
+                "pod_conflict_creates": dups["pod_conflicts"],
+                "child_patches": dups["child_patches"],
                 "operator_peak_rss_mb": max(st.get("VmHWM", 0.0), peak_rss),
                 "operator_cpu_s": op_cpu,
                 "sandbox_and_client_cpu_s": own_cpu,
+                "load_start": load_start,
                 "load": common.load_average(),
             }
         finally:
@@ -290,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
             r["pod_latency_p90"],
             r["all_succeeded_s"],
             r["requests_per_job"],
+            r["job_gets_per_job"],
+            r["conflict_creates"],
+            r["pod_conflict_creates"],
+            r["child_patches"],
             r["operator_peak_rss_mb"],
             r["operator_cpu_s"],
             r["sandbox_and_client_cpu_s"],
@@ -306,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
                 "pod p90 s",
                 "all Succeeded s",
                 "requests/job",
+                "job GETs/job",
+                "409 creates",
+                "409 pod creates",
+                "child patches",
                 "operator peak MB",
                 "operator CPU s",
                 "sandbox+client CPU s",
@@ -325,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({common.fmt(big['all_pods_s'])} s); operator under {GOAL_MB:.0f} MB: {'met' if ok_m else 'NOT met'} "
             f"({common.fmt(big['operator_peak_rss_mb'])} MB)"
         )
+    for r in results:
+        print(f"load average at {r['jobs']} jobs: {r['load_start']} before, {r['load']} after")
     print(f"load average at end: {common.load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
