@@ -2,12 +2,18 @@
 
 How it works (see docs/operator.md for the whole story):
 
-- Every job is reconciled by one level-triggered function, `Controller.reconcile`: read the job from
-  the API, read its pods from an in-memory kopf index, let the pure `status.reconcile()` decide,
-  then apply the decision (merge-patch the status subresource, post Events, delete and create pods,
-  create the other children). Running it twice, or after an operator restart, does no harm: names are
-  deterministic, a 409 on create means "already there", and pods of the current attempt are never
-  created twice because the decision only creates ranks that have no pod at all.
+- Every job is reconciled by one level-triggered function, `Controller.reconcile`: take the newest
+  copy of the job (`status.JobView`: the last watch event or the answer to the operator's own status
+  patch; a GET only when neither is known to be current), read its pods from an in-memory kopf
+  index, let the pure `status.reconcile()` decide, then apply the decision (merge-patch the status
+  subresource, post Events, delete and create pods, create the other children). Running it twice,
+  or after an operator restart, does no harm: names are deterministic, a 409 on create means
+  "already there", and pods of the current attempt are never created twice because the decision
+  only creates ranks that have no pod at all.
+- The pod index lags the creates a little (it is fed by a watch). What this process created and the
+  index does not show yet is remembered per job (`status.Created`, keyed by job uid and attempt), so
+  a reconcile in that window creates nothing twice; the memory is dropped when the job finishes or
+  goes, and after an operator restart the index (filled by a full LIST first) is enough.
 - Watch events of jobs and of pods labelled with a job name only *schedule* a reconcile of that job
   (`kopf.on.event` handlers are fire-and-forget and cheap). A per-job scheduler coalesces bursts and
   runs at most one reconcile per job at a time, so two events of one job never race; jobs run
@@ -32,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 from urllib.parse import quote
@@ -246,6 +253,10 @@ def _spec_hash(spec_json: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _JobGone(Exception):
+    """The job was deleted after the copy a reconcile decided on was taken (404 on its status)."""
+
+
 def _owner_ref(job: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -322,16 +333,33 @@ class Controller:
         self.defaults = OperatorDefaults.from_env()
         self._warned: dict[Key, str] = {}  # job -> spec hash last warned about (SpecChangeDeferred)
         self._create_errors: dict[Key, str] = {}  # job -> why its children cannot be created
+        self._views: dict[Key, st.JobView] = {}  # job -> its newest known copy
+        self._created: dict[Key, st.Created] = {}  # job -> what was created, not yet in the index
+        self.monotonic: Callable[[], float] = time.monotonic  # the clock of `status.Created`
 
     def kick(self, key: Key, pods_index: Any) -> None:
         self.pods_index = pods_index
         self.scheduler.kick(key)
+
+    def job_event(self, key: Key, body: Mapping[str, Any], listing: bool, pods_index: Any) -> None:
+        """A watch event of the job: keep its copy, and reconcile unless it is our own write's echo."""
+        if self._views.setdefault(key, st.JobView()).on_event(body, listing):
+            self.kick(key, pods_index)
+
+    def pod_event(self, key: Key, name: str, uid: str | None, pods_index: Any) -> None:
+        """A watch event of one of the job's pods (the index has taken it in already)."""
+        created = self._created.get(key)
+        if created is not None:
+            self._created[key] = created.seen(name, uid)
+        self.kick(key, pods_index)
 
     def forget(self, key: Key) -> None:
         """The job is gone: drop its timers and memory."""
         self.scheduler.forget(key)
         self._warned.pop(key, None)
         self._create_errors.pop(key, None)
+        self._views.pop(key, None)
+        self._created.pop(key, None)
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
         if self.pods_index is None or key not in self.pods_index:
@@ -340,13 +368,27 @@ class Controller:
 
     async def reconcile(self, key: Key) -> float | None:
         namespace, name = key
+        view = self._views.setdefault(key, st.JobView())
+        job = view.body
+        if job is None:
+            # No copy known to include our last status write (see status.JobView): read it.
+            mark = view.mark()
+            try:
+                job = await self.api.request("GET", job_path(namespace, name))
+            except ApiError as err:
+                if err.status == 404:
+                    self.forget(key)
+                    return None
+                raise
+            view.on_answer(job, mark, own_write=False)
         try:
-            job = await self.api.request("GET", job_path(namespace, name))
-        except ApiError as err:
-            if err.status == 404:
-                self.forget(key)
-                return None
-            raise
+            return await self._reconcile(key, job)
+        except _JobGone:
+            self.forget(key)
+            return None
+
+    async def _reconcile(self, key: Key, job: Mapping[str, Any]) -> float | None:
+        namespace, name = key
         meta = job.get("metadata", {})
         if meta.get("deletionTimestamp"):
             return None  # the garbage collector removes the children with the job
@@ -367,7 +409,7 @@ class Controller:
                 # apply, read leniently from the raw spec.
                 raw = job.get("spec") or {}
                 decision = st.reconcile(name, st.Policy.from_spec(raw), pods, previous, generation, now)
-                return await self._apply(job, previous, decision, pods, None, "", {})
+                return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
             await self._invalid(job, previous, str(err), pods)
             return None
 
@@ -375,11 +417,19 @@ class Controller:
         policy = st.Policy.from_spec(spec_json)
         decision = st.reconcile(name, policy, pods, previous, generation, now)
         spec_hash = _spec_hash(spec_json)
-        # Children are made on the first pass (even for a job created suspended) and brought up to
-        # date whenever a new set of pods is created. Rendering can still find the spec unusable
-        # (name too long for pod hostnames, a config that does not resolve): that is an invalid spec.
+        # Children are made on the first pass (even for a job created suspended) and again when pods
+        # are created from a spec they were not made for. Pods this process created a moment ago and
+        # the index does not show yet are not created again (status.Created, status.plan_creates).
+        created = st.Created.of(self._created.get(key), meta.get("uid", "")).seen_in(pods)
+        if key in self._created:
+            self._created[key] = created  # (entries are made by _create, for jobs that create)
+        plan = st.plan_creates(
+            name, decision, created, spec_hash, previous.get("phase") is None, self.monotonic()
+        )
+        # Rendering can still find the spec unusable (name too long for pod hostnames, a config that
+        # does not resolve): that is an invalid spec.
         rendered = None
-        if previous.get("phase") is None or decision.create_ranks:
+        if plan.children or plan.ranks:
             try:
                 rendered = render_job(
                     name, namespace, meta["uid"], spec, attempt=decision.attempt, defaults=self.defaults
@@ -388,7 +438,7 @@ class Controller:
                 await self._invalid(job, previous, str(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
-        return await self._apply(job, previous, decision, pods, rendered, spec_hash, foreign)
+        return await self._apply(job, previous, decision, pods, rendered, spec_hash, foreign, plan)
 
     async def _apply(
         self,
@@ -399,14 +449,16 @@ class Controller:
         rendered: RenderedJob | None,
         spec_hash: str,
         foreign: Mapping[str, bool],
+        plan: st.CreatePlan,
     ) -> float | None:
         """Carry out a decision; returns when to reconcile again (seconds) or None.
 
         `foreign` maps names of pods in the way that belong to someone else to whether they are
-        being deleted already.
+        being deleted already. `plan` says what of the decision's creates is still to be done.
         """
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         key = (namespace, name)
+        view = self._views.get(key)
         if decision.create_ranks and key in self._create_errors:
             # Keep showing why pods cannot be created instead of flipping back to "waiting".
             self._mark_not_created(decision.status, previous, self._create_errors[key])
@@ -416,12 +468,16 @@ class Controller:
         await self._patch_status(job, previous, decision)
         self._post(job, decision.events)
         requeue = decision.requeue_after
+        if plan.recheck_after is not None:
+            # Pods created a moment ago that the index does not show yet: their watch events wake
+            # the job; this wake-up is only in case those events never come.
+            requeue = plan.recheck_after if requeue is None else min(requeue, plan.recheck_after)
         for pod in pods:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(namespace, pod)
-        if rendered is not None:
+        if rendered is not None and self._views.get(key) is view:  # (not if the job went meanwhile)
             try:
-                if await self._create(job, rendered, decision, spec_hash, foreign):
+                if await self._create(job, rendered, decision, spec_hash, foreign, plan):
                     requeue = 1.0 if requeue is None else min(requeue, 1.0)
                 self._create_errors.pop(key, None)
             except ApiError as err:
@@ -438,6 +494,13 @@ class Controller:
                     raise
             self.forget(key)
             return None
+        created = self._created.get(key)
+        if created is not None:
+            remembered = created.after(decision)
+            if remembered is None:
+                self._created.pop(key, None)
+            else:
+                self._created[key] = remembered
         return requeue
 
     async def _invalid(
@@ -479,16 +542,25 @@ class Controller:
     ) -> None:
         patch = st.status_patch(previous, decision.status)
         if not patch:
-            return
+            return  # nothing changed: no request at all
         meta = job["metadata"]
         # A JSON merge patch of only the operator's keys: the trainer's progress/metrics/checkpoints
         # are never sent, so they can never be overwritten.
-        await self.api.request(
-            "PATCH",
-            job_path(meta["namespace"], meta["name"], "status"),
-            {"status": patch},
-            content_type="application/merge-patch+json",
-        )
+        view = self._views.get((meta["namespace"], meta["name"]))
+        mark = view.mark() if view is not None else 0
+        try:
+            answer = await self.api.request(
+                "PATCH",
+                job_path(meta["namespace"], meta["name"], "status"),
+                {"status": patch},
+                content_type="application/merge-patch+json",
+            )
+        except ApiError as err:
+            if err.status == 404:
+                raise _JobGone from err  # deleted since the copy we decided on was taken
+            raise
+        if view is not None and isinstance(answer, dict) and answer.get("metadata"):
+            view.on_answer(answer, mark, own_write=True)  # the whole job now, our write included
 
     def _post(self, job: Mapping[str, Any], events: Iterable[st.Event]) -> None:
         for ev in events:
@@ -552,20 +624,27 @@ class Controller:
         decision: st.Decision,
         spec_hash: str,
         foreign: Mapping[str, bool],
+        plan: st.CreatePlan,
     ) -> bool:
-        """Ensure the children exist and create the decided pods. True when a pod must be retried."""
-        namespace = job["metadata"]["namespace"]
-        created = []
-        for obj in rendered.objects:
-            if await self._apply_child(_owned(obj, job, namespace), namespace):
-                created.append(f"{obj['kind']} {obj['metadata']['name']}")
-        if created:
-            self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
+        """Make sure of the children and create the planned pods. True when a pod must be retried."""
+        namespace, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
+        key = (namespace, job_name)
+        uid = job["metadata"]["uid"]
+        if plan.children:
+            created = []
+            for obj in rendered.objects:
+                # A child that exists already (a leftover of the same name, or ours from before an
+                # operator restart or a spec change) is merge-patched to its rendered form.
+                if await self._apply_child(_owned(obj, job, namespace), namespace):
+                    created.append(f"{obj['kind']} {obj['metadata']['name']}")
+            self._created[key] = st.Created.of(self._created.get(key), uid).made_children(spec_hash)
+            if created:
+                self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
         retry = False
         made: list[str] = []
         blocked: list[str] = []
         for pod in rendered.pods:
-            if st.pod_rank(pod) not in decision.create_ranks:
+            if st.pod_rank(pod) not in plan.ranks:
                 continue
             name = pod["metadata"]["name"]
             if name in foreign:
@@ -576,14 +655,20 @@ class Controller:
             pod = _owned(pod, job, namespace)
             pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
             try:
-                await self.api.request("POST", object_path(pod, namespace), pod)
-                made.append(pod["metadata"]["name"])
+                answer = await self.api.request("POST", object_path(pod, namespace), pod)
             except ApiError as err:
                 if err.status != 409:
                     raise
-                # A pod of that name exists that the index does not show yet: ours (just created,
-                # or a previous attempt's still terminating) or someone else's. Look again shortly.
+                # A pod of that name exists that the index does not show yet: ours (created before
+                # an operator restart, or a previous attempt's still terminating) or someone else's.
+                # Look again shortly.
                 retry = True
+                continue
+            made.append(name)
+            pod_uid = str(((answer or {}).get("metadata") or {}).get("uid") or "")
+            self._created[key] = st.Created.of(self._created.get(key), uid).made_pods(
+                decision.attempt, {name: pod_uid}, self.monotonic()
+            )
         if made:
             self._post(
                 job,
@@ -599,7 +684,7 @@ class Controller:
         return retry
 
     async def _apply_child(self, obj: dict[str, Any], namespace: str) -> bool:
-        """Create a child; if it exists, merge-patch it to the rendered form (adopts orphans too)."""
+        """Create a child (True); if it exists, merge-patch it to the rendered form (adopts orphans)."""
         try:
             await self.api.request("POST", object_path(obj, namespace), obj)
             return True
@@ -697,19 +782,32 @@ async def mnv2_pods(
 
 @kopf.on.event("pods", labels=_POD_LABELS)  # type: ignore[arg-type]
 async def _pod_event(
-    namespace: str, labels: Mapping[str, str], memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
+    namespace: str,
+    name: str,
+    uid: str | None,
+    labels: Mapping[str, str],
+    memo: kopf.Memo,
+    mnv2_pods: kopf.Index,
+    **_: Any,
 ) -> None:
-    memo.mnv2.kick((namespace, labels[st.LABEL_JOB]), mnv2_pods)
+    # kopf updates the index from this event before calling event handlers.
+    memo.mnv2.pod_event((namespace, labels[st.LABEL_JOB]), name, uid, mnv2_pods)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 async def _job_event(
-    type: str | None, namespace: str, name: str, memo: kopf.Memo, mnv2_pods: kopf.Index, **_: Any
+    type: str | None,
+    namespace: str,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    mnv2_pods: kopf.Index,
+    **_: Any,
 ) -> None:
     if type == "DELETED":
         memo.mnv2.forget((namespace, name))
         return
-    memo.mnv2.kick((namespace, name), mnv2_pods)
+    memo.mnv2.job_event((namespace, name), body, type is None, mnv2_pods)
 
 
 def run_operator(namespaces: list[str], liveness: str | None, standalone: bool) -> int:
