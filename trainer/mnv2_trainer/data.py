@@ -11,7 +11,12 @@ Three datasets, chosen by the config key ``dataset``:
 * ``synthetic``: random decoded images for throughput runs (no files).
 
 The transforms are MindCV 0.3.0's ``transforms_imagenet_train`` / ``transforms_imagenet_eval``
-rebuilt from ``mindspore.dataset.vision`` (MindCV is not imported at run time).
+rebuilt from ``mindspore.dataset.vision`` (MindCV is not imported at run time), except that by
+default they stop before MindCV's last two ops, ``Normalize`` and ``HWC2CHW``: batches leave the
+pipeline as uint8 NHWC (a quarter of the bytes, less CPU per image) and the network normalises them
+in its graph with the same values (:mod:`.input_norm`; ``Loader.normalize`` says what to apply).
+Options that MindCV applies to normalised float images (random erasing, mixup, cutmix; see
+:func:`needs_float_pipeline`) keep MindCV's float pipeline.
 
 Sharding: instead of MindSpore's ``num_shards``/``shard_id`` we feed the image folder a small
 Python sampler whose order comes from :func:`shard_indices`. The math is the same as MindSpore's
@@ -46,6 +51,10 @@ DIGITS_IMAGE_SIZE = 32
 DIGITS_VAL_EVERY = 5
 #: Below this many samples per shard, the per-rank log lists every sample index of every epoch.
 LOG_INDICES_MAX = 5000
+#: (config key, value that means "off") of MindCV augmentations that work on normalised float
+#: images: random erasing (after ``HWC2CHW``, fills with normal noise) and mixup / cutmix (blend
+#: whole batches). With any of them on, the pipeline must normalise as MindCV's does.
+FLOAT_SPACE_AUGMENTATIONS = (("re_prob", 0.0), ("mixup", 0.0), ("cutmix", 0.0))
 
 
 # --------------------------------------------------------------------------- pure sharding math
@@ -192,6 +201,9 @@ class Loader:
         shard_samples: images this rank reads per epoch.
         num_batches: batches this rank yields per epoch.
         num_classes: classes in the split.
+        normalize: ``(mean, std)`` (0..255 scale) the network must apply to the batches, which are
+            uint8 NHWC (see :func:`.input_norm.wrap_network`); ``None`` when the pipeline already
+            normalised them (float32 NCHW, MindCV's layout).
     """
 
     dataset: Any
@@ -199,6 +211,7 @@ class Loader:
     shard_samples: int
     num_batches: int
     num_classes: int
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def _interpolation(name: str) -> Any:
@@ -207,25 +220,54 @@ def _interpolation(name: str) -> Any:
     return getattr(Inter, str(name).upper(), Inter.BILINEAR)
 
 
-def create_transforms(cfg: dict[str, Any], is_training: bool, decode: bool = True) -> list[Any]:
+def mean_std(cfg: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The config's ``mean`` and ``std`` (0..255 scale; MindCV's ImageNet defaults when unset)."""
+    mean = tuple(float(v) for v in (cfg.get("mean") or IMAGENET_DEFAULT_MEAN))
+    std = tuple(float(v) for v in (cfg.get("std") or IMAGENET_DEFAULT_STD))
+    return mean, std
+
+
+def needs_float_pipeline(cfg: dict[str, Any], is_training: bool) -> list[str]:
+    """Why this pipeline must normalise (MindCV's float32 CHW output) instead of ending at uint8.
+
+    An augmentation that MindCV applies after ``Normalize`` sees normalised float images (random
+    erasing fills with normal noise in that space; mixup/cutmix blend images into values no uint8
+    holds), so moving the normalisation into the network would change its results. Evaluation has
+    none of them.
+
+    Returns:
+        The active float-space options as ``"key=value"`` (empty: uint8 batches are exact).
+    """
+    if not is_training:
+        return []
+    return [f"{key}={cfg[key]!r}" for key, off in FLOAT_SPACE_AUGMENTATIONS if (cfg.get(key) or off) != off]
+
+
+def create_transforms(
+    cfg: dict[str, Any], is_training: bool, decode: bool = True, normalize: bool | None = None
+) -> list[Any]:
     """MindCV's ImageNet train or eval transforms for the config.
 
     Train: RandomCropDecodeResize(image_resize, scale, ratio), RandomHorizontalFlip(hflip),
-    RandomVerticalFlip(vflip), RandomColorAdjust(color_jitter), Normalize(mean, std), HWC2CHW.
-    Eval: Decode, Resize(floor(image_resize / crop_pct)), CenterCrop(image_resize), Normalize,
-    HWC2CHW.
+    RandomVerticalFlip(vflip), RandomColorAdjust(color_jitter), [Normalize(mean, std), HWC2CHW].
+    Eval: Decode, Resize(floor(image_resize / crop_pct)), CenterCrop(image_resize), [Normalize,
+    HWC2CHW].
 
     Args:
         cfg: the resolved config (MindCV keys).
         is_training: train or eval pipeline.
         decode: ``False`` for already decoded images (the synthetic dataset).
+        normalize: end with MindCV's ``Normalize`` + ``HWC2CHW`` (float32 CHW images) or stop
+            before them (uint8 HWC, normalised by the network). ``None``: only when
+            :func:`needs_float_pipeline` says so.
     """
     from mindspore.dataset import vision
 
+    if normalize is None:
+        normalize = bool(needs_float_pipeline(cfg, is_training))
     size = int(cfg.get("image_resize", 224))
     interp = _interpolation(cfg.get("interpolation", "bilinear"))
-    mean = list(cfg.get("mean") or IMAGENET_DEFAULT_MEAN)
-    std = list(cfg.get("std") or IMAGENET_DEFAULT_STD)
+    mean, std = (list(v) for v in mean_std(cfg))
     if is_training:
         if cfg.get("auto_augment"):
             raise ValueError("config key auto_augment is not supported by this trainer; set it to null")
@@ -249,7 +291,8 @@ def create_transforms(cfg: dict[str, Any], is_training: bool, decode: bool = Tru
             vision.Resize(int(math.floor(size / crop_pct)), interpolation=interp),
             vision.CenterCrop(size),
         ]
-    ops += [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
+    if normalize:
+        ops += [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
     return ops
 
 
@@ -327,6 +370,7 @@ def create_loader(
     shard_id: int = 0,
     start_epoch: int = 0,
     num_samples: int | None = None,
+    normalize: bool | None = None,
 ) -> Loader:
     """Build the batched pipeline of one split for one rank.
 
@@ -339,6 +383,8 @@ def create_loader(
         num_shards, shard_id: data-parallel rank layout.
         start_epoch: 0-based epoch the first iteration belongs to (resume), so the data order
             continues where the interrupted run was.
+        normalize: see :func:`create_transforms`; by default uint8 NHWC batches unless a
+            float-space augmentation is on. ``Loader.normalize`` tells the network what to apply.
     """
     import mindspore as ms
     import mindspore.dataset as ds
@@ -412,8 +458,18 @@ def create_loader(
     dataset = dataset.map(
         operations=transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers
     )
+    if normalize is None:
+        reasons = needs_float_pipeline(cfg, is_training)
+        normalize = bool(reasons)
+        if reasons:
+            _logger.info(
+                "%s split %r: the pipeline normalises (float32 CHW batches) for %s",
+                name,
+                split,
+                ", ".join(reasons),
+            )
     dataset = dataset.map(
-        operations=create_transforms(cfg, is_training, decode=decode),
+        operations=create_transforms(cfg, is_training, decode=decode, normalize=normalize),
         input_columns="image",
         num_parallel_workers=workers,
     )
@@ -427,7 +483,9 @@ def create_loader(
             f"batch_size {batch_size} is larger than the {shard_samples} training images each of the "
             f"{num_shards} rank(s) reads: lower batch_size"
         )
-    return Loader(dataset, count, shard_samples, num_batches, num_classes)
+    return Loader(
+        dataset, count, shard_samples, num_batches, num_classes, None if normalize else mean_std(cfg)
+    )
 
 
 def describe_transforms(ops: Sequence[Any]) -> str:

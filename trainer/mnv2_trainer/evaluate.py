@@ -57,8 +57,9 @@ def evaluate(network: Any, dataset: Any, label_smoothing: float = 0.0, allreduce
     """Run ``network`` in inference mode over ``dataset`` (batches of ``(image, label)``).
 
     Args:
-        network: the MobileNetV2 cell; put back into training mode by the caller if needed.
-        dataset: a batched ``mindspore.dataset`` pipeline.
+        network: the MobileNetV2 cell, wrapped by :func:`.input_norm.wrap_network` for the
+            dataset's batch layout; put back into training mode by the caller if needed.
+        dataset: a batched ``mindspore.dataset`` pipeline (a :class:`.data.Loader`'s ``dataset``).
         label_smoothing: for the reported loss.
         allreduce: ``distributed.create_allreduce()`` in distributed runs, else ``None``.
     """

@@ -16,6 +16,8 @@ Where it differs from MindCV's train.py (on purpose):
   step and the schedule position, also when ``epoch_size`` or the card count changed (the position
   is mapped by completed epochs, see :mod:`.schedule`). Truncated or corrupt files are skipped.
 * Checkpoints are written atomically; a failure never deletes one.
+* The input pipeline hands uint8 NHWC batches to the network, which normalises them in its graph
+  (:mod:`.input_norm`; same values as MindCV's ``Normalize`` + ``HWC2CHW``, a quarter of the bytes).
 * Nothing is all-reduced as int32 (MindCV's callback does, which fails on the CPU backend).
 * Where the backend cannot do what the recipe asks (fp16 AMP levels or overflow-skipping loss
   scale on CPU) it falls back with one warning instead of failing.
@@ -233,8 +235,19 @@ def create_optimizer(cfg: dict[str, Any], network: Any, lrs: list[float], loss_s
     )
 
 
-def create_train_cell(network: Any, loss: Any, optimizer: Any, amp_level: str, scale: tuple) -> Any:
+def create_train_cell(
+    network: Any,
+    loss: Any,
+    optimizer: Any,
+    amp_level: str,
+    scale: tuple,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Any:
     """Network + loss + optimizer step, as MindSpore's ``build_train_network`` makes it for MindCV.
+
+    ``normalize`` is the training loader's ``Loader.normalize``: with uint8 NHWC batches the network
+    is wrapped in the (parameterless, float32) input normalisation after AMP has been applied to it,
+    so the network sees exactly the float32 images MindCV's pipeline would have fed it.
 
     Fixed loss scale without overflow skipping: gradients are computed on ``loss * scale`` and the
     optimizer (created with ``loss_scale=scale``) divides them back. Otherwise the update cell of a
@@ -242,6 +255,8 @@ def create_train_cell(network: Any, loss: Any, optimizer: Any, amp_level: str, s
     """
     import mindspore as ms
     from mindspore import nn, ops
+
+    from .input_norm import wrap_network
 
     if amp_level != "O0":
         ms.amp.auto_mixed_precision(network, amp_level)
@@ -256,7 +271,7 @@ def create_train_cell(network: Any, loss: Any, optimizer: Any, amp_level: str, s
         def construct(self, data: Any, label: Any) -> Any:
             return self._loss_fn(ops.cast(self._backbone(data), ms.float32), label)
 
-    with_loss = WithLossCell(network, loss)
+    with_loss = WithLossCell(wrap_network(network, normalize), loss)
     kind, value, drop = scale
     if kind == "fixed" and not drop:
         return nn.TrainOneStepCell(with_loss, optimizer, sens=value)
@@ -408,7 +423,9 @@ def create_callback(**kwargs: Any) -> Any:
                 average_parameters(batchnorm_statistics(self.network), self.env.group_size, self.allreduce)
             if self.val_loader is not None and (epoch % self.val_interval == 0 or epoch == self.epochs):
                 t0 = time.time()
-                result = evaluate(self.network, self.val_loader.dataset, self.label_smoothing, self.allreduce)
+                result = evaluate(
+                    self.eval_network, self.val_loader.dataset, self.label_smoothing, self.allreduce
+                )
                 self.train_cell.set_train(True)
                 state.last_eval = result
                 _logger.debug("validation took %.1fs", time.time() - t0)
@@ -490,6 +507,7 @@ def run(cfg: dict[str, Any]) -> RunState:
     import mindspore as ms
 
     from .distributed import broadcast_parameters, create_allreduce
+    from .input_norm import wrap_network
     from .model import create_model, param_count
     from .report import create_reporter
 
@@ -563,7 +581,11 @@ def run(cfg: dict[str, Any]) -> RunState:
         _logger.warning(note)
     opt_scale = scale if kind == "fixed" and not drop else 1.0
     optimizer = create_optimizer(cfg, network, lrs, opt_scale)
-    train_cell = create_train_cell(network, create_loss(cfg), optimizer, amp_level, (kind, scale, drop))
+    train_cell = create_train_cell(
+        network, create_loss(cfg), optimizer, amp_level, (kind, scale, drop), train_loader.normalize
+    )
+    # validation batches may be laid out differently from training ones (float-space augmentations)
+    eval_network = wrap_network(network, val_loader.normalize) if val_loader is not None else None
     if state_ckpt is not None and not position.finished:
         load_train_state(train_cell, optimizer, state_ckpt, position.global_step)
     allreduce = create_allreduce() if env.distributed else None
@@ -589,7 +611,10 @@ def run(cfg: dict[str, Any]) -> RunState:
                 "model": f"{model_name}, {num_classes} classes, {n_tensors} tensors / {n_values:,} values",
                 "data": f"{cfg.get('dataset')} at {cfg.get('data_dir')}: {train_loader.num_samples} train"
                 + (f" / {val_loader.num_samples} val" if val_loader else "")
-                + f" images, {cfg.get('image_resize')}px",
+                + f" images, {cfg.get('image_resize')}px, "
+                + (
+                    "uint8 batches normalised in the network" if train_loader.normalize else "float32 batches"
+                ),
                 "batch": f"{cfg['batch_size']} per card x {env.group_size} card(s) = {global_batch}, "
                 f"{spe} steps/epoch",
                 "epochs": f"{epochs}, validate every {cfg.get('val_interval', 1)}"
@@ -631,6 +656,7 @@ def run(cfg: dict[str, Any]) -> RunState:
         lrs=lrs,
         global_batch=global_batch,
         network=network,
+        eval_network=eval_network,
         train_cell=train_cell,
         val_loader=val_loader,
         val_interval=int(cfg.get("val_interval", 1) or 1),

@@ -1,7 +1,8 @@
 """Validate a checkpoint: ``python -m mnv2_trainer.validate -c ... --data_dir ... --ckpt_path ...``.
 
 Prints top-1, top-5 and loss (cross entropy with the config's label smoothing, like MindCV's
-validate.py) over the ``val_split`` of ``data_dir``, with MindCV's eval transforms. Accepts our
+validate.py) over the ``val_split`` of ``data_dir``, with MindCV's eval transforms (the last
+two, ``Normalize`` + ``HWC2CHW``, done by the network on uint8 batches: :mod:`.input_norm`). Accepts our
 checkpoints (train checkpoints with optimizer state) and MindCV's (train or pure network files):
 ``model.load_weights`` matches parameters by MindCV's names and fails loudly on any mismatch, so a
 wrong path or model never yields random-weight numbers.
@@ -26,6 +27,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from .data import create_loader
     from .evaluate import evaluate
+    from .input_norm import wrap_network
     from .model import create_model
     from .train import TrainError, _device_available
 
@@ -47,6 +49,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     amp = str(cfg.get("val_amp_level", "O0"))
     if amp != "O0" and target != "CPU":
         ms.amp.auto_mixed_precision(network, amp)
+    # the loader's uint8 batches are normalised in the graph, in float32 (outside AMP)
+    network = wrap_network(network, loader.normalize)
     result = evaluate(network, loader.dataset, float(cfg.get("label_smoothing", 0.0) or 0.0))
     return {
         "checkpoint": path,
