@@ -147,6 +147,37 @@ def _resume(value: Any) -> str | None:
 
 
 _AMP_LEVELS = ("O0", "O1", "O2", "O3")
+# cells amp_cast_list may name (mnv2_trainer.amp maps them to MindSpore classes; MindCV eval()s the text)
+AMP_CAST_CELLS = (
+    "nn.Dense",
+    "nn.Conv1d",
+    "nn.Conv2d",
+    "nn.Conv3d",
+    "nn.Conv1dTranspose",
+    "nn.Conv2dTranspose",
+    "nn.Conv3dTranspose",
+    "nn.BatchNorm1d",
+    "nn.BatchNorm2d",
+    "nn.BatchNorm3d",
+    "nn.LayerNorm",
+)
+
+
+def cast_list_names(text: Any) -> list[str]:
+    """``"[nn.Conv2d, nn.Dense]"`` -> ``["nn.Conv2d", "nn.Dense"]``; ``[]`` for None/empty."""
+    if text is None:
+        return []
+    return [name.strip().strip("'\"") for name in str(text).strip().strip("[]()").split(",") if name.strip()]
+
+
+def _cast_list(value: Any) -> str | None:
+    names = cast_list_names(value)
+    unknown = [name for name in names if name not in AMP_CAST_CELLS]
+    if value is not None and (unknown or not names):
+        return f"names unknown cells {unknown}; use a list of {list(AMP_CAST_CELLS)}, e.g. '[nn.Conv2d, nn.Dense]'"
+    return None
+
+
 _INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "linear", "cubic", "pilcubic", "antialias")
 #: Datasets: MindCV's ``imagenet`` plus ours (see data.py). ``imagenet`` and ``imagefolder`` both read
 #: ``<data_dir>/<split>/<class>/<image>``; ``synthetic`` and ``digits`` need no data on disk.
@@ -278,7 +309,7 @@ _KEY_LIST: list[Key] = [
     Key("val_amp_level", "str", "O0", "AMP level for validation", "Auto mixing precision parameters",
         choices=_AMP_LEVELS),
     Key("amp_cast_list", "str", None, "cells to cast for O1/O2, e.g. '[nn.Conv2d]' (None: built-in lists)",
-        "Auto mixing precision parameters", nullable=True),
+        "Auto mixing precision parameters", nullable=True, check=_cast_list),
     Key("loss_scale_type", "str", "fixed", "fixed, dynamic or auto", "Auto mixing precision parameters",
         choices=("fixed", "dynamic", "auto")),
     Key("loss_scale", "float", 1.0, "(initial) loss scale", "Auto mixing precision parameters", check=_positive),

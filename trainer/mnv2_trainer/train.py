@@ -242,8 +242,12 @@ def create_train_cell(
     amp_level: str,
     scale: tuple,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    cast_list: str | None = None,
 ) -> Any:
     """Network + loss + optimizer step, as MindSpore's ``build_train_network`` makes it for MindCV.
+
+    AMP is applied to ``network`` in place (:func:`.amp.apply_amp`, ``cast_list`` is the config's
+    ``amp_cast_list``), so the optimizer's parameters stay the ones the graph trains.
 
     ``normalize`` is the training loader's ``Loader.normalize``: with uint8 NHWC batches the network
     is wrapped in the (parameterless, float32) input normalisation after AMP has been applied to it,
@@ -256,10 +260,10 @@ def create_train_cell(
     import mindspore as ms
     from mindspore import nn, ops
 
+    from .amp import apply_amp
     from .input_norm import wrap_network
 
-    if amp_level != "O0":
-        ms.amp.auto_mixed_precision(network, amp_level)
+    apply_amp(network, amp_level, cast_list)
 
     class WithLossCell(nn.Cell):
         """Loss in float32 whatever the network's output type (MindCV's add_loss_network)."""
@@ -582,7 +586,13 @@ def run(cfg: dict[str, Any]) -> RunState:
     opt_scale = scale if kind == "fixed" and not drop else 1.0
     optimizer = create_optimizer(cfg, network, lrs, opt_scale)
     train_cell = create_train_cell(
-        network, create_loss(cfg), optimizer, amp_level, (kind, scale, drop), train_loader.normalize
+        network,
+        create_loss(cfg),
+        optimizer,
+        amp_level,
+        (kind, scale, drop),
+        train_loader.normalize,
+        cfg.get("amp_cast_list"),
     )
     # validation batches may be laid out differently from training ones (float-space augmentations)
     eval_network = wrap_network(network, val_loader.normalize) if val_loader is not None else None

@@ -25,6 +25,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Evaluate ``cfg['ckpt_path']`` on the validation split; returns the metrics."""
     import mindspore as ms
 
+    from .amp import apply_amp
     from .data import create_loader
     from .evaluate import evaluate
     from .input_norm import wrap_network
@@ -48,7 +49,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     amp = str(cfg.get("val_amp_level", "O0"))
     if amp != "O0" and target != "CPU":
-        ms.amp.auto_mixed_precision(network, amp)
+        apply_amp(network, amp, cfg.get("amp_cast_list"))
     # the loader's uint8 batches are normalised in the graph, in float32 (outside AMP)
     network = wrap_network(network, loader.normalize)
     result = evaluate(network, loader.dataset, float(cfg.get("label_smoothing", 0.0) or 0.0))

@@ -244,6 +244,11 @@ def test_unknown_yaml_key_names_key_closest_and_file(tmp_path: Path) -> None:
         ),
         ("dataset: cifar10", r"'dataset' must be one of 'imagenet', 'imagefolder', 'synthetic', 'digits'"),
         ("hflip: 1.5", r"'hflip' must be in \[0, 1\]"),
+        (
+            "amp_cast_list: '[nn.Conv2D]'",
+            r"'amp_cast_list' names unknown cells \['nn\.Conv2D'\]; use a list of",
+        ),
+        ("amp_cast_list: '[]'", r"'amp_cast_list' names unknown cells \[\]"),
         ("optimizer:\n  opt: sgd", r"'optimizer' is a nested section; MindCV configs are flat"),
         ("lr: 0.1\nlr: 0.2", r"key 'lr' appears twice \(line 2\)"),
         ("- lr", r"must be a mapping"),
