@@ -692,19 +692,23 @@ class JobView:
         self.recent = [*self.recent[-(self.RECENT - 1) :], (self.seq, rv)]
         self.latest_event = body
         versions = [version for version, _ in self.pending]
+        kick = True
         if rv in versions:
             i = versions.index(rv)
-            own = self.pending[i][1]
+            kick = not self.pending[i][1]
             del self.pending[: i + 1]
             if not self.pending:
                 self.body = body
-            return not own
-        if not self.pending:
+        elif not self.pending:
             self.body = body
         elif listing:
             self.body, self.pending = None, []  # older or newer than our answers: GET to be sure
         # else: an event of the stream before our answers' own: older than `body`, which stays.
-        return True
+        if not self.pending and (body.get("status") or {}).get("phase") in TERMINAL:
+            # A finished job is seldom reconciled again (its TTL, an edit): keep no copy of
+            # thousands of them, GET then.
+            self.body = self.latest_event = None
+        return kick
 
     def on_answer(self, body: Mapping[str, Any], mark: int, own_write: bool) -> None:
         """The API's answer (the whole job) to a request sent when `mark()` returned `mark`."""

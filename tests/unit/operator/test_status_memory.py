@@ -184,6 +184,17 @@ def test_job_view_too_many_events_during_a_request_means_get() -> None:
     assert view.body is None and view.pending == []
 
 
+def test_job_view_keeps_no_copy_of_a_finished_job() -> None:
+    view = st.JobView()
+    view.on_event(job("1", "Running"))
+    view.on_answer(job("2", "Succeeded"), view.mark(), own_write=True)
+    assert view.body == job("2", "Succeeded")  # until its echo
+    assert view.on_event(job("2", "Succeeded")) is False
+    assert view.body is None and view.latest_event is None  # the next reconcile (TTL) GETs
+    view.on_answer(job("2", "Succeeded"), view.mark(), own_write=False)  # that GET: used once
+    assert view.body is None and view.pending == []
+
+
 def test_operator_status_drops_unset_keys() -> None:
     assert st.operator_status({"phase": "Running", "message": None, "progress": {"epoch": 1}}) == {
         "phase": "Running"
