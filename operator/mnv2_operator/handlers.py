@@ -637,7 +637,9 @@ class Controller:
                 # operator restart or a spec change) is merge-patched to its rendered form.
                 if await self._apply_child(_owned(obj, job, namespace), namespace):
                     created.append(f"{obj['kind']} {obj['metadata']['name']}")
-            self._created[key] = st.Created.of(self._created.get(key), uid).made_children(spec_hash)
+            self._created[key] = st.Created.of(self._created.get(key), uid).made_children(
+                spec_hash, decision.attempt
+            )
             if created:
                 self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
         retry = False

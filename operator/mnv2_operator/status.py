@@ -533,16 +533,17 @@ class Created:
 
     Attributes:
         uid: the job's uid; a job re-created under the same name starts with an empty memory.
-        children: the spec hash for which this process created (or patched to the rendered form)
-            the other children: Service, ConfigMap, RBAC, PodGroup. They depend on the spec, the
-            job's name and uid and the operator's defaults, not on the attempt: with the same hash
-            there is nothing to create or patch, not even on a gang restart.
+        children: (spec hash, attempt) for which this process created (or patched to the
+            rendered form) the other children: Service, ConfigMap, RBAC, PodGroup. Within one
+            attempt there is nothing to create or patch for the same hash. A new attempt (gang
+            restart) makes sure of them again: the operator does not watch them, and a ConfigMap
+            deleted by hand would otherwise leave the new pods unable to start.
         pods: pod name -> (attempt, pod uid, monotonic time of the create) for pods created and not
             yet seen by the pod index (or by a watch event of that pod, DELETED included).
     """
 
     uid: str
-    children: str | None = None
+    children: tuple[str, int] | None = None
     pods: Mapping[str, tuple[int, str, float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -564,9 +565,9 @@ class Created:
             return self
         return dataclasses.replace(self, pods={k: v for k, v in self.pods.items() if v[1] not in uids})
 
-    def made_children(self, spec_hash: str) -> Created:
-        """The children were created or patched to their rendered form for this spec hash."""
-        return dataclasses.replace(self, children=spec_hash)
+    def made_children(self, spec_hash: str, attempt: int) -> Created:
+        """The children were created or patched to their rendered form for this spec and attempt."""
+        return dataclasses.replace(self, children=(spec_hash, attempt))
 
     def made_pods(self, attempt: int, pods: Mapping[str, str], now: float) -> Created:
         """These pods (name -> uid) of `attempt` were created at `now` (monotonic seconds)."""
@@ -627,7 +628,7 @@ def plan_creates(
             ranks.append(rank)
     wants_children = first_pass or bool(decision.create_ranks)
     return CreatePlan(
-        children=wants_children and created.children != spec_hash,
+        children=wants_children and created.children != (spec_hash, decision.attempt),
         ranks=tuple(ranks),
         recheck_after=min(expiries) if expiries else None,
     )

@@ -26,7 +26,7 @@ def decide(pods: list[dict[str, Any]], prev: dict[str, Any] | None, workers: int
 
 def made(pods: dict[str, str], attempt: int = 0) -> st.Created:
     """The memory after a first pass that created the children and these pods at t=100 s."""
-    return st.Created(UID).made_children(HASH).made_pods(attempt, pods, 100.0)
+    return st.Created(UID).made_children(HASH, attempt).made_pods(attempt, pods, 100.0)
 
 
 def test_first_pass_creates_everything() -> None:
@@ -70,7 +70,7 @@ def test_a_pod_deleted_before_the_index_saw_it_is_created_again() -> None:
     assert created.seen("j-worker-0", "other").pods == created.pods
 
 
-def test_gang_restart_creates_the_next_attempts_pods_and_no_children() -> None:
+def test_gang_restart_creates_the_next_attempts_pods_and_makes_sure_of_the_children() -> None:
     policy = st.Policy(workers=1, backoff_limit=2)
     created = made({"j-worker-0": "p0"})
     running = st.reconcile(JOB, policy, [pod(0, "p0", "Running")], decide([], None, 1).status, 1, T0).status
@@ -79,10 +79,13 @@ def test_gang_restart_creates_the_next_attempts_pods_and_no_children() -> None:
     assert restart.attempt == 1 and restart.delete_pods == ("j-worker-0",)
     after = created.after(restart)
     assert after is not None
-    # The old pod is gone: rank 0 of attempt 1 is created; the children (same spec) are left alone.
+    # The old pod is gone: rank 0 of attempt 1 is created, and the children are made sure of once
+    # (one deleted by hand, the ConfigMap say, would keep the new pod from starting).
     d = st.reconcile(JOB, policy, [], restart.status, 1, T0)
     assert d.create_ranks == (0,) and d.attempt == 1
-    assert st.plan_creates(JOB, d, after, HASH, False, 100.2) == st.CreatePlan(False, (0,), None)
+    assert st.plan_creates(JOB, d, after, HASH, False, 100.2) == st.CreatePlan(True, (0,), None)
+    again = after.made_children(HASH, 1).made_pods(1, {"j-worker-0": "p1"}, 100.3)
+    assert st.plan_creates(JOB, d, again, HASH, False, 100.4).children is False
     # A pod of attempt 0 remembered as unseen does not hold back attempt 1 (keyed by attempt).
     assert st.plan_creates(JOB, d, made({"j-worker-0": "p0"}), HASH, False, 100.2).ranks == (0,)
     # After an operator restart nothing is remembered: the children are created (409: patched).
