@@ -703,21 +703,29 @@ def run(cfg: dict[str, Any]) -> RunState:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point ``mnv2-train``; returns the process exit code."""
+    """Console entry point ``mnv2-train``; returns the process exit code.
+
+    0: done. 2 (``termination.EXIT_INVALID_INPUT``): the inputs are wrong (config, ``data_dir``,
+    ``ckpt_path``); the reason is also written to the container's termination message, marked as not
+    worth a retry. 1: anything else (a crash, a lost peer), which the operator retries.
+    """
     from .config import ConfigError, parse_args
+    from .termination import EXIT_INVALID_INPUT, report_invalid_input
 
     try:
         cfg = parse_args(argv)
     except ConfigError as exc:
         print(f"mnv2-train: configuration error: {exc}", file=sys.stderr)
-        return 2
+        report_invalid_input(f"configuration error: {exc}")
+        return EXIT_INVALID_INPUT
     try:
         run(cfg)
     except (TrainError, ConfigError, ValueError, FileNotFoundError) as exc:
         if not _logger.handlers:
             create_logger(0)
         _logger.error("training failed: %s", exc)
-        return 1
+        report_invalid_input(exc)
+        return EXIT_INVALID_INPUT
     except Exception:
         if not _logger.handlers:
             create_logger(0)

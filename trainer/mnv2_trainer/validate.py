@@ -64,21 +64,33 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 failure, 2 bad configuration)."""
+    """Entry point; returns the exit code.
+
+    0: done. 2 (``termination.EXIT_INVALID_INPUT``): the inputs are wrong (config, ``data_dir``,
+    ``ckpt_path`` missing or not fitting the model); the reason also goes to the container's
+    termination message, marked as not worth a retry. 1: anything else (a crash).
+    """
     from .config import ConfigError, parse_args
     from .logger import create_logger
+    from .termination import EXIT_INVALID_INPUT, report_invalid_input
 
     create_logger(0)
     try:
         cfg = parse_args(argv)
     except ConfigError as exc:
         print(f"validate: configuration error: {exc}", file=sys.stderr)
-        return 2
+        report_invalid_input(f"configuration error: {exc}")
+        return EXIT_INVALID_INPUT
     try:
         out = run(cfg)
     except Exception as exc:  # a clear one-line error; details at DEBUG
+        from .train import TrainError
+
         _logger.error("validation failed: %s", exc)
         _logger.debug("details", exc_info=True)
+        if isinstance(exc, (TrainError, ConfigError, ValueError, FileNotFoundError)):
+            report_invalid_input(exc)
+            return EXIT_INVALID_INPUT
         return 1
     print(
         f"{out['model']} {out['checkpoint']}: {out['images']} images, top-1 {out['top1']:.4f}, "

@@ -1,4 +1,8 @@
-"""The entry points fail with a non-zero exit code and a message naming the fix, and keep checkpoints."""
+"""The entry points fail with a non-zero exit code and a message naming the fix, and keep checkpoints.
+
+Input errors exit 2 and write the reason to the termination-message file (`MNV2_TERMINATION_LOG`),
+marked as not worth a retry.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,45 @@ import sys
 from pathlib import Path
 
 import pytest
+from mnv2_trainer import termination
 from trainer_cli import explain, run_cli, train, write_config
 
 
-def test_unknown_flag_exits_2_naming_the_key(tmp_path: Path) -> None:
+@pytest.fixture
+def term_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "termination-log"
+    path.touch()
+    monkeypatch.setenv(termination.ENV, str(path))  # the child processes inherit it
+    return path
+
+
+def test_unknown_flag_exits_2_naming_the_key(tmp_path: Path, term_log: Path) -> None:
     proc, _ = train(write_config(tmp_path / "c.yaml"), tmp_path / "data", tmp_path / "out", "--lrr", "0.1")
     assert proc.returncode == 2, explain(proc)
     assert "--lrr" in proc.stderr and "'lr'" in proc.stderr
+    assert term_log.read_text().startswith(termination.PREFIX + "configuration error:")
 
 
 @pytest.mark.slow
 @pytest.mark.mindspore
-def test_failure_exits_1_and_keeps_checkpoints(tmp_path: Path) -> None:
+def test_input_error_exits_2_and_keeps_checkpoints(tmp_path: Path, term_log: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     kept = out / "mobilenet_v2_035_96-3_44.ckpt"
     kept.write_bytes(b"not really a checkpoint")
     config = write_config(tmp_path / "c.yaml", dataset="imagefolder")
     proc, _ = train(config, tmp_path / "missing", out)
-    assert proc.returncode == 1, explain(proc)
+    assert proc.returncode == termination.EXIT_INVALID_INPUT, explain(proc)
     assert "missing/train" in proc.stdout and "ImageNet layout" in proc.stdout
+    reason = term_log.read_text()
+    assert reason.startswith(termination.PREFIX) and "missing/train" in reason and reason.count("\n") == 1
     assert "skipping checkpoint" in proc.stdout  # the damaged file was not resumed from ...
     assert kept.read_bytes() == b"not really a checkpoint"  # ... and not deleted either
 
 
 @pytest.mark.slow
 @pytest.mark.mindspore
-def test_validate_rejects_a_wrong_checkpoint_path(tmp_path: Path) -> None:
+def test_validate_rejects_a_wrong_checkpoint_path(tmp_path: Path, term_log: Path) -> None:
     proc, _ = run_cli(
         [
             sys.executable,
@@ -47,5 +63,6 @@ def test_validate_rejects_a_wrong_checkpoint_path(tmp_path: Path) -> None:
         ],
         timeout=300,
     )
-    assert proc.returncode == 1, explain(proc)
+    assert proc.returncode == termination.EXIT_INVALID_INPUT, explain(proc)
     assert "nope.ckpt" in proc.stdout + proc.stderr  # never numbers from random weights
+    assert term_log.read_text().startswith(termination.PREFIX) and "nope.ckpt" in term_log.read_text()
