@@ -295,12 +295,10 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:
-            containers.append(
-                {
-                    "name": cs.get("name"),
-                    "state": {"terminated": {k: term.get(k) for k in ("exitCode", "reason")}},
-                }
-            )
+            slim = {k: term.get(k) for k in ("exitCode", "reason")}
+            if term.get("message"):  # up to 4 KiB each: keep only the line status.py quotes
+                slim["message"] = st.termination_summary(term["message"])
+            containers.append({"name": cs.get("name"), "state": {"terminated": slim}})
     return {
         "metadata": {
             "name": meta.get("name"),

@@ -31,6 +31,8 @@ TRAIN_ENTRY = "mnv2_trainer.train"
 VALIDATE_ENTRY = "mnv2_trainer.validate"
 CONFIG_PATH = f"{S.CONFIG_MOUNT}/config.yaml"
 CKPT_DIR = f"{S.OUTPUT_MOUNT}/ckpt"
+#: The trainer container's terminationMessagePath (Kubernetes' default); also in env MNV2_TERMINATION_LOG.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 #: uid written into owner references by ``mnv2 render`` (a dry run has no real job yet).
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
@@ -381,6 +383,7 @@ def render_job(
                 attempt=attempt,
                 command=trainer_command(name, namespace, spec, index, attempt),
                 wait_command=wait_command(name, namespace, spec),
+                termination_message_path=TERMINATION_MESSAGE_PATH,
                 ascend=ascend,
                 resource_name=resource_name,
                 image=spec.image or defaults.image,

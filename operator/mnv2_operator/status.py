@@ -45,6 +45,13 @@ CONDITION_TYPES = ("Created", RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_BACKOFF = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
+REASON_INVALID_INPUT = "InvalidInput"
+
+# A container termination message that starts with this says a retry cannot help (the trainer's
+# `mnv2_trainer.termination.PREFIX`; a unit test checks they agree).
+PERMANENT_MARKER = "mnv2: invalid input (not retried):"
+# Longest termination message quoted per pod in the job's status (one line of it).
+MAX_POD_MESSAGE = 300
 
 # The keys of status this module owns; everything else belongs to the trainer.
 OPERATOR_KEYS = (
@@ -180,15 +187,66 @@ def pod_phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
 
-def pod_failure(pod: Mapping[str, Any]) -> str:
-    """Why a failed pod failed, e.g. `exit code 1 (Error)`, from its terminated container state."""
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The first container's non-zero terminated state (current, else the last one)."""
     status = pod.get("status") or {}
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term and term.get("exitCode", 0) != 0:
-            reason = term.get("reason") or "Error"
-            return f"exit code {term.get('exitCode')} ({reason})"
+            return term
+    return None
+
+
+def termination_summary(message: str | None, limit: int = MAX_POD_MESSAGE) -> str:
+    """One line of a container's termination message, at most `limit` characters.
+
+    The line with `PERMANENT_MARKER` if there is one (from the marker on), else the last non-empty
+    line: a message taken from the log (terminationMessagePolicy FallbackToLogsOnError) ends with
+    the error, and a one-line message is its own last line.
+    """
+    lines = [" ".join(line.split()) for line in str(message or "").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return ""
+    marked = next((line for line in lines if PERMANENT_MARKER in line), None)
+    line = marked[marked.index(PERMANENT_MARKER) :] if marked else lines[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def pod_message(pod: Mapping[str, Any]) -> str:
+    """The failed container's termination message, as `termination_summary` shortens it ('' if none)."""
+    term = _terminated(pod)
+    return termination_summary(term.get("message")) if term else ""
+
+
+def pod_invalid_input(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod failed on an input error that a restart cannot fix (the marker's message)."""
+    return pod_message(pod).startswith(PERMANENT_MARKER)
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str:
+    """Why a failed pod failed, e.g. `exit code 1 (Error)`, from its terminated container state.
+
+    With a termination message its summary follows: `exit code 1 (Error): mnv2: invalid input ...`.
+    """
+    status = pod.get("status") or {}
+    term = _terminated(pod)
+    if term is not None:
+        reason = term.get("reason") or "Error"
+        text = f"exit code {term.get('exitCode')} ({reason})"
+        message = termination_summary(term.get("message"))
+        return f"{text}: {message}" if message else text
     return str(status.get("reason") or status.get("message") or "pod failed")
+
+
+def describe_failures(failed: Sequence[Mapping[str, Any]], lost: Sequence[str] = ()) -> str:
+    """`<pod> failed: <why>` per failure; pods that failed alike share one entry (a gang of 8 ranks
+    rejecting the same data_dir says so once)."""
+    by_text: dict[str, list[str]] = {}
+    for p in failed:
+        by_text.setdefault(pod_failure(p), []).append(pod_name(p))
+    parts = [f"{', '.join(names)} failed: {text}" for text, names in by_text.items()]
+    return "; ".join(parts + [f"{n} was lost" for n in lost])
 
 
 def worker_pod_name(job: str, rank: int) -> str:
@@ -414,10 +472,19 @@ def reconcile(
             completion = format_time(now)
             delete_all(current)
         elif failed or lost:
-            what = "; ".join(
-                [f"{pod_name(p)} failed: {pod_failure(p)}" for p in failed] + [f"{n} was lost" for n in lost]
-            )
-            if attempt < policy.backoff_limit:
+            permanent = [p for p in failed if pod_invalid_input(p)]
+            what = describe_failures(permanent or failed, [] if permanent else lost)
+            if permanent:
+                # The trainer said its inputs are wrong (data_dir, ckpt_path, config): every attempt
+                # would fail alike, so the job fails now. Checkpoints on the volume are untouched.
+                phase = FAILED
+                message = f"{what}; not retried: fix the input, then delete and re-create the job"
+                conds[FAILED] = (REASON_INVALID_INPUT, message)
+                completion = format_time(now)
+                delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
+                if policy.clean_pod_policy == "All":
+                    delete_all(current)
+            elif attempt < policy.backoff_limit:
                 restarts = attempt + 1
                 phase = RESTARTING
                 message = (
@@ -475,7 +542,9 @@ def reconcile(
 
     if phase != prev_phase or restarts != attempt:
         kind = "Warning" if phase in (FAILED, RESTARTING) else "Normal"
-        events.insert(0, Event(kind, phase, message))
+        # An input error is announced under its own reason (findable with a field selector).
+        event_reason = REASON_INVALID_INPUT if conds.get(FAILED, ("",))[0] == REASON_INVALID_INPUT else phase
+        events.insert(0, Event(kind, event_reason, message))
     # A rank whose old pod is still terminating must be created once it is gone. The pod's DELETED
     # event normally triggers that; this is the safety net if the event is missed.
     if phase in (PENDING, RESTARTING) and (stale or any(pod_deleting(p) for p in current)):
