@@ -313,3 +313,42 @@ def test_declared_container_ports_get_their_own_local_port(cluster: Cluster, cor
         wait_for(lambda n=name: phase(core, ns, n) == "Succeeded", 30, f"pod {name} to succeed")
     seen = {sb.kubelet.logs(ns, name).strip() for name in ("p1", "p2")}
     assert len(seen) == 2 and "--master_port=8118" not in seen, seen
+
+
+def test_termination_message_from_file_or_log_tail(cluster: Cluster, core, ns: str) -> None:
+    """state.terminated.message: the file's content (<= 4096 bytes); with FallbackToLogsOnError and
+    no file content on a non-zero exit, the log's last 80 lines (<= 2048 bytes); else none."""
+    fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
+    noisy = "import sys\nfor i in range(200): print(f'line {i:03d}', flush=True)\nsys.exit(3)"
+    pods = {
+        # the default path, named through an env variable as the trainer's pod does
+        "msg-file": pod(
+            "msg-file",
+            "import os, sys\nopen(os.environ['WHY'], 'w').write('bad data_dir: /data/train missing\\n')\nsys.exit(2)",
+            env=[{"name": "WHY", "value": "/dev/termination-log"}],
+            **fallback,
+        ),
+        "msg-custom": pod(
+            "msg-custom",
+            "import sys\nopen('/tmp/why', 'w').write('x' * 5000)\nprint('log')\nsys.exit(1)",
+            terminationMessagePath="/tmp/why",
+        ),
+        "msg-tail": pod("msg-tail", noisy, **fallback),
+        "msg-none": pod("msg-none", noisy),  # policy File (the default): the log is not used
+        "msg-ok": pod("msg-ok", "print('fine')", **fallback),
+    }
+    for body in pods.values():
+        core.create_namespaced_pod(ns, body)
+
+    def terminated(name: str):
+        cs = core.read_namespaced_pod(name, ns).status.container_statuses or []
+        return cs[0].state.terminated if cs and cs[0].state and cs[0].state.terminated else None
+
+    wait_for(lambda: all(terminated(n) for n in pods), 60, "every pod to end")
+    assert terminated("msg-file").message == "bad data_dir: /data/train missing\n"
+    assert terminated("msg-custom").message == "x" * 4096
+    tail = terminated("msg-tail").message
+    assert tail.endswith("line 199\n") and len(tail.encode()) <= 2048
+    assert len(tail.splitlines()) <= 80 and "line 119" not in tail
+    assert terminated("msg-none").message is None
+    assert terminated("msg-ok").message is None and terminated("msg-ok").exit_code == 0

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 POD_IP = "127.0.0.1"
 UNSUPPORTED_CONTAINER = "SandboxUnsupported"
+# Kubernetes' termination message: the default path, at most this much of the file, and with
+# terminationMessagePolicy FallbackToLogsOnError (file empty, exit code not 0) the log's last lines.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
 
 
 def _now() -> str:
@@ -160,8 +166,13 @@ class Kubelet:
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(timeout)
 
-    def finish(self, namespace: str, name: str, exit_code: int, reason: str | None = None) -> None:
+    def finish(
+        self, namespace: str, name: str, exit_code: int, reason: str | None = None, message: str | None = None
+    ) -> None:
         """Simulated mode: end a pod now, Succeeded (exit 0) or Failed, with that exit code.
+
+        `message` becomes the container's `state.terminated.message` (what a process would have
+        written to its terminationMessagePath), cut to 4096 bytes as a kubelet does.
 
         Raises:
             LookupError: no such pod is running.
@@ -177,6 +188,8 @@ class Kubelet:
             if run is None or run.outcome is None:
                 raise LookupError(f"no running pod {namespace}/{name} in the sandbox kubelet")
             if not run.outcome.done():
+                if message:
+                    run.extra["termination_message"] = _cut(message.encode(), MAX_TERMINATION_MESSAGE_BYTES)
                 run.outcome.set_result((exit_code, reason))
 
         self._call(do)
@@ -207,6 +220,11 @@ class Kubelet:
 
     def log_path(self, namespace: str, name: str) -> Path:
         return self.pod_dir(namespace, name) / "log"
+
+    @staticmethod
+    def termination_message_file(pod_dir: Path) -> Path:
+        """The local file that stands for the first container's terminationMessagePath."""
+        return pod_dir / "termination-log"
 
     # ---- hooks called by the API server (in the loop) --------------------------------------------
 
@@ -437,7 +455,9 @@ class Kubelet:
             return
         with log.open("a") as f:
             f.write(f"simulated pod ended with exit code {exit_code}\n")
-        self._set_terminated(run, exit_code, reason, 0, started, cid)
+        self._set_terminated(
+            run, exit_code, reason, 0, started, cid, run.extra.pop("termination_message", None)
+        )
 
     # ---- process ---------------------------------------------------------------------------------
 
@@ -477,7 +497,10 @@ class Kubelet:
         policy = pod["spec"].get("restartPolicy", "Always")
         restarts = 0
         last: dict[str, Any] | None = None
+        term_file = self.termination_message_file(pod_dir)
         while not run.deleting:
+            term_file.write_bytes(b"")  # each container instance starts with an empty file
+            log_start = log_path.stat().st_size if log_path.exists() else 0
             with log_path.open("ab") as logf:
                 try:
                     run.proc = await asyncio.create_subprocess_exec(
@@ -508,13 +531,16 @@ class Kubelet:
             reason = None
             if run.extra.pop("killed", False):
                 reason = "Error"
+            message = termination_message(
+                pod["spec"]["containers"][0], exit_code, term_file, log_path, log_start
+            )
             restart = policy == "Always" or (policy == "OnFailure" and exit_code != 0)
             if not restart:
-                self._set_terminated(run, exit_code, reason, restarts, started, cid)
+                self._set_terminated(run, exit_code, reason, restarts, started, cid, message)
                 return
             last = run.extra["last"] = {
                 "terminated": self._set_terminated(
-                    run, exit_code, reason, restarts, started, cid, final=False
+                    run, exit_code, reason, restarts, started, cid, message, final=False
                 )
             }
             restarts += 1
@@ -553,6 +579,10 @@ class Kubelet:
             if not local.exists():
                 local.mkdir(parents=True, exist_ok=True)
             mounts[m["mountPath"]] = str(local)
+        # The termination-message file is mapped like a mount (a file of the pod's own), so that a
+        # path to it in command/args/env (MNV2_TERMINATION_LOG) reaches the process as the local file.
+        term_path = c.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
+        mounts.setdefault(term_path, str(self.termination_message_file(pod_dir)))
         rewrite_paths = path_rewriter(mounts)
         declared = {int(p["containerPort"]) for p in c.get("ports") or [] if p.get("containerPort")}
         rewrite_ports = port_rewriter({port: free_local_port() for port in declared})
@@ -697,6 +727,42 @@ class Kubelet:
                 )
             out[name].mkdir(parents=True, exist_ok=True)
         return out
+
+
+def _cut(data: bytes, limit: int, tail: bool = False) -> str:
+    """At most `limit` bytes of `data` (its start, or its end with `tail`), as text."""
+    part = data[-limit:] if tail else data[:limit]
+    return part.decode("utf-8", errors="replace")
+
+
+def termination_message(
+    container: dict[str, Any], exit_code: int, message_file: Path, log_path: Path, log_start: int = 0
+) -> str | None:
+    """A finished container's `state.terminated.message`, as a kubelet makes it.
+
+    The termination-message file's content (at most 4096 bytes); if that is empty, the container
+    failed and its terminationMessagePolicy is FallbackToLogsOnError, the end of its log (of this
+    container instance: from `log_start` on): the last 80 lines, at most 2048 bytes.
+    """
+    try:
+        data = message_file.read_bytes()[:MAX_TERMINATION_MESSAGE_BYTES]
+    except OSError:
+        data = b""
+    if data:
+        return _cut(data, MAX_TERMINATION_MESSAGE_BYTES)
+    if exit_code == 0 or container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+        return None
+    try:
+        with log_path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(log_start, size - 64 * 1024)  # more than 80 lines of 2048 bytes need
+            f.seek(start)
+            log = f.read()
+    except OSError:
+        return None
+    lines = log.splitlines(keepends=True)[-FALLBACK_LOG_LINES:]
+    text = _cut(b"".join(lines), FALLBACK_LOG_BYTES, tail=True)
+    return text or None
 
 
 def field_ref(pod: dict[str, Any], path: str) -> str:

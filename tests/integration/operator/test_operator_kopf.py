@@ -44,11 +44,12 @@ class Cluster:
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
 
-    def finish(self, namespace: str, pod: str, exit_code: int) -> None:
+    def finish(self, namespace: str, pod: str, exit_code: int, message: str | None = None) -> None:
+        """End a pod; `message` is its container's termination message (state.terminated.message)."""
         if self.sandbox is None:
             pytest.skip("needs the sandbox's simulated kubelet to decide how pods end")
         self.sandbox.kubelet.finish(
-            namespace, pod, exit_code=exit_code, reason="Error" if exit_code else None
+            namespace, pod, exit_code=exit_code, reason="Error" if exit_code else None, message=message
         )
 
     # -- jobs
@@ -319,6 +320,52 @@ def test_backoff_limit_exhausted_fails(cluster: Cluster, namespace: str) -> None
             "only the failed pod left",
             lambda: [p.metadata.name for p in cluster.pods(ns, name)] == [f"{name}-worker-0"],
         )
+
+
+def test_invalid_input_fails_at_once_other_failures_restart(cluster: Cluster, namespace: str) -> None:
+    from mnv2_trainer import termination
+
+    ns = namespace
+    reason = termination.PREFIX + "dataset folder '/data/train' does not exist: mount an ImageNet layout"
+    with operator(ns):
+        cluster.create_job(ns, "bad-input", job_spec(nodes=2, backoffLimit=3))
+        cluster.create_job(ns, "flaky", job_spec(nodes=1, backoffLimit=3))
+        wait_for("bad-input running", running_pods(cluster, ns, "bad-input", 2, 0))
+        wait_for("flaky running", running_pods(cluster, ns, "flaky", 1, 0))
+        cluster.finish(ns, "bad-input-worker-0", 1, message=reason + "\n")
+        log_tail = (
+            "Traceback (most recent call last):\nRuntimeError: Distributed job exited with exception.\n"
+        )
+        cluster.finish(ns, "flaky-worker-0", 1, message=log_tail)
+
+        s = wait_for("bad-input Failed", phase_is(cluster, ns, "bad-input", "Failed"))
+        assert s["restarts"] == 0
+        assert condition(s, "Failed")["reason"] == "InvalidInput"
+        assert f"bad-input-worker-0 failed: exit code 1 (Error): {reason}; not retried" in s["message"]
+        assert condition(s, "Failed")["message"] == s["message"]
+        events = [
+            e for e in cluster.core.list_namespaced_event(ns).items if e.involved_object.name == "bad-input"
+        ]
+        assert [e.message for e in events if e.reason == "InvalidInput"] == [s["message"]]
+        assert "Restarting" not in [e.reason for e in events]
+        # As for other terminal failures: the running member goes, the failed pod stays for its logs.
+        wait_for(
+            "only the failed pod left",
+            lambda: [p.metadata.name for p in cluster.pods(ns, "bad-input")] == ["bad-input-worker-0"],
+        )
+        pod = cluster.core.read_namespaced_pod("bad-input-worker-0", ns)
+        assert pod.status.container_statuses[0].state.terminated.message == reason + "\n"
+
+        s = wait_for(
+            "flaky restarted",
+            lambda: (cluster.status(ns, "flaky").get("restarts") or 0) >= 1 and cluster.status(ns, "flaky"),
+        )
+        assert s["restarts"] == 1 and s["phase"] in ("Restarting", "Pending", "Running")
+        assert condition(s, "Restarting")["message"].startswith(
+            "flaky-worker-0 failed: exit code 1 (Error): RuntimeError: Distributed job exited with exception.; restarting"
+        )
+        wait_for("flaky attempt 1 running", running_pods(cluster, ns, "flaky", 1, 1))
+        assert cluster.status(ns, "bad-input")["restarts"] == 0  # and it stays Failed
 
 
 def test_suspend_and_resume(cluster: Cluster, namespace: str) -> None:
