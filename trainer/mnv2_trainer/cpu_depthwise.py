@@ -13,14 +13,15 @@ The kernel library is compiled at first use with the system C++ compiler (``$CXX
 ``c++`` or ``clang++``) into a cache directory, under a name keyed by the hash of the source and
 the compile command, so an edited source or another compiler builds anew. Several processes (msrun
 ranks) may build at once: each compiles to its own temporary file and renames it into place
-atomically. Without a compiler, or if the build fails, the native ``nn.Conv2d`` is used and the
-reason is logged.
+atomically. A cache directory of another user or writable by others is refused (a library planted
+there would run inside the trainer). Without a compiler, or if the build fails, the native
+``nn.Conv2d`` is used and the reason is logged.
 
 Environment:
     MNV2_CPU_DEPTHWISE: ``auto`` (default): the C++ kernel on CPU when it can be built, else native;
         ``native``: always MindSpore's ``nn.Conv2d``; ``fast``: the C++ kernel on CPU or an error.
     MNV2_KERNEL_CACHE: the cache directory (default ``$XDG_CACHE_HOME/mnv2_trainer``, or
-        ``~/.cache/mnv2_trainer``).
+        ``~/.cache/mnv2_trainer``; if that is not writable, ``$TMPDIR/mnv2_trainer-<uid>``).
 """
 
 from __future__ import annotations
@@ -65,12 +66,20 @@ class KernelUnavailableError(RuntimeError):
     """``MNV2_CPU_DEPTHWISE=fast`` but the C++ kernel cannot be used."""
 
 
-def cache_dir() -> Path:
-    """Where compiled kernels are kept (``$MNV2_KERNEL_CACHE``, else the user's cache directory)."""
+def cache_dirs() -> list[Path]:
+    """Where compiled kernels are kept, in order of preference: ``$MNV2_KERNEL_CACHE`` alone if set,
+    else the user's cache directory, then a private one under the temporary directory (for pods whose
+    user has no writable home)."""
     if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mnv2_trainer"
+        return [Path(os.environ[ENV_CACHE]).expanduser()]
+    dirs = []
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        dirs.append(base / "mnv2_trainer")
+    except RuntimeError:  # no home directory
+        pass
+    dirs.append(Path(tempfile.gettempdir()) / f"mnv2_trainer-{os.getuid()}")
+    return dirs
 
 
 def _compiler() -> str | None:
@@ -88,6 +97,39 @@ def _check_library(path: Path) -> None:
         getattr(lib, name)
 
 
+def _private_dir(directory: Path) -> None:
+    """Create ``directory`` (mode 0700); refuse one that others could have put a library into."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{directory} belongs to another user or is writable by others")
+
+
+def _build_in(directory: Path, name: str, command: list[str]) -> tuple[str | None, str]:
+    """The library ``name`` in ``directory``, compiled with ``command`` unless already there."""
+    _private_dir(directory)
+    path = directory / name
+    if path.is_file():
+        _check_library(path)
+        return str(path), f"cached {path}"
+    start = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [*command, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600, check=False
+        )
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return None, f"{command[0]} failed ({proc.returncode}): {' | '.join(detail)}"
+        _check_library(Path(tmp))
+        os.replace(tmp, path)  # atomic: a concurrent process (msrun rank) sees no file or a complete one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(path), f"built {path} with {command[0]} in {time.perf_counter() - start:.1f} s"
+
+
 @functools.cache
 def build_library() -> tuple[str | None, str]:
     """The compiled kernel library, built if not cached: ``(path, how)`` or ``(None, why not)``."""
@@ -99,31 +141,14 @@ def build_library() -> tuple[str | None, str]:
     command = [compiler, *CXXFLAGS]
     key = hashlib.sha256(SOURCE.read_bytes())
     key.update("\0".join([*command, platform.machine()]).encode())
-    directory = cache_dir()
-    path = directory / f"cpu_depthwise-{key.hexdigest()[:16]}.so"
-    try:
-        if path.is_file():
-            _check_library(path)
-            return str(path), f"cached {path}"
-        directory.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".so", dir=directory)
-        os.close(fd)
+    name = f"cpu_depthwise-{key.hexdigest()[:16]}.so"
+    problems = []
+    for directory in cache_dirs():
         try:
-            proc = subprocess.run(
-                [*command, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=600, check=False
-            )
-            if proc.returncode != 0:
-                detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                return None, f"{compiler} failed ({proc.returncode}): {' | '.join(detail)}"
-            _check_library(Path(tmp))
-            os.replace(tmp, path)  # atomic: a concurrent process sees no file or a complete one
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return str(path), f"built {path} with {compiler} in {time.perf_counter() - start:.1f} s"
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        return None, f"cannot build or load the kernel in {directory} ({type(exc).__name__}: {exc})"
+            return _build_in(directory, name, command)
+        except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+            problems.append(f"{directory}: {type(exc).__name__}: {exc}")
+    return None, f"cannot build or load the kernel ({'; '.join(problems)})"
 
 
 def _log_once(level: int, message: str) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,29 @@ def test_failed_build_falls_back_to_native(
         assert cpu_depthwise.library() is None
     assert "failed (1): error: no such thing" in caplog.text
     assert [p.name for p in fresh_build.iterdir()] == ["broken-cxx"]  # the temporary file is gone
+
+
+def test_unwritable_user_cache_falls_back_to_a_private_temp_dir(
+    fresh_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod's user without a writable home still gets the kernel, built under the temporary dir."""
+    _library()  # skips without a compiler
+    not_a_dir = fresh_build / "home-cache"
+    not_a_dir.write_text("")
+    monkeypatch.delenv(cpu_depthwise.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_dir))
+    monkeypatch.setattr(tempfile, "tempdir", str(fresh_build / "tmp"))
+    cpu_depthwise.build_library.cache_clear()
+    path, how = cpu_depthwise.build_library()
+    assert path is not None, how
+    private = fresh_build / "tmp" / f"mnv2_trainer-{os.getuid()}"
+    assert Path(path).parent == private
+    assert private.stat().st_mode & 0o777 == 0o700
+
+
+def test_refuses_a_cache_others_can_write(fresh_build: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Loading a library from a directory others can write to would run their code."""
+    fresh_build.chmod(0o777)
+    with caplog.at_level(logging.INFO, logger="mnv2_trainer"):
+        assert cpu_depthwise.library() is None
+    assert "writable by others" in caplog.text
