@@ -234,3 +234,40 @@ def test_ctrl_c_on_the_demo_stops_every_process(tmp_path: Path) -> None:
     assert proc.returncode == 130, output
     assert "interrupted: everything stopped" in output
     assert processes_mentioning(str(state)) == []
+
+
+def test_missing_data_fails_the_job_at_once_with_the_trainers_reason(
+    cluster: demo.Cluster, tmp_path: Path
+) -> None:
+    """The real chain of a permanent input error: the trainer (under msrun, in the process kubelet)
+    finds no data, writes its reason to the termination-message file, msrun exits 1, the kubelet
+    puts the file into the pod's status, and the operator fails the job at once (no gang restart)."""
+    from mnv2_trainer import termination
+
+    ref = demo.JobRef("e2e-nodata", "default")
+    manifest = shortened_example(tmp_path, ref.name, 1)
+    job = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    job["spec"]["dataset"] = {"type": "imagefolder", "pvc": {"claimName": "e2e-empty-data"}}
+    job["spec"]["devicesPerNode"] = 1
+    job["spec"]["runPolicy"] = {"backoffLimit": 3}
+    manifest.write_text(yaml.safe_dump(job), encoding="utf-8")
+    started = time.monotonic()
+    cluster.kubectl("apply", "-f", str(manifest))
+    job = wait_for(cluster, ref, lambda j: demo.is_finished(j) and j, 120)
+    elapsed = time.monotonic() - started
+    status = job["status"]
+    assert status["phase"] == "Failed" and status["restarts"] == 0, status
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidInput", status
+    assert termination.PREFIX.strip() in status["message"] and "/train" in status["message"], status
+    assert "not retried" in status["message"]
+    pod = json.loads(cluster.kubectl("get", "pod", "-o", "json", f"{ref.name}-worker-0"))
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 1  # msrun's, whatever the worker's (2)
+    assert terminated["message"].startswith(termination.PREFIX)
+    get = cluster.kubectl("get", "mnv2", ref.name)
+    describe = cluster.kubectl("describe", "mnv2", ref.name)
+    assert "InvalidInput" in describe
+    print(
+        f"failed after {elapsed:.0f}s\n$ kubectl get mnv2 {ref.name}\n{get}\n$ kubectl describe mnv2\n{describe}"
+    )
