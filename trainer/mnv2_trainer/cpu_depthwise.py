@@ -54,8 +54,9 @@ ENV_MODE = "MNV2_CPU_DEPTHWISE"
 ENV_CACHE = "MNV2_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("cpu_depthwise.cc")
 # No -march: the loops are memory-bound, the baseline build is as fast, and the cache may be shared
-# by machines with different CPUs.
-CXXFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+# by machines with different CPUs. -fopenmp-simd: the `omp simd` reductions only, no OpenMP threads
+# (see the .cc for why).
+CXXFLAGS = ("-O3", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC")
 _KERNELS = tuple(f"dw3x3_{k}_s{s}" for s in (1, 2) for k in ("forward", "grad_input", "grad_filter"))
 
 _logger = logging.getLogger(__name__)
