@@ -474,17 +474,7 @@ def reconcile(
         elif failed or lost:
             permanent = [p for p in failed if pod_invalid_input(p)]
             what = describe_failures(permanent or failed, [] if permanent else lost)
-            if permanent:
-                # The trainer said its inputs are wrong (data_dir, ckpt_path, config): every attempt
-                # would fail alike, so the job fails now. Checkpoints on the volume are untouched.
-                phase = FAILED
-                message = f"{what}; not retried: fix the input, then delete and re-create the job"
-                conds[FAILED] = (REASON_INVALID_INPUT, message)
-                completion = format_time(now)
-                delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
-                if policy.clean_pod_policy == "All":
-                    delete_all(current)
-            elif attempt < policy.backoff_limit:
+            if not permanent and attempt < policy.backoff_limit:
                 restarts = attempt + 1
                 phase = RESTARTING
                 message = (
@@ -494,9 +484,15 @@ def reconcile(
                 conds[RESTARTING] = ("WorkerFailed", message)
                 delete_all(current)
             else:
+                # Out of restarts, or the trainer said its inputs are wrong (data_dir, ckpt_path,
+                # config), so every attempt would fail alike. Checkpoints on the volume are untouched.
                 phase = FAILED
-                message = f"{what}; backoffLimit ({policy.backoff_limit}) reached"
-                conds[FAILED] = (REASON_BACKOFF, message)
+                if permanent:
+                    message = f"{what}; not retried: fix the input, then delete and re-create the job"
+                    conds[FAILED] = (REASON_INVALID_INPUT, message)
+                else:
+                    message = f"{what}; backoffLimit ({policy.backoff_limit}) reached"
+                    conds[FAILED] = (REASON_BACKOFF, message)
                 completion = format_time(now)
                 delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
                 if policy.clean_pod_policy == "All":
