@@ -310,6 +310,7 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
             "deletionTimestamp": meta.get("deletionTimestamp"),
             "ownerReferences": [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []],
         },
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
             "reason": status.get("reason"),

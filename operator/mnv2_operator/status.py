@@ -183,6 +183,36 @@ def pod_deleting(pod: Mapping[str, Any]) -> bool:
     return bool(pod.get("metadata", {}).get("deletionTimestamp"))
 
 
+# A pod still there this long after its deletion deadline (deletionTimestamp = request + grace
+# period) is not being finished by its kubelet: its node is most likely down or cut off.
+STUCK_TERMINATING_SECONDS = 60.0
+
+
+def stuck_terminating(pods: Iterable[Mapping[str, Any]], now: dt.datetime) -> str | None:
+    """What to tell the user about pods whose deletion the kubelet is not finishing, or None.
+
+    Pods of one rank share a name across attempts, so a new attempt waits until the old pod is
+    gone. On an unreachable node that never happens by itself (Kubernetes keeps the pod until its
+    kubelet confirms). The operator does not force-delete: if the node is only cut off, the old
+    workers may still run and write checkpoints. The user (or a node-fencing tool) confirms it.
+    The text holds no running count, so the status does not change while it waits.
+    """
+    stuck = []
+    for pod in pods:
+        past = _elapsed((pod.get("metadata") or {}).get("deletionTimestamp"), now)
+        if past is not None and past >= STUCK_TERMINATING_SECONDS:
+            node = (pod.get("spec") or {}).get("nodeName")
+            stuck.append((pod_name(pod), f" on node {node}" if node else ""))
+    if not stuck:
+        return None
+    return (
+        f"{', '.join(name + where for name, where in stuck)} still terminating "
+        f"{int(STUCK_TERMINATING_SECONDS)}s after its grace period: the node may be down or "
+        f"unreachable; once it is confirmed down, `kubectl delete pod {' '.join(n for n, _ in stuck)} "
+        f"--force --grace-period=0` lets the gang restart"
+    )
+
+
 def pod_phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
 
@@ -531,6 +561,13 @@ def reconcile(
                     )
                     conds[RESTARTING] = ("WorkerFailed", why)
                     message = f"{message}; {why}"
+                stuck = stuck_terminating(
+                    (p for p in pods if pod_deleting(p) and pod_rank(p) not in live), now
+                )
+                if stuck is not None:
+                    message = f"{message}; {stuck}"
+                    if stuck not in (prev.get("message") or ""):
+                        events.append(Event("Warning", "PodStuckTerminating", stuck))
             if deadline is not None and phase not in TERMINAL:
                 requeue = max(deadline - elapsed, 0.0)
         if phase in TERMINAL and policy.ttl_seconds_after_finished is not None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from kopf.testing import KopfRunner
 from mnv2_operator import render
+from mnv2_operator import status as st
 from volcano import PODGROUP_CRD
 
 pytestmark = pytest.mark.cluster
@@ -506,6 +507,36 @@ def test_pod_deleted_under_the_operators_feet(cluster: Cluster, namespace: str) 
         wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
         s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
         assert s["restarts"] == 1
+
+
+def test_pod_stuck_terminating_on_a_lost_node_is_reported(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node fault: the evicted pod never goes (its kubelet is gone; a finalizer stands in for that
+    here), so the next attempt's pod of that name cannot be created. The job says which pod, on
+    which node, and how to free it; once it is gone the gang restarts."""
+    monkeypatch.setattr(st, "STUCK_TERMINATING_SECONDS", 1.0)
+    ns, name = namespace, "nodelost"
+    pod_name = f"{name}-worker-1"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=3))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        cluster.core.patch_namespaced_pod(
+            pod_name, ns, {"metadata": {"finalizers": ["test.mnv2.dev/node-lost"]}}
+        )
+        cluster.core.delete_namespaced_pod(pod_name, ns, grace_period_seconds=0)
+        s = wait_for(
+            "the stuck pod reported",
+            lambda: (s := cluster.status(ns, name)) and "still terminating" in (s.get("message") or "") and s,
+        )
+        assert s["phase"] == "Restarting" and s["restarts"] == 1
+        assert f"`kubectl delete pod {pod_name} --force --grace-period=0`" in s["message"]
+        assert "PodStuckTerminating" in events_of(cluster, ns, name)
+        cluster.core.patch_namespaced_pod(pod_name, ns, {"metadata": {"finalizers": None}})
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        assert "still terminating" not in s["message"]
 
 
 def test_existing_child_is_adopted(cluster: Cluster, namespace: str) -> None:

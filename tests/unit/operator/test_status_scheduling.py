@@ -116,14 +116,14 @@ def test_slim_pod_keeps_what_status_reads() -> None:
             "annotations": {"big": "x" * 1000, handlers.ANNOTATION_SPEC_HASH: "h"},
             "managedFields": [{"big": 1}],
         },
-        "spec": {"containers": [{"name": "w"}]},
+        "spec": {"containers": [{"name": "w"}], "nodeName": "node-a"},
         "status": {
             "phase": "Failed",
             "containerStatuses": [{"name": "w", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}],
         },
     }
     slim = handlers.slim_pod(pod)
-    assert "spec" not in slim and "managedFields" not in slim["metadata"]
+    assert slim["spec"] == {"nodeName": "node-a"} and "managedFields" not in slim["metadata"]
     assert slim["metadata"]["annotations"] == {handlers.ANNOTATION_SPEC_HASH: "h"}
     from mnv2_operator import status as st
 
