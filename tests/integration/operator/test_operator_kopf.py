@@ -296,7 +296,7 @@ def test_worker_failure_restarts_gang(cluster: Cluster, namespace: str) -> None:
         assert s["restarts"] == 1
         container = pods[0].spec.containers[0]
         assert "--resume auto" in " ".join((container.command or []) + (container.args or []))
-        assert "Restarting" in events_of(cluster, ns, name)
+        wait_for("the Restarting Event", lambda: "Restarting" in events_of(cluster, ns, name))
         assert pod_creates(cluster, ns) == 4  # two per attempt, never more
         cluster.finish(ns, f"{name}-worker-0", 0)
         cluster.finish(ns, f"{name}-worker-1", 0)
@@ -344,9 +344,21 @@ def test_invalid_input_fails_at_once_other_failures_restart(cluster: Cluster, na
         assert condition(s, "Failed")["reason"] == "InvalidInput"
         assert f"bad-input-worker-0 failed: exit code 1 (Error): {reason}; not retried" in s["message"]
         assert condition(s, "Failed")["message"] == s["message"]
-        events = [
-            e for e in cluster.core.list_namespaced_event(ns).items if e.involved_object.name == "bad-input"
-        ]
+        # Events are posted after the status patch (crash-safe order): wait for it.
+        events = wait_for(
+            "the InvalidInput Event",
+            lambda: (
+                (
+                    ev := [
+                        e
+                        for e in cluster.core.list_namespaced_event(ns).items
+                        if e.involved_object.name == "bad-input"
+                    ]
+                )
+                and any(e.reason == "InvalidInput" for e in ev)
+                and ev
+            ),
+        )
         assert [e.message for e in events if e.reason == "InvalidInput"] == [s["message"]]
         assert "Restarting" not in [e.reason for e in events]
         # As for other terminal failures: the running member goes, the failed pod stays for its logs.
@@ -532,7 +544,9 @@ def test_pod_stuck_terminating_on_a_lost_node_is_reported(
         )
         assert s["phase"] == "Restarting" and s["restarts"] == 1
         assert f"`kubectl delete pod {pod_name} --force --grace-period=0`" in s["message"]
-        assert "PodStuckTerminating" in events_of(cluster, ns, name)
+        wait_for(
+            "the PodStuckTerminating Event", lambda: "PodStuckTerminating" in events_of(cluster, ns, name)
+        )
         cluster.core.patch_namespaced_pod(pod_name, ns, {"metadata": {"finalizers": None}})
         wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
         s = wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
