@@ -75,6 +75,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line, sep, *body])
 
 
+def print_report(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], ratios: dict[str, Any], notes: Sequence[str] = ()
+) -> None:
+    """The end of every comparison: results table, ratio table, notes (errors...), load average."""
+    print(format_table(headers, rows))
+    print()
+    print(format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    for note in notes:
+        print(note)
+    print(f"\nload average at end: {load_average()}")
+
+
 # --------------------------------------------------------------------------- the machine
 def load_average() -> str:
     """``uptime``-style load averages, to print beside every result."""

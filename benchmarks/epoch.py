@@ -427,26 +427,16 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     rows, ratios = summarize(runs)
-    print(
-        common.format_table(
-            [
-                "peer",
-                "wall s",
-                "start-up s",
-                "compile+1st step s",
-                "steady img/s",
-                "epoch img/s",
-                "epoch-end s",
-                "runs",
-            ],
-            rows,
-        )
-    )
-    print()
-    print(common.format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
-    for e in errors:
-        print(e)
-    print(f"\nload average at end: {common.load_average()}")
+    headers = [
+        "peer",
+        "wall s",
+        "start-up s",
+        "compile+1st step s",
+        "steady img/s",
+        "epoch img/s",
+        "epoch-end s",
+    ]
+    common.print_report([*headers, "runs"], rows, ratios, errors)
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": runs, "ratios": ratios}, indent=1))
     return 1 if errors else 0

@@ -211,25 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         common.alternate(peers, args.rounds, args.passes, common.default_log_dir("input_pipeline"))
     results = {peer.name: peer.results for peer in peers}
     rows, ratios = summarize(results)
-    print(
-        common.format_table(
-            [
-                "pipeline",
-                "img per CPU-s",
-                "img/s wall",
-                f"cores for {TARGET_PER_CARD:.0f} img/s",
-                "bytes/img",
-                "rounds",
-            ],
-            rows,
-        )
+    common.print_report(
+        [
+            "pipeline",
+            "img per CPU-s",
+            "img/s wall",
+            f"cores for {TARGET_PER_CARD:.0f} img/s",
+            "bytes/img",
+            "rounds",
+        ],
+        rows,
+        ratios,
+        [f"\n{peer.name}: {peer.error}" for peer in peers if peer.error],
     )
-    print()
-    print(common.format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
-    for peer in peers:
-        if peer.error:
-            print(f"\n{peer.name}: {peer.error}")
-    print(f"\nload average at end: {common.load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}, indent=1))
     return 1 if any(peer.error for peer in peers) else 0

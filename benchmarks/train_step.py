@@ -401,20 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     infos = {peer.name: peer.info for peer in peers}
     rows, ratios = summarize(results, infos, per_cpu)
-    print(
-        common.format_table(
-            ["peer", "median img/s", "min", "max", "img per CPU-s", "rounds", "compile/warm-up s"], rows
-        )
+    common.print_report(
+        ["peer", "median img/s", "min", "max", "img per CPU-s", "rounds", "compile/warm-up s"],
+        rows,
+        ratios,
+        [
+            f"{p.name}: depthwise convolutions on {p.info['depthwise']}"
+            for p in peers
+            if (p.info or {}).get("depthwise")
+        ]
+        + [f"\n{p.name}: {p.error}" for p in peers if p.error],
     )
-    print()
-    print(common.format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
-    for peer in peers:
-        if (peer.info or {}).get("depthwise"):
-            print(f"{peer.name}: depthwise convolutions on {peer.info['depthwise']}")
-    for peer in peers:
-        if peer.error:
-            print(f"\n{peer.name}: {peer.error}")
-    print(f"\nload average at end: {common.load_average()}")
     if args.json:
         Path(args.json).write_text(
             json.dumps({"results": results, "per_cpu": per_cpu, "infos": infos, "ratios": ratios}, indent=1)
