@@ -187,29 +187,10 @@ def _ms_runner(cell: Any, x: Any, y: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- PyTorch peers
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Same rounding as MindCV / ``mnv2_trainer.model`` (so the torch net has the same widths)."""
-    min_value = min_value or divisor
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-INVERTED_RESIDUAL_SETTING = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-
-
 def torch_mobilenet_v2(alpha: float = 0.75, num_classes: int = 1000, drop_rate: float = 0.2) -> Any:
     """MobileNetV2 in PyTorch with the layout of MindCV's (and torchvision's) model."""
     import torch
+    from mnv2_trainer.architecture import INVERTED_RESIDUAL_SETTING, make_divisible  # no MindSpore
     from torch import nn
 
     def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, relu: bool = True) -> list:

@@ -24,6 +24,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from . import cpu_depthwise
+from .architecture import INVERTED_RESIDUAL_SETTING, make_divisible
 from .model_names import MODEL_NAMES, UnknownModelError, model_variant
 
 __all__ = [
@@ -46,29 +47,6 @@ DEFAULT_DROP_RATE = 0.2
 # global_step, learning_rate, loss-scale state, EMA copies, ...) is training state, not weights.
 _NETWORK_PREFIXES = ("features.", "classifier.")
 _CLASSIFIER_PREFIX = "classifier."
-
-# (expansion t, output channels c, repeats n, first stride s) of the inverted residual stages.
-_INVERTED_RESIDUAL_SETTING = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round a channel count to the nearest multiple of ``divisor``, never more than 10% down.
-
-    Same rule as MindCV's and TF-slim's ``make_divisible``, so widths give identical channel counts.
-    """
-    min_value = min_value or divisor
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, group: int = 1) -> nn.Conv2d:
@@ -163,7 +141,7 @@ class MobileNetV2(nn.Cell):
         last_channels = make_divisible(1280 * max(1.0, alpha), round_nearest)
 
         features: list[nn.Cell] = [_conv(in_channels, channels, 3, 2), nn.BatchNorm2d(channels), nn.ReLU6()]
-        for t, c, n, s in _INVERTED_RESIDUAL_SETTING:
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             out = make_divisible(c * alpha, round_nearest)
             for i in range(n):
                 features.append(InvertedResidual(channels, out, s if i == 0 else 1, expand_ratio=t))
