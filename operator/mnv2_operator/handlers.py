@@ -253,6 +253,20 @@ def _spec_hash(spec_json: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def spec_problem(err: Exception) -> str:
+    """What to say about a spec that parsing or rendering raised `err` for.
+
+    `SpecError` names each field already. Anything else (a value of an unexpected type or encoding
+    that slipped past the checks, a bug) still makes the spec unusable, not the operator: it becomes
+    the job's InvalidSpec message instead of an endless retry, and the traceback goes to the log.
+    """
+    if isinstance(err, SpecError):
+        return str(err)
+    logger.warning("unexpected error while reading a job spec", exc_info=err)
+    text = " ".join(str(err).split())[:300]
+    return f"spec: cannot be read ({type(err).__name__}: {text}); check the values' types and text"
+
+
 class _JobGone(Exception):
     """The job was deleted after the copy a reconcile decided on was taken (404 on its status)."""
 
@@ -402,14 +416,15 @@ class Controller:
         foreign = {st.pod_name(p): st.pod_deleting(p) for p in labelled if p not in pods}
         try:
             spec = parse_spec(job.get("spec") or {})
-        except SpecError as err:
+        except Exception as err:  # any exception: an unusable spec, never a retry loop
+            problem = spec_problem(err)
             if previous.get("phase") in st.TERMINAL and not st.failed_by_invalid_spec(previous):
                 # A finished job edited afterwards keeps its outcome; its TTL and cleanup still
                 # apply, read leniently from the raw spec.
                 raw = job.get("spec") or {}
                 decision = st.reconcile(name, st.Policy.from_spec(raw), pods, previous, generation, now)
                 return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
-            await self._invalid(job, previous, str(err), pods)
+            await self._invalid(job, previous, problem, pods)
             return None
 
         spec_json = spec.model_dump(by_alias=True, mode="json")
@@ -433,8 +448,8 @@ class Controller:
                 rendered = render_job(
                     name, namespace, meta["uid"], spec, attempt=decision.attempt, defaults=self.defaults
                 )
-            except SpecError as err:
-                await self._invalid(job, previous, str(err), pods)
+            except Exception as err:
+                await self._invalid(job, previous, spec_problem(err), pods)
                 return None
         self._warn_spec_change(job, previous, decision, pods, spec_hash)
         return await self._apply(job, previous, decision, pods, rendered, spec_hash, foreign, plan)

@@ -120,7 +120,7 @@ def training_config(spec: S.JobSpec) -> tuple[dict[str, Any], str]:
     Raises:
         SpecError: unknown recipe or invalid override (``parse_spec`` has normally caught these).
     """
-    from mnv2_trainer.config import ConfigError, load_recipe, resolve_config, scale_lr
+    from mnv2_trainer.config import ConfigError, load_builtin_recipe, resolve_config, scale_lr
 
     owned: dict[str, Any] = {
         "model": spec.model.name,
@@ -137,7 +137,7 @@ def training_config(spec: S.JobSpec) -> tuple[dict[str, Any], str]:
     if spec.checkpoint:
         owned["ckpt_path"] = spec.checkpoint
     try:
-        recipe = load_recipe(spec.recipe)
+        recipe = load_builtin_recipe(spec.recipe)
         config = resolve_config(recipe, {**spec.config, **owned})
     except ConfigError as err:
         raise S.SpecError([f"spec.config: {err}"]) from None

@@ -819,10 +819,10 @@ def to_snake(camel: str) -> str:
 
 def _config_checks(spec: JobSpec) -> list[str]:
     """Resolve the recipe and the overrides with the trainer's own config code."""
-    from mnv2_trainer.config import ConfigError, load_recipe, resolve_config
+    from mnv2_trainer.config import ConfigError, load_builtin_recipe, resolve_config
 
     try:
-        recipe = load_recipe(spec.recipe)
+        recipe = load_builtin_recipe(spec.recipe)
     except ConfigError as err:
         return [f"spec.recipe: {err}; use a built-in recipe name such as {DEFAULT_RECIPE}"]
     try:

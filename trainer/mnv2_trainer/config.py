@@ -54,6 +54,7 @@ __all__ = [
     "available_recipes",
     "defaults",
     "dump_config",
+    "load_builtin_recipe",
     "load_recipe",
     "load_yaml",
     "parse_args",
@@ -554,6 +555,30 @@ def _recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
                 f"unknown recipe {text!r}{hint} Built-in recipes: {', '.join(names)}; or give a YAML file path"
             )
     raise ConfigError(f"config file {text!r} does not exist")
+
+
+def load_builtin_recipe(name: str) -> dict[str, Any]:
+    """Load a built-in recipe by its name only, never a file path: what a job's ``spec.recipe`` may name.
+
+    The operator resolves recipes for specs written by others: a path (``/etc/passwd``,
+    ``../x.yaml``) or a name that happens to be a file in the working directory must never be read.
+
+    Returns:
+        The complete config, as :func:`load_recipe` returns it.
+
+    Raises:
+        ConfigError: ``name`` is not one of :func:`available_recipes`.
+    """
+    names = available_recipes()
+    if not isinstance(name, str) or name not in names:
+        text = str(name)[:100]
+        close = difflib.get_close_matches(text, names, n=1, cutoff=0.5) if isinstance(name, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown recipe {text!r}{hint} (only built-in recipe names are accepted, not file paths: "
+            f"{', '.join(names)})"
+        )
+    return load_recipe(RECIPES_DIR / f"{name}.yaml")
 
 
 def load_recipe(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
