@@ -95,6 +95,8 @@ _KEEP = (
     "pattern",
     "minItems",
     "maxItems",
+    "minProperties",
+    "maxProperties",
 )
 
 

@@ -33,12 +33,14 @@ import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
 from mnv2_operator import __version__
+from mnv2_operator import validation as V
 
 GROUP = "training.mnv2.dev"
 VERSION = "v1alpha1"
@@ -110,21 +112,42 @@ class _Model(BaseModel):
     )
 
 
-# Kubernetes resource.Quantity, as kube-openapi's pattern.
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
-# A DNS-1123 subdomain (names of PVCs, priority classes, queues, schedulers).
-_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-
 Quantity = str | int
 
+# Upper bounds of every size in a spec: one job must not be able to make the operator (or the API
+# server) spend unbounded memory or CPU rendering it. Generous for real jobs.
+#: Largest CPU amount of one container (cores).
+MAX_CPU = Decimal(1024)
+#: Largest memory amount of one container, /dev/shm or scratch volume (16 TiB).
+MAX_MEMORY = Decimal(16 * 2**40)
+MAX_ENV_ENTRIES = 64
+#: Largest total size of spec.env (names and values, bytes of UTF-8).
+MAX_ENV_BYTES = 32 * 1024
+MAX_ENV_VALUE = 4096
+MAX_CONFIG_KEYS = 128
+#: Largest spec.config as JSON (bytes).
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_TOLERATIONS = 16
+MAX_NODE_SELECTOR = 16
+MAX_PULL_SECRETS = 8
+MAX_NODES = 1024
 
-def _check_quantity(value: Quantity | None) -> str | None:
+
+def _quantity(value: Quantity | None, maximum: Decimal, unit: str, example: str) -> str | None:
     if value is None:
         return None
-    text = str(value)
-    if isinstance(value, bool) or not _QUANTITY.match(text):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity; write e.g. 4, 500m, 16Gi")
-    return text
+    if isinstance(value, str) and len(value) > 64:
+        raise ValueError(f"{value[:20]!r}... is not a Kubernetes quantity; write e.g. {example}")
+    return V.bounded_quantity(value, maximum, unit, example)
+
+
+def _memory(value: Quantity | None) -> str | None:
+    return _quantity(value, MAX_MEMORY, "amount of memory (16Ti)", "16Gi")
+
+
+def _check(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,10 +159,11 @@ class ModelSpec(_Model):
     """Which MobileNetV2 to train."""
 
     name: str = Field(
+        max_length=64,
         description=(
             "MindCV model name, e.g. mobilenet_v2_075 (width 0.75, 224x224 input) or "
             "mobilenet_v2_035_96. Every MobileNetV2 name MindCV registers is accepted."
-        )
+        ),
     )
     num_classes: int | None = Field(
         default=None,
@@ -162,9 +186,13 @@ class ModelSpec(_Model):
 class PVCSource(_Model):
     """A PersistentVolumeClaim in the job's namespace."""
 
-    claim_name: str = Field(min_length=1, max_length=253, description="Name of the PersistentVolumeClaim.")
+    claim_name: str = Field(
+        min_length=1, max_length=V.DNS1123_SUBDOMAIN_MAX, description="Name of the PersistentVolumeClaim."
+    )
     sub_path: str | None = Field(
-        default=None, description="Folder inside the volume to mount instead of its root."
+        default=None,
+        max_length=V.PATH_MAX,
+        description="Folder inside the volume to mount instead of its root (relative, no '..').",
     )
     read_only: bool | None = Field(
         default=None,
@@ -174,30 +202,37 @@ class PVCSource(_Model):
     @field_validator("claim_name")
     @classmethod
     def _dns_name(cls, value: str) -> str:
-        if not _DNS1123.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid claim name; use lower-case letters, digits, '-' and '.'"
-            )
+        _check(V.dns1123_subdomain(value, "claim name"))
         return value
 
     @field_validator("sub_path")
     @classmethod
     def _relative(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or ".." in value.split("/")):
-            raise ValueError(f"{value!r} must be a relative path without '..'; e.g. imagenet/2012")
+        if value is not None:
+            _check(V.relative_path(value))
         return value
 
 
 class HostPathSource(_Model):
-    """A folder on the node (every node of a multi-node job must have it)."""
+    """A folder on the node (every node of a multi-node job must have it).
 
-    path: str = Field(min_length=1, description="Absolute path of the folder on the node.")
+    Refused unless the cluster admin allows a prefix of it in the operator's policy
+    (``policy.hostPath`` of the Helm chart); see docs/install.md.
+    """
+
+    path: str = Field(
+        min_length=1,
+        max_length=V.PATH_MAX,
+        description=(
+            "Absolute, normalised path of an existing folder on the node, under a prefix the cluster admin "
+            "allows (policy.hostPath of the operator's chart); without such a prefix hostPath is refused."
+        ),
+    )
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"{value!r} is not absolute; write e.g. /mnt/imagenet")
+        _check(V.absolute_path(value, "/mnt/imagenet"))
         return value
 
 
@@ -209,7 +244,7 @@ class EmptyDirSource(_Model):
     @field_validator("size_limit")
     @classmethod
     def _quantity(cls, value: Quantity | None) -> str | None:
-        return _check_quantity(value)
+        return _memory(value)
 
 
 class DatasetSpec(_Model):
@@ -231,9 +266,23 @@ class DatasetSpec(_Model):
         default=None, description="Read the data from a folder on the node."
     )
     train_split: str = Field(
-        default="train", min_length=1, description="Sub-folder with the training images."
+        default="train",
+        min_length=1,
+        max_length=V.PATH_MAX,
+        description="Sub-folder with the training images (relative, no '..').",
     )
-    val_split: str = Field(default="val", min_length=1, description="Sub-folder with the validation images.")
+    val_split: str = Field(
+        default="val",
+        min_length=1,
+        max_length=V.PATH_MAX,
+        description="Sub-folder with the validation images (relative, no '..').",
+    )
+
+    @field_validator("train_split", "val_split")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        _check(V.relative_path(value, "train"))
+        return value
 
 
 class OutputSpec(_Model):
@@ -266,18 +315,39 @@ class Toleration(_Model):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = Field(
-        default=None, description="Taint key to tolerate; empty with operator Exists matches all."
+        default=None,
+        max_length=V.DNS1123_SUBDOMAIN_MAX + 1 + V.QUALIFIED_NAME_MAX,
+        description="Taint key to tolerate; empty with operator Exists matches all.",
     )
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="Exists or Equal (default Equal)."
     )
-    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    value: str | None = Field(
+        default=None, max_length=V.LABEL_VALUE_MAX, description="Taint value to match with operator Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+        default=None,
+        ge=0,
+        le=31536000,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
     )
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value:
+            _check(V.qualified_name(value, "taint key"))
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str | None) -> str | None:
+        if value:
+            _check(V.label_value(value))
+        return value
 
 
 class AcceleratorSpec(_Model):
@@ -289,6 +359,7 @@ class AcceleratorSpec(_Model):
     )
     resource_name: str | None = Field(
         default=None,
+        max_length=V.DNS1123_SUBDOMAIN_MAX + 1 + V.QUALIFIED_NAME_MAX,
         description=(
             "Extended resource the Ascend device plugin advertises; each pod requests devicesPerNode of it. "
             f"Default: the operator's configured default ({DEFAULT_RESOURCE_NAME} unless changed)."
@@ -296,14 +367,35 @@ class AcceleratorSpec(_Model):
     )
     node_selector: dict[str, str] | None = Field(
         default=None,
+        max_length=MAX_NODE_SELECTOR,
         description=(
             "Labels the training nodes must have. Default: the operator's configured default "
             "(accelerator: huawei-Ascend910 unless changed); {} for none. Also used in cpu mode when given."
         ),
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations of the training pods, e.g. for tainted NPU nodes."
+        default_factory=list,
+        max_length=MAX_TOLERATIONS,
+        description=(
+            "Tolerations of the training pods, e.g. for tainted NPU nodes; only those the cluster admin "
+            "allows (policy.tolerations of the operator's chart)."
+        ),
     )
+
+    @field_validator("resource_name")
+    @classmethod
+    def _resource_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check(V.extended_resource_name(value))
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, label in (value or {}).items():
+            _check(V.qualified_name(key, "node label key"))
+            _check(V.label_value(label))
+        return value
 
 
 class ResourceList(_Model):
@@ -314,8 +406,10 @@ class ResourceList(_Model):
 
     @field_validator("cpu", "memory")
     @classmethod
-    def _quantity(cls, value: Quantity | None) -> str | None:
-        return _check_quantity(value)
+    def _quantity(cls, value: Quantity | None, info: ValidationInfo) -> str | None:
+        if info.field_name == "cpu":
+            return _quantity(value, MAX_CPU, "number of cores (1024)", "4 or 500m")
+        return _memory(value)
 
 
 class ResourcesSpec(_Model):
@@ -366,12 +460,26 @@ class SchedulingSpec(_Model):
     """Scheduler, priority and gang scheduling."""
 
     scheduler_name: str | None = Field(
-        default=None, description="Scheduler of the pods. Default: the cluster's; volcano when gang is true."
+        default=None,
+        max_length=V.DNS1123_SUBDOMAIN_MAX,
+        description=(
+            "Scheduler of the pods. Default: the cluster's; volcano when gang is true. Only schedulers the "
+            "cluster admin allows (policy.schedulerNames of the operator's chart)."
+        ),
     )
     priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the pods (and the PodGroup)."
+        default=None,
+        max_length=V.DNS1123_SUBDOMAIN_MAX,
+        description=(
+            "PriorityClass of the pods (and the PodGroup); only those the cluster admin allows "
+            "(policy.priorityClassNames of the operator's chart)."
+        ),
     )
-    queue: str | None = Field(default=None, description="Volcano queue of the PodGroup; needs gang: true.")
+    queue: str | None = Field(
+        default=None,
+        max_length=V.DNS1123_SUBDOMAIN_MAX,
+        description="Volcano queue of the PodGroup; needs gang: true.",
+    )
     gang: bool = Field(
         default=False,
         description=(
@@ -379,6 +487,14 @@ class SchedulingSpec(_Model):
             "does, so a half-placed job never holds NPUs. Needs Volcano installed."
         ),
     )
+
+    @field_validator("scheduler_name", "priority_class_name", "queue")
+    @classmethod
+    def _dns_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            what = {"scheduler_name": "scheduler name", "priority_class_name": "PriorityClass name"}
+            _check(V.dns1123_subdomain(value, what.get(info.field_name or "", "queue name")))
+        return value
 
 
 class JobSpec(_Model):
@@ -394,6 +510,7 @@ class JobSpec(_Model):
     recipe: str = Field(
         default=DEFAULT_RECIPE,
         min_length=1,
+        max_length=128,
         description=(
             "Built-in training recipe (MindCV's YAML config, same keys), e.g. mobilenet_v2_0.75_ascend "
             "(8 cards x batch 256, 400 epochs, lr 0.3)."
@@ -401,6 +518,7 @@ class JobSpec(_Model):
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
+        max_length=MAX_CONFIG_KEYS,
         description=(
             "Overrides of recipe keys in MindCV's names, e.g. {epoch_size: 15, batch_size: 64, lr: 0.1}. "
             "Unknown keys are refused. An lr given here is used as is (never scaled)."
@@ -423,6 +541,7 @@ class JobSpec(_Model):
     resume: str = Field(
         default="auto",
         min_length=1,
+        max_length=V.PATH_MAX,
         description=(
             "auto: continue from the newest valid checkpoint in /output/ckpt, else start fresh; never: always "
             "start fresh; or the path of a checkpoint inside the pod (under /output/ or /data/)."
@@ -430,12 +549,13 @@ class JobSpec(_Model):
     )
     checkpoint: str | None = Field(
         default=None,
+        max_length=V.PATH_MAX,
         description=(
             "Checkpoint to start from (train: pretrained weights) or to evaluate (validate: required), as a "
             "path inside the pod under /output/ or /data/, e.g. /output/ckpt/mobilenet_v2_075_best.ckpt."
         ),
     )
-    nodes: int = Field(default=1, ge=1, le=1024, description="Number of nodes, one pod each.")
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES, description="Number of nodes, one pod each.")
     devices_per_node: int = Field(
         default=8,
         ge=1,
@@ -450,14 +570,23 @@ class JobSpec(_Model):
     )
     image: str | None = Field(
         default=None,
-        description=f"Trainer image (MindSpore + CANN + mnv2-trainer). Default: the operator's configured default ({DEFAULT_IMAGE} unless changed).",
+        max_length=V.IMAGE_MAX,
+        description=(
+            f"Trainer image (MindSpore + CANN + mnv2-trainer). Default: the operator's configured default "
+            f"({DEFAULT_IMAGE} unless changed). Other images only under a prefix the cluster admin allows "
+            "(policy.imagePrefixes of the operator's chart)."
+        ),
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="When the kubelet pulls the trainer image."
     )
     image_pull_secrets: list[str] = Field(
         default_factory=list,
-        description="Names of Secrets for pulling the trainer image from a private registry.",
+        max_length=MAX_PULL_SECRETS,
+        description=(
+            "Names of Secrets for pulling the trainer image from a private registry; only those the cluster "
+            "admin allows (policy.imagePullSecrets of the operator's chart)."
+        ),
     )
     resources: ResourcesSpec | None = Field(
         default=None, description="CPU and memory of each training container (NPUs are added automatically)."
@@ -467,7 +596,13 @@ class JobSpec(_Model):
         description="Size of the memory-backed /dev/shm (the data pipeline's worker processes share batches through it).",
     )
     env: dict[str, str] = Field(
-        default_factory=dict, description="Extra environment variables of the trainer, e.g. {GLOG_v: '2'}."
+        default_factory=dict,
+        max_length=MAX_ENV_ENTRIES,
+        description=(
+            "Extra environment variables of the trainer, e.g. {GLOG_v: '2'}. Names are C identifiers; "
+            "variables that make the pod load code from elsewhere than the image (LD_*, PYTHON*, PATH, "
+            "CXX, ...) are refused. At most 32 KiB in total."
+        ),
     )
     cluster_timeout_seconds: int = Field(
         default=600,
@@ -483,7 +618,60 @@ class JobSpec(_Model):
     @field_validator("shm_size")
     @classmethod
     def _quantity(cls, value: Quantity) -> str | None:
-        return _check_quantity(value)
+        return _memory(value)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check(V.image_reference(value))
+        return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _check(V.dns1123_subdomain(name, "Secret name"))
+        return value
+
+    @field_validator("resume", "checkpoint")
+    @classmethod
+    def _pod_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.startswith("/"):
+            return value  # auto/never, or a relative path (_cross_checks says where paths may point)
+        _check(V.absolute_path(value, f"{OUTPUT_MOUNT}/ckpt/mobilenet_v2_075_best.ckpt"))
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        total = 0
+        for name, text in value.items():
+            _check(V.env_name(name))
+            if name not in RESERVED_ENV and (why := V.denied_env(name)) is not None:
+                raise ValueError(f"{name} may not be set by a job ({why}); remove it")
+            if len(text) > MAX_ENV_VALUE:
+                raise ValueError(f"the value of {name} is longer than {MAX_ENV_VALUE} characters; shorten it")
+            total += len(name.encode()) + len(text.encode())
+        if total > MAX_ENV_BYTES:
+            raise ValueError(
+                f"{total} bytes in total is more than {MAX_ENV_BYTES}; put large settings in spec.config"
+            )
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(json.dumps(value, default=str))
+        except (RecursionError, ValueError):
+            raise ValueError("is nested too deeply; use MindCV's flat keys, e.g. {epoch_size: 15}") from None
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"is {size} bytes as JSON, more than {MAX_CONFIG_BYTES}; set only the keys that differ from "
+                "the recipe"
+            )
+        return value
 
     @property
     def num_classes(self) -> int:

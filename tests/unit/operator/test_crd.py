@@ -81,8 +81,14 @@ def test_spec_fields_are_described_and_constrained() -> None:
     assert props["config"] == {
         "type": "object",
         "description": props["config"]["description"],
+        "maxProperties": 128,
         "x-kubernetes-preserve-unknown-fields": True,
     }
+    # Every list and map is bounded, so one stored job cannot make rendering unbounded.
+    assert props["env"]["maxProperties"] == 64 and props["imagePullSecrets"]["maxItems"] == 8
+    assert props["accelerator"]["properties"]["tolerations"]["maxItems"] == 16
+    assert props["accelerator"]["properties"]["nodeSelector"]["maxProperties"] == 16
+    assert props["nodes"]["maximum"] == 1024
     assert props["shmSize"]["x-kubernetes-int-or-string"] is True
     assert props["accelerator"]["properties"]["nodeSelector"]["additionalProperties"] == {"type": "string"}
     run = props["runPolicy"]["properties"]

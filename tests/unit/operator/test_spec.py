@@ -172,7 +172,7 @@ def test_quantities_accept_numbers_and_suffixes() -> None:
         ),
         pytest.param(
             with_(dataset={"pvc": {"claimName": "x", "subPath": "../etc"}}),
-            ["spec.dataset.pvc.subPath: '../etc' must be a relative path"],
+            ["spec.dataset.pvc.subPath: '../etc' contains '..'; write a relative path"],
             id="subPath escape",
         ),
         pytest.param(

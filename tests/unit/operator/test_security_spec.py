@@ -1,0 +1,270 @@
+"""Hostile job specs: each is refused with the field named, or renders into something inert.
+
+The cases are what an author who may only create MobileNetV2TrainingJobs would try in order to get
+more than the pods the admin allows: values the API server refuses (so the job retries forever),
+values that are expanded or interpreted inside the pod, loader variables, unbounded sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+from mnv2_operator import render as R
+from mnv2_operator import spec as S
+from mnv2_operator import validation as V
+
+MINIMAL: dict[str, Any] = {
+    "model": {"name": "mobilenet_v2_075"},
+    "dataset": {"pvc": {"claimName": "imagenet"}},
+    "output": {"pvc": {"claimName": "runs"}},
+}
+
+#: ``spec.<path>: <problem>; <fix>`` (paths may index lists).
+MESSAGE = re.compile(r"^spec(\.[A-Za-z0-9_]+|\[\d+\])+: .+; .+", re.S)
+
+
+def mutated(path: str, value: Any) -> dict[str, Any]:
+    """MINIMAL with the value at a dotted camelCase path set (intermediate mappings created)."""
+    out = copy.deepcopy(MINIMAL)
+    node = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def refusal(mapping: dict[str, Any]) -> list[str]:
+    with pytest.raises(S.SpecError) as info:
+        S.parse_spec(mapping)
+    for problem in info.value.problems:
+        assert MESSAGE.match(problem), f"not 'spec.<field>: <problem>; <fix>': {problem!r}"
+    return info.value.problems
+
+
+HOSTILE: list[Any] = [
+    # Names the API server validates as DNS-1123 subdomains.
+    pytest.param("dataset.pvc.claimName", "a..b", "spec.dataset.pvc.claimName", id="claim a..b"),
+    pytest.param("dataset.pvc.claimName", "-a", "spec.dataset.pvc.claimName", id="claim leading dash"),
+    pytest.param("dataset.pvc.claimName", "A", "spec.dataset.pvc.claimName", id="claim upper case"),
+    pytest.param("output.pvc.claimName", "a" * 254, "spec.output.pvc.claimName", id="claim too long"),
+    pytest.param("imagePullSecrets", ["a..b"], "spec.imagePullSecrets", id="secret a..b"),
+    pytest.param("imagePullSecrets", ["s"] * 9, "spec.imagePullSecrets", id="too many secrets"),
+    pytest.param(
+        "scheduling.priorityClassName",
+        "x\nmetadata:",
+        "spec.scheduling.priorityClassName",
+        id="priority newline",
+    ),
+    pytest.param("scheduling.schedulerName", "My Scheduler", "spec.scheduling.schedulerName", id="scheduler"),
+    pytest.param("scheduling.queue", "q_1", "spec.scheduling.queue", id="queue underscore"),
+    # Qualified names: a resource name ends up inside a fieldPath.
+    pytest.param(
+        "accelerator.resourceName",
+        "x'],metadata.name",
+        "spec.accelerator.resourceName",
+        id="resource name fieldPath injection",
+    ),
+    pytest.param("accelerator.resourceName", "Ascend910", "spec.accelerator.resourceName", id="no domain"),
+    pytest.param(
+        "accelerator.resourceName", "kubernetes.io/cpu", "spec.accelerator.resourceName", id="reserved domain"
+    ),
+    pytest.param(
+        "accelerator.nodeSelector", {"a b": "x"}, "spec.accelerator.nodeSelector", id="selector key space"
+    ),
+    pytest.param(
+        "accelerator.nodeSelector", {"k": "v" * 64}, "spec.accelerator.nodeSelector", id="label value long"
+    ),
+    pytest.param(
+        "accelerator.nodeSelector",
+        {f"k{i}": "v" for i in range(17)},
+        "spec.accelerator.nodeSelector",
+        id="selector too big",
+    ),
+    pytest.param(
+        "accelerator.tolerations",
+        [{"key": "a/b/c", "operator": "Exists"}],
+        "spec.accelerator.tolerations[0].key",
+        id="toleration key",
+    ),
+    pytest.param(
+        "accelerator.tolerations",
+        [{"key": "k", "value": "a b"}],
+        "spec.accelerator.tolerations[0].value",
+        id="toleration value",
+    ),
+    pytest.param(
+        "accelerator.tolerations",
+        [{"key": "k", "effect": "NoExecute", "tolerationSeconds": -1}],
+        "spec.accelerator.tolerations[0].tolerationSeconds",
+        id="toleration seconds negative",
+    ),
+    pytest.param(
+        "accelerator.tolerations",
+        [{"key": "k"}] * 17,
+        "spec.accelerator.tolerations",
+        id="too many tolerations",
+    ),
+    # Environment: names the API server refuses, loader and interpreter variables, sizes.
+    pytest.param("env", {"A B": "1"}, "spec.env", id="env name with space"),
+    pytest.param("env", {"A=B": "1"}, "spec.env", id="env name with ="),
+    pytest.param("env", {"1A": "1"}, "spec.env", id="env name digit first"),
+    pytest.param("env", {"LD_PRELOAD": "/output/x.so"}, "spec.env", id="LD_PRELOAD"),
+    pytest.param("env", {"LD_LIBRARY_PATH": "/output"}, "spec.env", id="LD_LIBRARY_PATH"),
+    pytest.param("env", {"LD_AUDIT": "/output/a.so"}, "spec.env", id="LD_AUDIT"),
+    pytest.param("env", {"ld_preload": "/output/x.so"}, "spec.env", id="ld_preload lower case"),
+    pytest.param("env", {"PYTHONPATH": "/output"}, "spec.env", id="PYTHONPATH"),
+    pytest.param("env", {"PYTHONSTARTUP": "/output/x.py"}, "spec.env", id="PYTHONSTARTUP"),
+    pytest.param("env", {"PYTHONHOME": "/output"}, "spec.env", id="PYTHONHOME"),
+    pytest.param("env", {"PYTHONUSERBASE": "/output"}, "spec.env", id="PYTHONUSERBASE"),
+    pytest.param("env", {"PYTHONWARNINGS": "ignore::evil.Warning"}, "spec.env", id="PYTHONWARNINGS"),
+    pytest.param("env", {"PATH": "/output/bin"}, "spec.env", id="PATH"),
+    pytest.param("env", {"CXX": "/output/cc"}, "spec.env", id="CXX"),
+    pytest.param("env", {"CC": "/output/cc"}, "spec.env", id="CC"),
+    pytest.param("env", {"HOME": "/output"}, "spec.env", id="HOME"),
+    pytest.param("env", {"MNV2_KERNEL_CACHE": "/output"}, "spec.env", id="kernel cache"),
+    pytest.param("env", {"GCONV_PATH": "/output"}, "spec.env", id="GCONV_PATH"),
+    pytest.param("env", {"ASCEND_CUSTOM_OPP_PATH": "/output"}, "spec.env", id="Ascend custom op path"),
+    pytest.param("env", {"KUBECONFIG": "/output/kc"}, "spec.env", id="KUBECONFIG"),
+    pytest.param("env", {"KUBERNETES_SERVICE_HOST": "evil"}, "spec.env", id="API server address"),
+    pytest.param("env", {"HTTPS_PROXY": "http://evil"}, "spec.env", id="proxy"),
+    pytest.param("env", {"MS_WORKER_NUM": "3"}, "spec.env", id="msrun's variable"),
+    pytest.param("env", {"MNV2_ATTEMPT": "7"}, "spec.env.MNV2_ATTEMPT", id="operator's variable"),
+    pytest.param("env", {f"E{i}": "1" for i in range(65)}, "spec.env", id="too many env entries"),
+    pytest.param("env", {"E": "x" * 5000}, "spec.env", id="env value too long"),
+    pytest.param("env", {f"E{i}": "x" * 4000 for i in range(9)}, "spec.env", id="env total too big"),
+    # Quantities, parsed as the API server does.
+    pytest.param("shmSize", "-1", "spec.shmSize", id="negative quantity"),
+    pytest.param("shmSize", "1e1000", "spec.shmSize", id="absurd quantity"),
+    pytest.param("shmSize", "0", "spec.shmSize", id="zero quantity"),
+    pytest.param("shmSize", "Infinity", "spec.shmSize", id="Infinity"),
+    pytest.param("shmSize", "1_000", "spec.shmSize", id="underscore number"),
+    pytest.param("shmSize", "1 Gi", "spec.shmSize", id="space in quantity"),
+    pytest.param("shmSize", "1gi", "spec.shmSize", id="lower-case binary suffix"),
+    pytest.param("shmSize", "\u0661Gi", "spec.shmSize", id="arabic digit"),
+    pytest.param("shmSize", "1" * 100, "spec.shmSize", id="long quantity"),
+    pytest.param("resources.requests.cpu", "2048", "spec.resources.requests.cpu", id="absurd cpu"),
+    pytest.param("resources.limits.memory", -5, "spec.resources.limits.memory", id="negative int memory"),
+    pytest.param(
+        "output", {"emptyDir": {"sizeLimit": "1e1000"}}, "spec.output.emptyDir.sizeLimit", id="sizeLimit"
+    ),
+    # Paths: newlines, '..', absolute, $( expansion.
+    pytest.param("dataset.pvc.subPath", "a\nb", "spec.dataset.pvc.subPath", id="subPath newline"),
+    pytest.param("output.pvc.subPath", "../other-job", "spec.output.pvc.subPath", id="subPath .."),
+    pytest.param("output.pvc.subPath", "/etc", "spec.output.pvc.subPath", id="subPath absolute"),
+    pytest.param("output.pvc.subPath", "$(HOME)", "spec.output.pvc.subPath", id="subPath expansion"),
+    pytest.param("dataset.trainSplit", "../../../etc", "spec.dataset.trainSplit", id="trainSplit .."),
+    pytest.param("dataset.valSplit", "/etc", "spec.dataset.valSplit", id="valSplit absolute"),
+    pytest.param("dataset.valSplit", "val\r", "spec.dataset.valSplit", id="valSplit carriage return"),
+    pytest.param("resume", "/output/$(X)/../../etc/passwd", "spec.resume", id="resume expansion"),
+    pytest.param("resume", "/output/../etc/passwd", "spec.resume", id="resume .."),
+    pytest.param("resume", "/output/ckpt/a\n--ckpt_path=/x", "spec.resume", id="resume newline"),
+    pytest.param("checkpoint", "/data/$(MNV2_JOB_NAME)/x.ckpt", "spec.checkpoint", id="checkpoint expansion"),
+    pytest.param("checkpoint", "/output//x.ckpt", "spec.checkpoint", id="checkpoint not normalised"),
+    pytest.param("dataset", {"hostPath": {"path": "/"}}, "spec.dataset.hostPath.path", id="hostPath root"),
+    pytest.param(
+        "dataset", {"hostPath": {"path": "/mnt/../etc"}}, "spec.dataset.hostPath.path", id="hostPath .."
+    ),
+    pytest.param(
+        "dataset", {"hostPath": {"path": "/mnt/./x"}}, "spec.dataset.hostPath.path", id="hostPath ."
+    ),
+    pytest.param(
+        "output", {"hostPath": {"path": "/mnt/x/"}}, "spec.output.hostPath.path", id="hostPath slash"
+    ),
+    pytest.param("output", {"hostPath": {"path": "$(HOME)"}}, "spec.output.hostPath.path", id="hostPath $("),
+    # Images: the API server takes any string, the runtime a reference.
+    pytest.param("image", "evil image", "spec.image", id="image with space"),
+    pytest.param("image", "Registry/X", "spec.image", id="image upper-case repository"),
+    pytest.param("image", "a:" + "t" * 200, "spec.image", id="image tag too long"),
+    # Sizes and string lengths.
+    pytest.param("nodes", 1025, "spec.nodes", id="too many nodes"),
+    pytest.param("nodes", 10**20, "spec.nodes", id="huge nodes"),
+    pytest.param("devicesPerNode", 9, "spec.devicesPerNode", id="too many devices"),
+    pytest.param("recipe", "r" * 129, "spec.recipe", id="recipe too long"),
+    pytest.param("model.name", "m" * 10_000, "spec.model.name", id="model name too long"),
+    pytest.param("config", {f"k{i}": 1 for i in range(129)}, "spec.config", id="too many config keys"),
+    pytest.param("config", {"epoch_size": [1] * 20_000}, "spec.config", id="config too big"),
+    # Types (the API server's schema refuses these too; "2" for nodes is read as 2, which is inert).
+    pytest.param("env", {"A": 1}, "spec.env.A", id="env value not a string"),
+    pytest.param("shmSize", 1.5, "spec.shmSize", id="quantity as float"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), HOSTILE)
+def test_hostile_value_is_refused_naming_the_field(path: str, value: Any, field: str) -> None:
+    found = refusal(mutated(path, value))
+    assert any(p.startswith(field + ":") or p.startswith(field + ".") for p in found), found
+
+
+def test_a_deeply_nested_config_is_refused_not_a_traceback() -> None:
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    found = refusal(mutated("config", {"epoch_size": deep}))
+    assert found[0].startswith("spec.config")
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("dataset.pvc.claimName", "imagenet-2012.v2"),
+        ("output.pvc.subPath", "team/run-1"),
+        ("dataset.trainSplit", "ILSVRC/train"),
+        ("shmSize", "1.5Gi"),
+        ("shmSize", "2e9"),
+        ("resources.requests.cpu", "500m"),
+        ("resources.requests.cpu", 4),
+        ("accelerator.resourceName", "huawei.com/Ascend910B"),
+        ("accelerator.nodeSelector", {"node.kubernetes.io/instance-type": "ascend-910b.8x"}),
+        ("accelerator.tolerations", [{"key": "huawei.com/Ascend910", "operator": "Exists"}]),
+        ("env", {"GLOG_v": "2", "HCCL_CONNECT_TIMEOUT": "600", "PYTHONFAULTHANDLER": "1"}),
+        ("env", {"MNV2_CPU_DEPTHWISE": "fast", "OMP_NUM_THREADS": "4"}),
+        ("image", "registry.example.com:5000/ml/mnv2-trainer:0.1.0"),
+        ("image", "mnv2-trainer@sha256:" + "a" * 64),
+        ("resume", "/output/ckpt/mobilenet_v2_075-3_100.ckpt"),
+        ("imagePullSecrets", ["regcred"]),
+    ],
+)
+def test_ordinary_values_stay_valid(path: str, value: Any) -> None:
+    S.parse_spec(mutated(path, value))
+
+
+def test_a_maximal_job_renders_in_bounded_memory() -> None:
+    """Every size at its bound: the rendering of one pod stays small (the pods are alike)."""
+    import tracemalloc
+
+    env = {f"E{i:02d}": "x" * (S.MAX_ENV_BYTES // S.MAX_ENV_ENTRIES - 4) for i in range(S.MAX_ENV_ENTRIES)}
+    mapping = mutated("env", env)
+    mapping["nodes"] = 8
+    spec = S.parse_spec(mapping)
+    tracemalloc.start()
+    try:
+        rendered = R.render_job("big", "default", "uid", spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(rendered.pods) == 8
+    # ~32 KiB of env per pod: far below a MiB per pod even with the YAML text and parse trees.
+    assert peak < 8 * 2**20, peak
+
+
+def test_quantity_parser_matches_the_api_servers_grammar() -> None:
+    from decimal import Decimal
+
+    assert V.parse_quantity("16Gi") == 16 * 2**30
+    assert V.parse_quantity("500m") == Decimal("0.5")
+    assert V.parse_quantity("2e3") == 2000
+    assert V.parse_quantity(".5") == Decimal("0.5")
+    for bad in ("1K", "1 ", " 1", "1.2.3", "0x10", "NaN", "1e", "--1", "Gi", ""):
+        with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+            V.parse_quantity(bad)
+
+
+def test_every_denied_env_name_has_a_reason_and_is_refused() -> None:
+    for name in [*V.DENIED_ENV, "LD_BIND_NOW", "PYTHONINSPECT", "TBE_IMPL_PATH", "ASCEND_HOME"]:
+        assert V.denied_env(name), name
+    for name in V.ALLOWED_ENV:
+        assert V.denied_env(name) is None
