@@ -251,7 +251,10 @@ def _output_volume(spec: S.JobSpec) -> VolumeView | None:
             pvc=out.pvc.claim_name, sub_path=out.pvc.sub_path, read_only=bool(out.pvc.read_only)
         )
     if out.host_path is not None:
-        return VolumeView(host_path=out.host_path.path, host_path_type="DirectoryOrCreate")
+        # Directory, not DirectoryOrCreate: the admin prepares the folder (with the owner the trainer
+        # runs as); the kubelet would otherwise create root-owned folders on the node wherever a job
+        # names one, which the CPU trainer (uid 1000) could not even write to.
+        return VolumeView(host_path=out.host_path.path, host_path_type="Directory")
     assert out.empty_dir is not None
     size = out.empty_dir.size_limit
     return VolumeView(size_limit=None if size is None else str(size))
@@ -319,10 +322,14 @@ def render_job(
             (the operator passes ``OperatorDefaults.from_env()``).
 
     Raises:
-        SpecError: the job's name is too long for its pods' hostnames, or the config does not resolve.
+        SpecError: the job's name is too long for its pods' hostnames, the config does not resolve, or
+            the spec asks for something the admin's policy (``defaults.policy``) does not allow.
     """
     check_job_name(name)
     defaults = defaults or S.OperatorDefaults()
+    refused = defaults.policy.check(spec, defaults.image, defaults.node_selector)
+    if refused:
+        raise S.SpecError(refused)
     ascend = spec.accelerator.type == "ascend"
     resource_name = spec.accelerator.resource_name or defaults.resource_name
     if spec.accelerator.node_selector is not None:

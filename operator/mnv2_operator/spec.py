@@ -41,6 +41,7 @@ from pydantic.alias_generators import to_camel
 
 from mnv2_operator import __version__
 from mnv2_operator import validation as V
+from mnv2_operator.policy import OperatorPolicy
 
 GROUP = "training.mnv2.dev"
 VERSION = "v1alpha1"
@@ -813,19 +814,22 @@ TRAINER_STATUS_KEYS = ("progress", "metrics", "checkpoints")
 
 @dataclass(frozen=True)
 class OperatorDefaults:
-    """Cluster-wide defaults for fields a job leaves empty (the Helm chart's ``jobDefaults``)."""
+    """Cluster-wide defaults for fields a job leaves empty (the Helm chart's ``jobDefaults``), and the
+    admin's policy on what a job may choose (the chart's ``policy``, see ``policy.py``)."""
 
     image: str = DEFAULT_IMAGE
     resource_name: str = DEFAULT_RESOURCE_NAME
     node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
+    policy: OperatorPolicy = field(default_factory=OperatorPolicy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
         """Read ``MNV2_DEFAULT_TRAINER_IMAGE``, ``MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME`` and
         ``MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR`` (a JSON object); unset or empty keeps the built-in value.
+        The policy comes from ``MNV2_POLICY`` (``OperatorPolicy.from_env``).
 
         Raises:
-            ValueError: when the node selector is not a JSON object of strings.
+            ValueError: when the node selector is not a JSON object of strings, or the policy is invalid.
         """
         env = os.environ if environ is None else environ
         base = cls()
@@ -846,6 +850,7 @@ class OperatorDefaults:
             image=env.get("MNV2_DEFAULT_TRAINER_IMAGE", "").strip() or base.image,
             resource_name=env.get("MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", "").strip() or base.resource_name,
             node_selector=selector,
+            policy=OperatorPolicy.from_env(env),
         )
 
 

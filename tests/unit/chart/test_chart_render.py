@@ -89,6 +89,10 @@ def test_kubernetes_validation_catches_a_misspelled_field() -> None:
         ("jobDefaults.acceleratorResourceName=Ascend910", "does not match pattern"),
         ("healthPort=http", "got string, want integer"),
         ("securityContext.readOnlyRootFileSystem=true", "'readOnlyRootFileSystem' not allowed"),
+        ("policy.hostPath.datasetPrefixes={/}", "does not match pattern"),
+        ("policy.hostPath.outputPrefixes={/mnt/../etc}", "'not' failed"),
+        ("policy.imagePrefix={x}", "additional properties 'imagePrefix' not allowed"),
+        ("policy.tolerations[0].operator=Maybe", "value must be one of"),
     ],
 )
 def test_schema_refuses_a_misspelled_or_wrong_value(set_expression: str, complaint: str) -> None:
@@ -188,6 +192,22 @@ def test_job_defaults_reach_the_operator_as_environment() -> None:
     assert custom.image == "registry.example.com/ai/mnv2-trainer:0.1.0-cann8"
     assert custom.node_selector == {"accelerator": "huawei-Ascend910", "accelerator-type": "module-910b-8"}
     assert custom_env["HTTPS_PROXY"] == "http://proxy.example.com:3128"
+
+
+def test_policy_reaches_the_operator_as_environment() -> None:
+    from mnv2_operator.policy import OperatorPolicy
+
+    # The defaults are the operator's own strictest policy.
+    assert OperatorDefaults.from_env(env_of(render_chart())).policy == OperatorPolicy()
+    custom = OperatorDefaults.from_env(env_of(render_chart(load_values(CHART_DIR / "ci/custom-values.yaml"))))
+    assert custom.policy.host_path_dataset_prefixes == ("/mnt/datasets",)
+    assert custom.policy.host_path_output_prefixes == ()
+    assert custom.policy.image_prefixes == ("registry.example.com/ai/",)
+    assert custom.policy.scheduler_names == ()  # no Volcano on that site
+    assert custom.policy.tolerations == (
+        {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"},
+    )
+    assert custom.policy.image_pull_secrets == ("regcred",)
 
 
 def test_no_rbac_mode_renders_only_the_deployment_with_the_given_account() -> None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mnv2_operator import cli, render
 from mnv2_operator import spec as S
+from mnv2_operator.policy import OperatorPolicy
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -87,13 +88,32 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
+#: An admin policy that allows what the cases ask for (the built-in policy allows none of it).
+POLICY = OperatorPolicy.from_mapping(
+    {
+        "hostPath": {"datasetPrefixes": ["/mnt"]},
+        "imagePrefixes": ["registry.local/", "mine"],
+        "priorityClassNames": ["training-high"],
+        "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
+        "nodeSelectorKeys": ["accelerator", "npu"],
+    }
+)
+DEFAULTS = S.OperatorDefaults(policy=POLICY)
+POLICY_JSON = json.dumps(
+    {
+        "hostPath": {"datasetPrefixes": ["/mnt"]},
+        "imagePrefixes": ["registry.local/"],
+        "priorityClassNames": ["training-high"],
+        "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
+    }
+)
+
+
 def rendered_case(case: str, attempt: int = 0) -> render.RenderedJob:
     manifest = CASES[case]
     spec = S.parse_spec(manifest["spec"])
     meta = manifest["metadata"]
-    return render.render_job(
-        meta["name"], meta["namespace"], meta["uid"], spec, attempt, S.OperatorDefaults()
-    )
+    return render.render_job(meta["name"], meta["namespace"], meta["uid"], spec, attempt, DEFAULTS)
 
 
 def of_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -116,7 +136,7 @@ def env_of(pod: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_golden(case: str) -> None:
-    text = render.to_yaml(render.render_manifest(CASES[case], S.OperatorDefaults()), CASES[case])
+    text = render.to_yaml(render.render_manifest(CASES[case], DEFAULTS), CASES[case])
     path = GOLDEN / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +172,7 @@ def test_every_object_validates_against_kubernetes_schemas(case: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_examples_render_to_valid_objects(example: Path) -> None:
     manifest = render.load_job_manifest(str(example))
-    result = render.render_manifest(manifest, S.OperatorDefaults())
+    result = render.render_manifest(manifest, DEFAULTS)
     assert _validate_all(result.all()) >= 6
 
 
@@ -339,7 +359,7 @@ def test_ascend_pods_get_devices_driver_and_visible_devices() -> None:
 def test_operator_defaults_fill_empty_fields() -> None:
     spec = S.parse_spec(CASES["ascend-1x8"]["spec"])
     defaults = S.OperatorDefaults(
-        image="r/t:9", resource_name="huawei.com/Ascend910B", node_selector={"npu": "b"}
+        image="r/t:9", resource_name="huawei.com/Ascend910B", node_selector={"npu": "b"}, policy=POLICY
     )
     pod = render.render_job("j", "ns", UID, spec, 0, defaults).pods[0]
     assert container(pod)["image"] == "r/t:9"
@@ -506,7 +526,10 @@ def test_render_cli_bad_manifest(
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_render_cli_json_and_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_cli_json_and_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MNV2_POLICY", POLICY_JSON)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(CASES["ascend-4x8"]))
     assert cli.main(["render", "-f", str(path), "-o", "json"]) == 0

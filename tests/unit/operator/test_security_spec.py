@@ -15,6 +15,7 @@ import pytest
 from mnv2_operator import render as R
 from mnv2_operator import spec as S
 from mnv2_operator import validation as V
+from mnv2_operator.policy import OperatorPolicy, PolicyError
 
 MINIMAL: dict[str, Any] = {
     "model": {"name": "mobilenet_v2_075"},
@@ -268,3 +269,169 @@ def test_every_denied_env_name_has_a_reason_and_is_refused() -> None:
         assert V.denied_env(name), name
     for name in V.ALLOWED_ENV:
         assert V.denied_env(name) is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The admin's policy: enforced when rendering, so no pod beyond it is ever rendered
+# --------------------------------------------------------------------------------------------------
+
+SITE = OperatorPolicy.from_mapping(
+    {
+        "hostPath": {"datasetPrefixes": ["/mnt/datasets"], "outputPrefixes": ["/mnt/runs"]},
+        "imagePrefixes": ["registry.example.com/ml/"],
+        "priorityClassNames": ["training"],
+        "schedulerNames": ["volcano"],
+        "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
+        "nodeSelectorKeys": ["pool"],
+        "imagePullSecrets": ["regcred"],
+    }
+)
+
+
+def render(mapping: dict[str, Any], policy: OperatorPolicy = SITE) -> R.RenderedJob:
+    spec = S.parse_spec(mapping)
+    return R.render_job("job", "team", "uid", spec, defaults=S.OperatorDefaults(policy=policy))
+
+
+def policy_refusal(mapping: dict[str, Any], policy: OperatorPolicy = SITE) -> list[str]:
+    with pytest.raises(S.SpecError) as info:
+        render(mapping, policy)
+    for problem in info.value.problems:
+        assert MESSAGE.match(problem), problem
+        assert "policy." in problem, problem  # says which Helm value would allow it
+    return info.value.problems
+
+
+POLICY_HOSTILE: list[Any] = [
+    pytest.param("dataset", {"hostPath": {"path": "/etc"}}, "spec.dataset.hostPath.path", id="hostPath /etc"),
+    pytest.param(
+        "dataset",
+        {"hostPath": {"path": "/mnt/datasets-other"}},
+        "spec.dataset.hostPath.path",
+        id="hostPath sibling of a prefix",
+    ),
+    pytest.param(
+        "dataset",
+        {"hostPath": {"path": "/mnt/runs/a"}},
+        "spec.dataset.hostPath.path",
+        id="dataset from output",
+    ),
+    pytest.param(
+        "output",
+        {"hostPath": {"path": "/mnt/datasets/x"}},
+        "spec.output.hostPath.path",
+        id="write to datasets",
+    ),
+    pytest.param(
+        "output", {"hostPath": {"path": "/var/lib/kubelet"}}, "spec.output.hostPath.path", id="kubelet"
+    ),
+    pytest.param("image", "docker.io/attacker/miner:1", "spec.image", id="foreign image"),
+    pytest.param("image", "registry.example.com/ml-evil/x:1", "spec.image", id="image prefix sibling"),
+    pytest.param("image", "registry.example.com/mlx:1", "spec.image", id="image prefix no boundary"),
+    pytest.param(
+        "scheduling",
+        {"priorityClassName": "system-node-critical"},
+        "spec.scheduling.priorityClassName",
+        id="prio",
+    ),
+    pytest.param(
+        "scheduling", {"schedulerName": "my-scheduler"}, "spec.scheduling.schedulerName", id="scheduler"
+    ),
+    pytest.param(
+        "accelerator",
+        {"tolerations": [{"operator": "Exists"}]},
+        "spec.accelerator.tolerations[0]",
+        id="tolerate every taint",
+    ),
+    pytest.param(
+        "accelerator",
+        {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]},
+        "spec.accelerator.tolerations[0]",
+        id="tolerate control plane",
+    ),
+    pytest.param(
+        "accelerator",
+        {"tolerations": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]},
+        "spec.accelerator.tolerations[0]",
+        id="tolerate unreachable",
+    ),
+    pytest.param(
+        "accelerator",
+        {"nodeSelector": {"kubernetes.io/hostname": "control-plane-1"}},
+        "spec.accelerator.nodeSelector",
+        id="pick a node",
+    ),
+    pytest.param(
+        "accelerator", {"nodeSelector": {}}, "spec.accelerator.nodeSelector", id="drop default selector"
+    ),
+    pytest.param("imagePullSecrets", ["other-teams-secret"], "spec.imagePullSecrets[0]", id="pull secret"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), POLICY_HOSTILE)
+def test_policy_refuses_what_the_admin_does_not_allow(path: str, value: Any, field: str) -> None:
+    found = policy_refusal(mutated(path, value))
+    assert any(p.startswith(field + ":") for p in found), found
+
+
+def test_policy_allows_what_the_admin_allows() -> None:
+    mapping = mutated("dataset", {"hostPath": {"path": "/mnt/datasets/imagenet"}})
+    mapping["output"] = {"hostPath": {"path": "/mnt/runs"}}
+    mapping["image"] = "registry.example.com/ml/mnv2-trainer:2"
+    mapping["scheduling"] = {"gang": True, "priorityClassName": "training"}
+    mapping["accelerator"] = {
+        "nodeSelector": {"accelerator": "huawei-Ascend910", "pool": "a"},
+        "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    mapping["imagePullSecrets"] = ["regcred"]
+    pod = render(mapping).pods[0]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"]["hostPath"] == {"path": "/mnt/datasets/imagenet", "type": "Directory"}
+    # The output folder must exist: the kubelet never creates root-owned folders for a job.
+    assert volumes["output"]["hostPath"] == {"path": "/mnt/runs", "type": "Directory"}
+    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["data"]["readOnly"] is True
+
+
+def test_the_built_in_policy_allows_no_pod_level_choice() -> None:
+    strict = OperatorPolicy()
+    for path, value, field in [
+        ("dataset", {"hostPath": {"path": "/mnt/datasets"}}, "spec.dataset.hostPath.path"),
+        ("image", "registry.example.com/ml/x:1", "spec.image"),
+        ("scheduling", {"priorityClassName": "training"}, "spec.scheduling.priorityClassName"),
+        (
+            "accelerator",
+            {"tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}]},
+            "spec.accelerator",
+        ),
+        ("imagePullSecrets", ["regcred"], "spec.imagePullSecrets[0]"),
+    ]:
+        found = policy_refusal(mutated(path, value), strict)
+        assert found[0].startswith(field), found
+    # ... but every example job and the default image render.
+    render(mutated("image", S.DEFAULT_IMAGE), strict)
+    render(mutated("scheduling", {"gang": True}), strict)  # volcano for gang jobs
+
+
+def test_no_spec_field_picks_the_trainers_service_account() -> None:
+    found = refusal(mutated("serviceAccountName", "admin"))
+    assert found[0].startswith("spec.serviceAccountName: unknown field")
+    for pod in render(mutated("nodes", 2)).pods:
+        assert pod["spec"]["serviceAccountName"] == "job-trainer"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"hostPath": {"datasetPrefixes": ["/"]}}',
+        '{"hostPath": {"outputPrefixes": ["/mnt/../etc"]}}',
+        '{"hostPath": {"outputPrefixes": ["relative"]}}',
+        '{"imagePrefix": []}',
+        '{"tolerations": [{"key": 1}]}',
+        "[1]",
+        "not json",
+    ],
+)
+def test_a_malformed_policy_stops_the_operator_at_start(raw: str) -> None:
+    with pytest.raises(PolicyError, match="MNV2_POLICY"):
+        OperatorPolicy.from_env({"MNV2_POLICY": raw})
