@@ -8,7 +8,8 @@ How it works (see docs/operator.md for the whole story):
   index, let the pure `status.reconcile()` decide, then apply the decision (merge-patch the status
   subresource, post Events, delete and create pods, create the other children). Running it twice,
   or after an operator restart, does no harm: names are deterministic, a 409 on create means
-  "already there", and pods of the current attempt are never created twice because the decision
+  "already there" when the object's controller owner reference is the job's (anything else of that
+  name is left untouched and blocks the job: `status.owned_by`), and pods of the current attempt are never created twice because the decision
   only creates ranks that have no pod at all.
 - The pod index lags the creates a little (it is fed by a watch). What this process created and the
   index does not show yet is remembered per job (`status.Created`, keyed by job uid and attempt), so
@@ -293,12 +294,13 @@ def _owned(obj: Mapping[str, Any], job: Mapping[str, Any], namespace: str) -> di
 
 
 def owned_pods(pods: Iterable[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
-    """The pods owned by the job with this uid.
+    """The pods controlled by the job with this uid (`status.owned_by`).
 
     A job deleted and re-created under the same name shares the pod label with its predecessor,
     whose pods may still be around until the garbage collector gets to them: they are not ours.
+    Nor is a pod someone made with the job's labels and name: labels prove nothing.
     """
-    return [p for p in pods if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
+    return [p for p in pods if st.owned_by(p, uid)]
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,7 +324,10 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
                 k: v for k, v in (meta.get("annotations") or {}).items() if k == ANNOTATION_SPEC_HASH
             },
             "deletionTimestamp": meta.get("deletionTimestamp"),
-            "ownerReferences": [{"uid": r.get("uid")} for r in meta.get("ownerReferences") or []],
+            "ownerReferences": [
+                {k: r.get(k) for k in ("kind", "name", "uid", "controller")}
+                for r in meta.get("ownerReferences") or []
+            ],
         },
         "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
         "status": {
@@ -345,7 +350,10 @@ class Controller:
         # The Helm chart's jobDefaults reach the operator as MNV2_DEFAULT_* environment variables.
         self.defaults = OperatorDefaults.from_env()
         self._warned: dict[Key, str] = {}  # job -> spec hash last warned about (SpecChangeDeferred)
-        self._create_errors: dict[Key, str] = {}  # job -> why its children cannot be created
+        # job -> (reason, message): why its children cannot be created (said once, then kept in the
+        # status until they can), and how many times in a row (the re-check backs off).
+        self._create_errors: dict[Key, tuple[str, str]] = {}
+        self._blocked: dict[Key, int] = {}
         self._views: dict[Key, st.JobView] = {}  # job -> its newest known copy
         self._created: dict[Key, st.Created] = {}  # job -> what was created, not yet in the index
         self.monotonic: Callable[[], float] = time.monotonic  # the clock of `status.Created`
@@ -371,6 +379,7 @@ class Controller:
         self.scheduler.forget(key)
         self._warned.pop(key, None)
         self._create_errors.pop(key, None)
+        self._blocked.pop(key, None)
         self._views.pop(key, None)
         self._created.pop(key, None)
 
@@ -413,7 +422,7 @@ class Controller:
         pods = owned_pods(labelled, meta.get("uid", ""))
         # Pods with the job's labels and name but another owner (a deleted job's of the same name):
         # never ours to count, replace or delete; the garbage collector removes them with time.
-        foreign = {st.pod_name(p): st.pod_deleting(p) for p in labelled if p not in pods}
+        foreign = {st.pod_name(p): p for p in labelled if p not in pods}
         try:
             spec = parse_spec(job.get("spec") or {})
         except Exception as err:  # any exception: an unusable spec, never a retry loop
@@ -462,20 +471,20 @@ class Controller:
         pods: list[dict[str, Any]],
         rendered: RenderedJob | None,
         spec_hash: str,
-        foreign: Mapping[str, bool],
+        foreign: Mapping[str, Mapping[str, Any]],
         plan: st.CreatePlan,
     ) -> float | None:
         """Carry out a decision; returns when to reconcile again (seconds) or None.
 
-        `foreign` maps names of pods in the way that belong to someone else to whether they are
-        being deleted already. `plan` says what of the decision's creates is still to be done.
+        `foreign` maps names of pods with the job's labels that are not the job's to those pods
+        (slim copies). `plan` says what of the decision's creates is still to be done.
         """
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         key = (namespace, name)
         view = self._views.get(key)
         if decision.create_ranks and key in self._create_errors:
             # Keep showing why pods cannot be created instead of flipping back to "waiting".
-            self._mark_not_created(decision.status, previous, self._create_errors[key])
+            self._mark_not_created(decision.status, previous, *self._create_errors[key])
 
         # Order matters for crash safety: the status (with the new attempt) is written before pods
         # of the old attempt are deleted, so a crash in between replays the same restart.
@@ -491,13 +500,29 @@ class Controller:
                 await self._delete_pod(namespace, pod)
         if rendered is not None and self._views.get(key) is view:  # (not if the job went meanwhile)
             try:
-                if await self._create(job, rendered, decision, spec_hash, foreign, plan):
-                    requeue = 1.0 if requeue is None else min(requeue, 1.0)
-                self._create_errors.pop(key, None)
+                retry, conflicts = await self._create(job, rendered, decision, spec_hash, foreign, plan)
             except ApiError as err:
                 if err.status in (403, 404, 409, 422):
-                    await self._report_create_error(job, key, decision.status, err)
+                    message = f"cannot create the job's children: {err}"
+                    await self._report_not_created(
+                        job, key, decision.status, st.REASON_CREATE_FAILED, message
+                    )
                 raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
+            if conflicts:
+                # Blocked, not failed: the job starts by itself once the objects in its way are gone
+                # (a deleted predecessor's children are, within seconds). The operator watches none of
+                # these kinds, so it looks again, backing off to every 30 s.
+                await self._report_not_created(
+                    job, key, decision.status, st.REASON_CHILD_CONFLICT, st.conflicts_message(conflicts)
+                )
+                n = self._blocked[key] = self._blocked.get(key, 0) + 1
+                retry_in = min(2.0 ** (n - 1), 30.0)
+                requeue = retry_in if requeue is None else min(requeue, retry_in)
+            else:
+                self._create_errors.pop(key, None)
+                self._blocked.pop(key, None)
+                if retry:
+                    requeue = 1.0 if requeue is None else min(requeue, 1.0)
         if decision.delete_job:
             try:
                 await self.api.request(
@@ -528,28 +553,29 @@ class Controller:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(job["metadata"]["namespace"], pod)
 
-    def _mark_not_created(self, status: dict[str, Any], previous: Mapping[str, Any], message: str) -> None:
+    def _mark_not_created(
+        self, status: dict[str, Any], previous: Mapping[str, Any], reason: str, message: str
+    ) -> None:
         """Put a creation failure into a computed status: message, and condition Created False."""
         status["message"] = message
         old = {c.get("type"): c for c in previous.get("conditions") or []}.get("Created") or {}
         for cond in status["conditions"]:
             if cond["type"] == "Created":
-                cond.update(status="False", reason="CreateFailed", message=message)
+                cond.update(status="False", reason=reason, message=message)
                 if old.get("status") == "False" and old.get("lastTransitionTime"):
                     cond["lastTransitionTime"] = old["lastTransitionTime"]
 
-    async def _report_create_error(
-        self, job: Mapping[str, Any], key: Key, status: dict[str, Any], err: ApiError
+    async def _report_not_created(
+        self, job: Mapping[str, Any], key: Key, status: dict[str, Any], reason: str, message: str
     ) -> None:
         """Say in the status and an Event why children cannot be created (needs a human to fix)."""
-        message = f"cannot create the job's children: {err}"
-        if self._create_errors.get(key) == message:
+        if self._create_errors.get(key) == (reason, message):
             return  # said already; the retries stay quiet
-        self._create_errors[key] = message
+        self._create_errors[key] = (reason, message)
         new = json.loads(json.dumps(status))
-        self._mark_not_created(new, status, message)
+        self._mark_not_created(new, status, reason, message)
         await self._patch_status(job, status, st.Decision(status=new, attempt=0))
-        self._post(job, [st.Event("Warning", "CreateFailed", message)])
+        self._post(job, [st.Event("Warning", reason, message)])
 
     async def _patch_status(
         self, job: Mapping[str, Any], previous: Mapping[str, Any], decision: st.Decision
@@ -637,36 +663,50 @@ class Controller:
         rendered: RenderedJob,
         decision: st.Decision,
         spec_hash: str,
-        foreign: Mapping[str, bool],
+        foreign: Mapping[str, Mapping[str, Any]],
         plan: st.CreatePlan,
-    ) -> bool:
-        """Make sure of the children and create the planned pods. True when a pod must be retried."""
+    ) -> tuple[bool, list[str]]:
+        """Make sure of the children and create the planned pods.
+
+        Returns:
+            (look again soon, conflicts): whether a pod's create must be retried shortly, and what
+            stands in the job's way: existing objects of a child's name that are not the job's
+            (`status.owned_by`). Those are never modified, and no pod is created while any child
+            is not the job's (a pod would mount someone else's ConfigMap, or run as someone else's
+            ServiceAccount).
+        """
         namespace, job_name = job["metadata"]["namespace"], job["metadata"]["name"]
         key = (namespace, job_name)
         uid = job["metadata"]["uid"]
+        conflicts: list[str] = []
         if plan.children:
             created = []
             for obj in rendered.objects:
-                # A child that exists already (a leftover of the same name, or ours from before an
-                # operator restart or a spec change) is merge-patched to its rendered form.
-                if await self._apply_child(_owned(obj, job, namespace), namespace):
+                made, conflict = await self._apply_child(_owned(obj, job, namespace), namespace, job)
+                if made:
                     created.append(f"{obj['kind']} {obj['metadata']['name']}")
+                if conflict:
+                    conflicts.append(conflict)
+            if created:
+                self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
+            if conflicts:
+                return False, conflicts
             self._created[key] = st.Created.of(self._created.get(key), uid).made_children(
                 spec_hash, decision.attempt
             )
-            if created:
-                self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
         retry = False
-        made: list[str] = []
-        blocked: list[str] = []
+        made_pods: list[str] = []
         for pod in rendered.pods:
             if st.pod_rank(pod) not in plan.ranks:
                 continue
             name = pod["metadata"]["name"]
             if name in foreign:
-                retry = True
-                if not foreign[name]:
-                    blocked.append(name)
+                # A pod with the job's labels that is not the job's: a deleted predecessor's on its
+                # way out (look again shortly), or someone else's in the way.
+                if st.pod_deleting(foreign[name]):
+                    retry = True
+                else:
+                    conflicts.append(st.conflict("Pod", name, foreign[name], KIND, job_name))
                 continue
             pod = _owned(pod, job, namespace)
             pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
@@ -675,53 +715,81 @@ class Controller:
             except ApiError as err:
                 if err.status != 409:
                     raise
-                # A pod of that name exists that the index does not show yet: ours (created before
-                # an operator restart, or a previous attempt's still terminating) or someone else's.
-                # Look again shortly.
-                retry = True
+                # A pod of that name exists that the index does not show: ours (the index lags a
+                # create before an operator restart) or one without the job's labels.
+                existing = await self._get(object_path(pod, namespace, named=True))
+                if existing is None or st.owned_by(existing, uid) or st.pod_deleting(existing):
+                    retry = True  # gone meanwhile, ours, or on its way out: look again shortly
+                else:
+                    conflicts.append(st.conflict("Pod", name, existing, KIND, job_name))
                 continue
-            made.append(name)
+            made_pods.append(name)
             pod_uid = str(((answer or {}).get("metadata") or {}).get("uid") or "")
             self._created[key] = st.Created.of(self._created.get(key), uid).made_pods(
                 decision.attempt, {name: pod_uid}, self.monotonic()
             )
-        if made:
-            self._post(
-                job,
-                [st.Event("Normal", "PodsCreated", f"attempt {decision.attempt}: created {', '.join(made)}")],
-            )
-        if blocked:
-            raise ApiError(
-                409,
-                "Conflict",
-                f"pod(s) {', '.join(blocked)} exist but do not belong to this job (left over from a "
-                "deleted job of the same name?); delete them and the job starts",
-            )
-        return retry
+        if made_pods:
+            text = f"attempt {decision.attempt}: created {', '.join(made_pods)}"
+            self._post(job, [st.Event("Normal", "PodsCreated", text)])
+        return retry, conflicts
 
-    async def _apply_child(self, obj: dict[str, Any], namespace: str) -> bool:
-        """Create a child (True); if it exists, merge-patch it to the rendered form (adopts orphans)."""
+    async def _get(self, path: str) -> dict[str, Any] | None:
+        """GET an object; None when it does not exist."""
+        try:
+            answer = await self.api.request("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        return answer if isinstance(answer, dict) else None
+
+    async def _apply_child(
+        self, obj: dict[str, Any], namespace: str, job: Mapping[str, Any]
+    ) -> tuple[bool, str | None]:
+        """Create a child, or bring the job's own existing one to its rendered form.
+
+        Returns:
+            (created, conflict): `conflict` says why an existing object of the child's name is
+            left alone: it is not the job's (no controller owner reference with the job's uid). Such
+            an object is never patched, adopted or deleted: it may be another application's.
+        """
+        kind, name = obj["kind"], obj["metadata"]["name"]
         try:
             await self.api.request("POST", object_path(obj, namespace), obj)
-            return True
+            return True, None
         except ApiError as err:
             if err.status == 404:
                 raise ApiError(
                     404,
                     "Not Found",
-                    f"{obj['kind']} ({obj['apiVersion']}) is not served by this cluster; "
+                    f"{kind} ({obj['apiVersion']}) is not served by this cluster; "
                     + (
                         "gang scheduling (spec.scheduling.gang) needs Volcano installed"
-                        if obj["kind"] == "PodGroup"
+                        if kind == "PodGroup"
                         else "is its CRD installed?"
                     ),
                 ) from err
             if err.status != 409:
                 raise
+        existing = await self._get(object_path(obj, namespace, named=True))
+        if existing is None:
+            raise ApiError(409, "Conflict", f"{kind} {name} was deleted while being created; trying again")
+        if not st.owned_by(existing, job["metadata"]["uid"]):
+            return False, st.conflict(kind, name, existing, KIND, job["metadata"]["name"])
+        # The job's own child (from before an operator restart or a spec change): patch it to the
+        # rendered form. Its owner references stay as they are, and the resourceVersion read above
+        # is a precondition: should the object be replaced meanwhile, the patch fails (409) and the
+        # reconcile runs again, reading it anew.
+        patch = json.loads(json.dumps(obj))
+        patch["metadata"].pop("ownerReferences", None)
+        patch["metadata"]["resourceVersion"] = (existing.get("metadata") or {}).get("resourceVersion")
         await self.api.request(
-            "PATCH", object_path(obj, namespace, named=True), obj, content_type="application/merge-patch+json"
+            "PATCH",
+            object_path(obj, namespace, named=True),
+            patch,
+            content_type="application/merge-patch+json",
         )
-        return False
+        return False, None
 
     async def close(self) -> None:
         await self.scheduler.close()

@@ -284,6 +284,56 @@ def worker_pod_name(job: str, rank: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Ownership: which existing objects are the job's.
+
+REASON_CHILD_CONFLICT = "ChildConflict"
+REASON_CREATE_FAILED = "CreateFailed"
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The owner reference with `controller: true` of an object (Kubernetes allows at most one)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r for r in refs if isinstance(r, Mapping) and r.get("controller") is True), None)
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether `obj` is the job's: its controller owner reference carries the job's uid.
+
+    Nothing else counts: not the name, not the labels, not a non-controller owner reference. Those
+    anyone who may create the object can set; a controller reference to a job only the job's
+    creator (or its operator) would make, and the garbage collector deletes the object with the job.
+    """
+    ref = controller_ref(obj)
+    return bool(uid) and ref is not None and ref.get("uid") == uid
+
+
+def conflict(kind: str, name: str, existing: Mapping[str, Any], job_kind: str, job: str) -> str:
+    """One existing object of a child's name that is not job `job`'s, and whose it is."""
+    ref = controller_ref(existing)
+    if ref is None:
+        whose = "no controller owner reference"
+    elif ref.get("kind") == job_kind and ref.get("name") == job:
+        whose = (
+            f"an earlier {job_kind} of the same name (uid {ref.get('uid')}), which the garbage "
+            "collector removes shortly"
+        )
+    else:
+        whose = f"controlled by {ref.get('kind')} {ref.get('name')}"
+    return f"{kind} {name} ({whose})"
+
+
+def conflicts_message(conflicts: Sequence[str]) -> str:
+    """What blocks a job (`conflict()` each), and what the user can do about it."""
+    one = len(conflicts) == 1
+    return (
+        f"{'; '.join(conflicts)} {'exists' if one else 'exist'} already and "
+        f"{'is' if one else 'are'} not this job's: the operator leaves "
+        f"{'it' if one else 'them'} untouched and creates no pods while {'it is' if one else 'they are'} "
+        f"there; delete or rename {'it' if one else 'them'}, or re-create this job under another name"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Conditions.
 
 

@@ -86,19 +86,20 @@ tests/integration/chart checks every request of an operator run against these ru
   resources: ["mobilenetv2trainingjobs/status"]
   verbs: ["get", "patch"]
 # The training pods, one per node: watched through a kopf index, created per attempt, deleted on a
-# gang restart, suspension or cleanup.
+# gang restart, suspension or cleanup; get when a create finds a pod of that name (is it the job's?).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "create", "delete"]
-# Per-job children, created once and merge-patched back to the rendered form if they already exist:
-# headless Service, ConfigMap with the resolved config, the trainer's ServiceAccount ...
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Per-job children, created once. When one exists already, the operator reads it (get) and, only if
+# its controller owner reference is the job's, merge-patches it back to the rendered form; anything
+# else of that name is left untouched. Headless Service, ConfigMap, the trainer's ServiceAccount ...
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 # ... and the trainer's Role (status of its own job only) with its binding.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 # Kubernetes Events about the job (pods created, restarts, failures).
 - apiGroups: [""]
   resources: ["events"]
@@ -107,7 +108,7 @@ tests/integration/chart checks every request of an operator run against these ru
 # Volcano PodGroups for gang-scheduled jobs.
 - apiGroups: ["scheduling.volcano.sh"]
   resources: ["podgroups"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 {{- end }}
 {{- end }}
 

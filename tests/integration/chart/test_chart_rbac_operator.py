@@ -2,8 +2,8 @@
 
 The operator (kopf, in this process via KopfRunner, with the same flags as the chart's Deployment) runs
 a scenario against the sandbox that exercises every kind of request it can make: watching jobs and
-pods, creating every child (a leftover of every kind of child with the job's names is adopted with a
-patch; a gang job gets a Volcano PodGroup), a worker failure with a gang restart (pod deletes),
+pods, creating every child (a gang job gets a Volcano PodGroup), a worker failure with a gang restart
+(pod deletes; the job's own children are read and patched again), a job blocked by someone else's pod,
 success, deletion of the job by ttlSecondsAfterFinished, an invalid spec (status patch + Events). The sandbox's audit log holds every
 request; each one is evaluated against the chart's rendered Roles and bindings for the operator's
 ServiceAccount with the pure evaluator in `mnv2_operator.rbac`. Conversely every granted verb must
@@ -129,31 +129,20 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
             for ns in (NS_A, NS_B, "elsewhere")
         ]
     )
-    # Leftovers with the jobs' children's names, one of each kind: the operator must adopt them
-    # (create -> 409 -> merge patch to the rendered form). That is what the patch verbs are for: the
-    # operator patches nothing it created itself unless the spec changed.
-    existing = {
+    # Someone else's pod under a worker's name: the job "held" creates its other children, then finds
+    # the pod in its way (create -> 409 -> get: not the job's) and stays blocked, the pod untouched.
+    # The other children's get and patch come from the gang restarts below: a new attempt makes sure
+    # of the job's own children again (create -> 409 -> get: the job's -> merge patch).
+    held_pod = {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "ok-config", "namespace": NS_A},
-        "data": {"config.yaml": "stale"},
+        "kind": "Pod",
+        "metadata": {"name": "held-worker-0", "namespace": NS_A, "labels": {"app": "someone-else"}},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
     }
-    trainer = {"name": "ok-trainer", "namespace": NS_A}
-    leftovers = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ok", "namespace": NS_A},
-         "spec": {"clusterIP": "None", "ports": [{"port": 1}]}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": trainer},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": trainer, "rules": []},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": trainer,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ok-trainer"},
-         "subjects": []},
-        {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
-         "metadata": {"name": "gang", "namespace": NS_B}, "spec": {"minMember": 1}},
-    ]  # fmt: skip
     kubectl_apply([
-        existing,
-        *leftovers,
+        held_pod,
         job(NS_A, "ok", runPolicy={"backoffLimit": 1, "ttlSecondsAfterFinished": 1}),
+        job(NS_A, "held", nodes=1),
         job(NS_B, "bad", mode="validate", nodes=1),  # validate mode without a checkpoint: InvalidSpec
         job(NS_B, "gang", scheduling={"gang": True}, runPolicy={"backoffLimit": 1}),
     ])  # fmt: skip
@@ -167,10 +156,15 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         assert health == 200
 
         wait_for("ok: attempt 0 running", lambda: store.running(NS_A, "ok", 2, 0))
-        adopted = store.get("", "configmaps", NS_A, "ok-config")
-        assert adopted is not None and adopted["data"]["config.yaml"] != "stale"
-        role = store.get("rbac.authorization.k8s.io", "roles", NS_A, "ok-trainer")
-        assert role is not None and role["rules"], "the leftover Role was not patched to its rendered form"
+        held = wait_for(
+            "held: blocked by the pod",
+            lambda: "Pod held-worker-0" in (s := store.status(NS_A, "held")).get("message", "") and s,
+        )
+        assert held["phase"] == "Pending"
+        pod = store.get("", "pods", NS_A, "held-worker-0")
+        assert pod is not None and not pod["metadata"].get("ownerReferences"), (
+            "the pod in the way was changed"
+        )
         sandbox.kubelet.finish(NS_A, "ok-worker-1", exit_code=1, reason="Error")
         wait_for("ok: attempt 1 running", lambda: store.running(NS_A, "ok", 2, 1))
         for rank in (0, 1):
@@ -184,7 +178,7 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         wait_for("gang: PodGroup", lambda: store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang"))
         wait_for("gang: running", lambda: store.running(NS_B, "gang", 2, 0))
         group = store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang")
-        assert group is not None and group["spec"]["minMember"] == 2, "the leftover PodGroup was not adopted"
+        assert group is not None and group["spec"]["minMember"] == 2
         # A gang restart of the gang job: its pods are deleted and created again.
         sandbox.kubelet.finish(NS_B, "gang-worker-0", exit_code=1, reason="Error")
         wait_for("gang: attempt 1 running", lambda: store.running(NS_B, "gang", 2, 1))

@@ -139,9 +139,13 @@ def test_spec_hash_ignores_run_policy() -> None:
 
 
 def test_only_pods_owned_by_this_job_count() -> None:
-    mine = {"metadata": {"name": "j-worker-0", "ownerReferences": [{"uid": "new"}]}}
-    predecessor = {"metadata": {"name": "j-worker-1", "ownerReferences": [{"uid": "old"}]}}
+    mine = {"metadata": {"name": "j-worker-0", "ownerReferences": [{"uid": "new", "controller": True}]}}
+    predecessor = {
+        "metadata": {"name": "j-worker-1", "ownerReferences": [{"uid": "old", "controller": True}]}
+    }
     orphan = {"metadata": {"name": "j-worker-2"}}
     assert handlers.owned_pods([mine, predecessor, orphan], "new") == [mine]
-    slim = handlers.slim_pod({"metadata": {"name": "p", "ownerReferences": [{"uid": "new", "kind": "X"}]}})
+    slim = handlers.slim_pod(
+        {"metadata": {"name": "p", "ownerReferences": [{"uid": "new", "kind": "X", "controller": True}]}}
+    )
     assert handlers.owned_pods([slim], "new") == [slim]
