@@ -33,6 +33,10 @@ CONFIG_PATH = f"{S.CONFIG_MOUNT}/config.yaml"
 CKPT_DIR = f"{S.OUTPUT_MOUNT}/ckpt"
 #: The trainer container's terminationMessagePath (Kubernetes' default); also in env MNV2_TERMINATION_LOG.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+#: Where rank 0's pod mounts its ServiceAccount token (the in-cluster config path of Kubernetes clients).
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: Lifetime of that token; the kubelet renews it at 80 %, the client re-reads it.
+TOKEN_SECONDS = 3600
 #: uid written into owner references by ``mnv2 render`` (a dry run has no real job yet).
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
@@ -391,6 +395,8 @@ def render_job(
                 command=trainer_command(name, namespace, spec, index, attempt),
                 wait_command=wait_command(name, namespace, spec),
                 termination_message_path=TERMINATION_MESSAGE_PATH,
+                token_dir=TOKEN_DIR,
+                token_seconds=TOKEN_SECONDS,
                 ascend=ascend,
                 resource_name=resource_name,
                 image=spec.image or defaults.image,

@@ -352,3 +352,49 @@ def test_termination_message_from_file_or_log_tail(cluster: Cluster, core, ns: s
     assert len(tail.splitlines()) <= 80 and "line 119" not in tail
     assert terminated("msg-none").message is None
     assert terminated("msg-ok").message is None and terminated("msg-ok").exit_code == 0
+
+
+def test_projected_volume_with_token_config_and_namespace(cluster: Cluster, core, ns: str) -> None:
+    # The shape of the training pods' rank-0 credentials volume (render.py): no automatic token, one
+    # projected volume with a token source, a ConfigMap item (optional), and the namespace.
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "ca"}, "data": {"ca.crt": "CERT"}})
+    code = """
+        import os
+        d = "/var/run/secrets/mnv2"
+        print("NS", open(d + "/namespace").read())
+        print("CA", open(d + "/ca.crt").read())
+        print("MISSING", os.path.exists(d + "/absent"))
+        print("AUTO", os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"))
+    """
+    p = pod("projected", code, volumeMounts=[{"name": "creds", "mountPath": "/var/run/secrets/mnv2"}])
+    p["spec"]["automountServiceAccountToken"] = False
+    p["spec"]["volumes"] = [
+        {
+            "name": "creds",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                    {"configMap": {"name": "ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {
+                        "configMap": {
+                            "name": "absent",
+                            "optional": True,
+                            "items": [{"key": "k", "path": "absent"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ]
+            },
+        }
+    ]
+    core.create_namespaced_pod(ns, p)
+    wait_for(lambda: phase(core, ns, "projected") in ("Succeeded", "Failed"), 60, "projected to end")
+    logs = core.read_namespaced_pod_log("projected", ns)
+    assert phase(core, ns, "projected") == "Succeeded", logs
+    lines = dict(ln.split(" ", 1) for ln in logs.splitlines() if " " in ln)
+    assert lines["NS"] == ns and lines["CA"] == "CERT" and lines["MISSING"] == "False"
+    assert lines["AUTO"] == "False"  # automountServiceAccountToken: false

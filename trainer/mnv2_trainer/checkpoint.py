@@ -9,6 +9,9 @@ the network parameters under MindCV's names, the optimizer state (``moments.*``,
 Writes go to a hidden temporary file in the same folder and are renamed into place, so a crash
 never leaves a truncated file under a checkpoint name; resume still verifies each candidate,
 newest first, because files can also be damaged after the fact (full disk, copy, bit rot).
+Keep-last-k counts only checkpoints that load: a damaged file never costs a valid one. Pruning
+renames damaged files to ``<name>.corrupt`` (kept for inspection, never listed again) and deletes
+only valid checkpoints older than the newest ``k`` valid ones.
 
 The name handling and listing are pure; MindSpore is imported inside the functions that need it.
 """
@@ -69,18 +72,80 @@ def list_checkpoints(folder: str, model: str) -> list[str]:
     return [p for _, _, p in sorted(found, reverse=True)]
 
 
-def stale_checkpoints(folder: str, model: str, keep: int) -> list[str]:
-    """The epoch checkpoints beyond the newest ``keep`` (never the best one); ``keep <= 0`` keeps all."""
-    return list_checkpoints(folder, model)[keep:] if keep > 0 else []
+#: Suffix of quarantined (damaged) checkpoints.
+CORRUPT_SUFFIX = ".corrupt"
+# Checkpoints already found valid, by path -> (size, mtime_ns): pruning after every epoch does not
+# load the same files again.
+_verified: dict[str, tuple[int, int]] = {}
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def check_checkpoint(path: str) -> None:
+    """Check that ``path`` can be resumed from (results of earlier checks of the unchanged file are reused).
+
+    Raises:
+        InvalidCheckpoint: as :func:`read_train_state` (``CorruptCheckpoint`` for a damaged file).
+    """
+    stamp = _stamp(path)
+    if stamp is not None and _verified.get(path) == stamp:
+        return
+    read_train_state(path)
+    if stamp is not None:
+        _verified[path] = stamp
+
+
+def quarantine(path: str, reason: str) -> str | None:
+    """Rename a damaged checkpoint to ``<path>.corrupt`` (``<path>.<n>.corrupt`` if taken); returns the new name."""
+    target = path + CORRUPT_SUFFIX
+    n = 1
+    while os.path.exists(target):
+        target = f"{path}.{n}{CORRUPT_SUFFIX}"
+        n += 1
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        _logger.warning("could not set damaged checkpoint %s aside: %s", path, exc)
+        return None
+    _verified.pop(path, None)
+    _logger.warning("set damaged checkpoint aside as %s: %s", target, reason)
+    return target
 
 
 def prune_checkpoints(folder: str, model: str, keep: int) -> list[str]:
-    """Delete the checkpoints :func:`stale_checkpoints` names; returns what was deleted."""
-    removed = []
-    for path in stale_checkpoints(folder, model, keep):
+    """Keep the newest ``keep`` valid epoch checkpoints; returns the paths deleted.
+
+    Newest first, each file is checked until ``keep`` valid ones are found: a damaged file is renamed
+    to ``<name>.corrupt`` and does not count, a readable file that cannot be resumed from (weights
+    only) is left alone and does not count. Only valid checkpoints older than those are deleted, so
+    damaged files never cost a valid one. The best checkpoint is never touched; ``keep <= 0`` keeps all.
+    """
+    if keep <= 0:
+        return []
+    removed: list[str] = []
+    valid = 0
+    for path in list_checkpoints(folder, model):
+        try:
+            check_checkpoint(path)
+        except CorruptCheckpoint as exc:
+            quarantine(path, str(exc))
+            continue
+        except InvalidCheckpoint as exc:
+            _logger.warning("keeping %s, which is not counted as a checkpoint to resume from: %s", path, exc)
+            continue
+        valid += 1
+        if valid <= keep:
+            continue
         try:
             os.remove(path)
             removed.append(path)
+            _verified.pop(path, None)
         except OSError as exc:  # a missing file is fine; anything else is worth a line
             _logger.warning("could not delete old checkpoint %s: %s", path, exc)
     return removed
@@ -165,6 +230,10 @@ class InvalidCheckpoint(ValueError):
     """A file that cannot serve as a resume point; the message says why."""
 
 
+class CorruptCheckpoint(InvalidCheckpoint):
+    """A damaged file: CRC mismatch, truncated, or not a MindSpore checkpoint at all."""
+
+
 def _scalar(param: Any) -> float:
     return float(param.asnumpy().reshape(-1)[0])
 
@@ -179,12 +248,28 @@ def read_train_state(path: str) -> TrainState:
     """
     import mindspore as ms
 
+    # Read access first: MindSpore words every failure alike ("may not have permission"), so the
+    # reasons are told apart here.
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise InvalidCheckpoint(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     try:
         params = ms.load_checkpoint(path, crc_check=True)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError/protobuf errors
-        raise InvalidCheckpoint(
-            f"{path}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from exc
+        text = str(exc)
+        if "permission" in text.lower():  # the file is readable (above): the CRC did not match
+            why = "corrupt: its CRC does not match its content"
+        elif "empty" in text.lower():
+            why = "corrupt: it holds no parameters (empty or cut short)"
+        elif "parse" in text.lower():
+            why = "corrupt: truncated or not a MindSpore checkpoint"
+        else:
+            why = f"corrupt: {type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+        raise CorruptCheckpoint(f"{path}: {why}") from exc
+    if not params:
+        raise CorruptCheckpoint(f"{path}: corrupt: it holds no parameters")
     missing = [k for k in ("epoch_num", "global_step") if k not in params]
     if missing or not any(k.startswith("moments.") for k in params):
         raise InvalidCheckpoint(

@@ -712,6 +712,32 @@ class Kubelet:
                 out[name] = self.state_dir / "volumes" / "pvc" / v["persistentVolumeClaim"]["claimName"]
             elif "hostPath" in v:
                 out[name] = self.state_dir / "volumes" / "hostpath" / v["hostPath"]["path"].lstrip("/")
+            elif "projected" in v:
+                # configMap, secret and downwardAPI sources as the plain volumes; serviceAccountToken
+                # sources stay empty: the sandbox issues no tokens, its pods reach the API through the
+                # KUBECONFIG it sets (and without KUBERNETES_SERVICE_HOST, clients never read a token).
+                d = pod_dir / "volumes" / name
+                d.mkdir(parents=True, exist_ok=True)
+                for source in v["projected"].get("sources") or []:
+                    for kind, plural in (("configMap", "configmaps"), ("secret", "secrets")):
+                        if kind not in source:
+                            continue
+                        src = source[kind]
+                        ref = {"name": src.get("name"), "optional": src.get("optional")}
+                        data = self._config_data(plural, ns, ref, None) or {}
+                        for it in src.get("items") or [{"key": k, "path": k} for k in data]:
+                            if it["key"] in data:
+                                (d / it.get("path", it["key"])).write_text(data[it["key"]])
+                            elif not src.get("optional"):
+                                raise PodConfigError(
+                                    "CreateContainerConfigError",
+                                    f"volume {name!r}: key {it['key']!r} not found in {kind} {ref['name']!r}",
+                                    retry=True,
+                                )
+                    for it in (source.get("downwardAPI") or {}).get("items") or []:
+                        if "fieldRef" in it:
+                            (d / it["path"]).write_text(field_ref(pod, it["fieldRef"].get("fieldPath", "")))
+                out[name] = d
             elif "downwardAPI" in v:
                 d = pod_dir / "volumes" / name
                 d.mkdir(parents=True, exist_ok=True)
@@ -723,7 +749,7 @@ class Kubelet:
                 kinds = [k for k in v if k != "name"]
                 raise PodConfigError(
                     "CreateContainerConfigError",
-                    f"volume {name!r}: type {kinds} is not supported by the sandbox kubelet (configMap, secret, emptyDir, persistentVolumeClaim, hostPath, downwardAPI are)",
+                    f"volume {name!r}: type {kinds} is not supported by the sandbox kubelet (configMap, secret, emptyDir, persistentVolumeClaim, hostPath, downwardAPI, projected are)",
                 )
             out[name].mkdir(parents=True, exist_ok=True)
         return out

@@ -435,3 +435,59 @@ def test_no_spec_field_picks_the_trainers_service_account() -> None:
 def test_a_malformed_policy_stops_the_operator_at_start(raw: str) -> None:
     with pytest.raises(PolicyError, match="MNV2_POLICY"):
         OperatorPolicy.from_env({"MNV2_POLICY": raw})
+
+
+# --------------------------------------------------------------------------------------------------
+# Credentials: only the pod that reports holds a token
+# --------------------------------------------------------------------------------------------------
+
+
+def test_only_rank_0_mounts_the_service_account_token() -> None:
+    rendered = render(mutated("nodes", 3))
+    for index, pod in enumerate(rendered.pods):
+        spec = pod["spec"]
+        assert spec["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {
+            m["name"]: m
+            for c in spec["containers"] + spec.get("initContainers", [])
+            for m in c.get("volumeMounts", [])
+        }
+        if index == 0:
+            sources = volumes["trainer-token"]["projected"]["sources"]
+            token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+            assert token["expirationSeconds"] == 3600 and "audience" not in token
+            assert mounts["trainer-token"]["readOnly"] is True
+        else:
+            assert "trainer-token" not in volumes and "trainer-token" not in mounts
+            assert not any("serviceaccount" in m["mountPath"] for m in mounts.values())
+
+
+def test_the_status_reporter_finds_rank_0s_token(tmp_path: Any) -> None:
+    """The files of the projected volume, at its mount path, are what the reporter's in-cluster config reads."""
+    from kubernetes import client
+    from kubernetes.config import incluster_config
+
+    pod = render(MINIMAL).pods[0]
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "trainer-token")
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "trainer-token"]
+    files = set()
+    for source in volume["projected"]["sources"]:
+        if "serviceAccountToken" in source:
+            files.add(source["serviceAccountToken"]["path"])
+        for kind in ("configMap", "downwardAPI"):
+            files |= {item["path"] for item in (source.get(kind) or {}).get("items", [])}
+    assert f"{mount['mountPath']}/token" == incluster_config.SERVICE_TOKEN_FILENAME
+    assert f"{mount['mountPath']}/ca.crt" == incluster_config.SERVICE_CERT_FILENAME
+    assert {"token", "ca.crt", "namespace"} <= files
+    # The same loader report.py calls, pointed at a copy of the volume's files.
+    (tmp_path / "token").write_text("rank0-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    conf = client.Configuration()
+    incluster_config.InClusterConfigLoader(
+        token_filename=str(tmp_path / "token"),
+        cert_filename=str(tmp_path / "ca.crt"),
+        environ={"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
+    ).load_and_set(conf)
+    assert conf.host == "https://10.96.0.1:443"
+    assert "rank0-token" in str(conf.api_key)
