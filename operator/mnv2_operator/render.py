@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ class RenderedJob:
 
     Attributes:
         objects: Service, ConfigMap, ServiceAccount, Role, RoleBinding and (gang) PodGroup, in creation order.
-        pods: one worker pod per node, rank 0 first.
+        pods: one worker pod per node (or per rank asked for), rank 0 first.
         config: the resolved training config written into the ConfigMap.
         warnings: ``spec.<path>: ...`` notes on valid but probably unintended settings.
     """
@@ -313,6 +313,7 @@ def render_job(
     spec: S.JobSpec,
     attempt: int = 0,
     defaults: S.OperatorDefaults | None = None,
+    ranks: Collection[int] | None = None,
 ) -> RenderedJob:
     """Render every child of a job for one attempt.
 
@@ -324,6 +325,7 @@ def render_job(
         attempt: 0 for the first run, +1 for each gang restart (labels, log folder).
         defaults: cluster defaults for fields the spec leaves empty; ``None`` uses the built-in ones
             (the operator passes ``OperatorDefaults.from_env()``).
+        ranks: render only these workers' pods (those about to be created); ``None`` renders all.
 
     Raises:
         SpecError: the job's name is too long for its pods' hostnames, the config does not resolve, or
@@ -381,7 +383,7 @@ def render_job(
 
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.accelerator.tolerations]
     pods = []
-    for index in range(spec.nodes):
+    for index in range(spec.nodes) if ranks is None else sorted(r for r in set(ranks) if 0 <= r < spec.nodes):
         pname = pod_name(name, index)
         pod_labels = {**labels, **pod_selector(name), LABEL_INDEX: str(index), LABEL_ATTEMPT: str(attempt)}
         pods.append(

@@ -860,9 +860,15 @@ class OperatorDefaults:
 
 
 def _path(loc: tuple[Any, ...]) -> str:
+    """``spec.a.b[0]``; a key that is not a plain name is quoted, e.g. ``spec.env["A B"]``."""
     out = "spec"
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(str(part)[:100])}]"
     return out
 
 
@@ -1029,7 +1035,7 @@ def _config_checks(spec: JobSpec) -> list[str]:
                 problem += f"; the recipe has {key}: {json.dumps(recipe[key])}"
             elif ";" not in problem:
                 problem += "; fix the value"
-            return [f"spec.config.{key}: {problem}"]
+            return [f"{_path(('config', key))}: {problem}"]
         return [f"spec.config: {err}"]
     return []
 
