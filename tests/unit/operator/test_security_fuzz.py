@@ -44,8 +44,16 @@ POLICY = OperatorPolicy.from_mapping(
     }
 )
 DEFAULTS = S.OperatorDefaults(policy=POLICY)
-#: Host folders the operator itself mounts on Ascend pods (the NPU driver), not the job's choice.
-OPERATOR_HOST_PATHS = ("/usr/local/Ascend/", "/etc/ascend_install.info", "/usr/local/sbin/npu-smi")
+#: Host files the operator itself mounts read-only on Ascend pods (the NPU driver, its install info, the
+#: node's time zone), not the job's choice.
+OPERATOR_HOST_PATHS = (
+    "/usr/local/Ascend/",
+    "/etc/ascend_install.info",
+    "/usr/local/sbin/npu-smi",
+    "/etc/localtime",
+)
+#: Node label keys the operator's defaults set on Ascend pods (from jobDefaults and the job's chip).
+OPERATOR_SELECTOR_KEYS = ("accelerator-type",)
 
 #: ``spec.<path>: ...`` or ``metadata.name: ...``, with list indexes.
 NAMED = re.compile(r'^(spec|metadata)(\.[A-Za-z0-9_-]+|\[\d+\]|\["(?:[^"\\]|\\.)*"\])*: .+', re.S)
@@ -334,8 +342,11 @@ def mutated_jobs(seed: int = SEED, count: int = JOBS) -> list[tuple[str, dict[st
 # --------------------------------------------------------------------------------------------------
 
 
-def violations(pod: dict[str, Any], job: str) -> list[str]:
-    """How a rendered pod breaks the admin's policy or the operator's own rules (empty: it does not)."""
+def violations(pod: dict[str, Any], job: str, user_env: Any = ()) -> list[str]:
+    """How a rendered pod breaks the admin's policy or the operator's own rules (empty: it does not).
+
+    ``user_env``: the names the job's spec.env asked for (the operator's own variables are its business).
+    """
     found = []
     spec = pod["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -375,11 +386,7 @@ def violations(pod: dict[str, Any], job: str) -> list[str]:
         if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
             found.append("capabilities")
         for env in c.get("env", []):
-            operator_set = env["name"] in S.RESERVED_ENV or env["name"] in (
-                "PYTHONUNBUFFERED",
-                "MNV2_TERMINATION_LOG",
-            )
-            if not operator_set and (V.denied_env(env["name"]) or not V.ENV_NAME.match(env["name"])):
+            if env["name"] in user_env and (V.denied_env(env["name"]) or not V.ENV_NAME.match(env["name"])):
                 found.append(f"env {env['name']}")
     if spec.get("priorityClassName") not in (None, "training"):
         found.append(f"priorityClassName {spec['priorityClassName']}")
@@ -394,7 +401,7 @@ def violations(pod: dict[str, Any], job: str) -> list[str]:
     )
     for key in set(selector) | set(S.DEFAULT_NODE_SELECTOR):
         default = S.DEFAULT_NODE_SELECTOR.get(key) if ascend else None
-        if key != "pool" and selector.get(key) != default:
+        if key != "pool" and key not in OPERATOR_SELECTOR_KEYS and selector.get(key) != default:
             found.append(f"nodeSelector {key}")
     for secret in spec.get("imagePullSecrets", []):
         if secret["name"] != "regcred":
@@ -450,7 +457,7 @@ def test_mutated_jobs_are_refused_cleanly_or_rendered_within_the_policy() -> Non
             ) from err
         rendered += 1
         for pod in result.pods:
-            for v in violations(pod, name):
+            for v in violations(pod, name, set(parsed.env)):
                 problems.append(f"job {n}: rendered pod breaks the policy: {v}")
     assert problems == []
     # Both outcomes are exercised (a fuzzer that only produces refusals proves little).
@@ -476,7 +483,7 @@ def test_the_policy_check_of_rendered_pods_can_fail() -> None:
     bad["spec"]["tolerations"] = [{"operator": "Exists"}]
     bad["spec"]["containers"][0]["env"].append({"name": "LD_PRELOAD", "value": "/x.so"})
     bad["spec"]["serviceAccountName"] = "default"
-    found = " ".join(violations(bad, "j"))
+    found = " ".join(violations(bad, "j", {"LD_PRELOAD"}))
     for word in (
         "hostPath /etc",
         "image",
