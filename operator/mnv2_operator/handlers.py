@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -254,6 +255,15 @@ def _spec_hash(spec_json: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _from_other_spec(pods: Iterable[Mapping[str, Any]], attempt: int, spec_hash: str) -> bool:
+    """Whether pods of `attempt` were created from a spec other than the one hashed `spec_hash`."""
+    return any(
+        (p["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) not in (None, spec_hash)
+        for p in pods
+        if st.pod_attempt(p) == attempt
+    )
+
+
 def spec_problem(err: Exception) -> str:
     """What to say about a spec that parsing or rendering raised `err` for.
 
@@ -423,23 +433,37 @@ class Controller:
         # Pods with the job's labels and name but another owner (a deleted job's of the same name):
         # never ours to count, replace or delete; the garbage collector removes them with time.
         foreign = {st.pod_name(p): p for p in labelled if p not in pods}
+        raw = job.get("spec") or {}
         try:
-            spec = parse_spec(job.get("spec") or {})
+            spec = parse_spec(raw)
         except Exception as err:  # any exception: an unusable spec, never a retry loop
             problem = spec_problem(err)
-            if previous.get("phase") in st.TERMINAL and not st.failed_by_invalid_spec(previous):
-                # A finished job edited afterwards keeps its outcome; its TTL and cleanup still
-                # apply, read leniently from the raw spec.
-                raw = job.get("spec") or {}
-                decision = st.reconcile(name, st.Policy.from_spec(raw), pods, previous, generation, now)
-                return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
-            await self._invalid(job, previous, problem, pods)
-            return None
+            if previous.get("phase") is None or st.failed_by_invalid_spec(previous):
+                await self._invalid(job, previous, problem, pods)  # never started: Failed, at once
+                return None
+            # A job that has started goes on with its pods (created from a valid spec); a finished
+            # one keeps its outcome. Its run policy (TTL, cleanup, deadline, backoff) is read
+            # leniently from the raw spec. The problem applies at the next start.
+            attempt = int(previous.get("restarts") or 0)
+            policy = st.lenient_policy(raw, pods, attempt)
+            decision = st.reconcile(name, policy, pods, previous, generation, now)
+            if previous.get("phase") not in st.TERMINAL:
+                if decision.create_ranks:
+                    await self._invalid(job, previous, problem, pods)  # the next start is now
+                    return None
+                decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
+            return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
 
         spec_json = spec.model_dump(by_alias=True, mode="json")
         policy = st.Policy.from_spec(spec_json)
-        decision = st.reconcile(name, policy, pods, previous, generation, now)
         spec_hash = _spec_hash(spec_json)
+        attempt = int(previous.get("restarts") or 0)
+        gang = st.gang_size(pods, attempt)
+        if gang is not None and gang != policy.workers and _from_other_spec(pods, attempt, spec_hash):
+            # `nodes` was edited while this attempt's pods run: they keep their gang (msrun's
+            # worker count is fixed); the new size applies at the next start, like any spec change.
+            policy = dataclasses.replace(policy, workers=gang)
+        decision = st.reconcile(name, policy, pods, previous, generation, now)
         # Children are made on the first pass (even for a job created suspended) and again when pods
         # are created from a spec they were not made for. Pods this process created a moment ago and
         # the index does not show yet are not created again (status.Created, status.plan_creates).

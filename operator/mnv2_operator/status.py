@@ -46,6 +46,9 @@ REASON_INVALID_SPEC = "InvalidSpec"
 REASON_BACKOFF = "BackoffLimitExceeded"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_INVALID_INPUT = "InvalidInput"
+# A condition present only while the job's current spec does not validate but the job goes on with
+# the pods it has (see `spec_invalid_deferred`).
+CONDITION_SPEC_INVALID = "SpecInvalid"
 
 # A container termination message that starts with this says a retry cannot help (the trainer's
 # `mnv2_trainer.termination.PREFIX`; a unit test checks they agree).
@@ -418,6 +421,92 @@ def invalid_spec(
         delete_pods=tuple(pod_name(p) for p in pods if not pod_deleting(p)),
         events=events,
     )
+
+
+def _lenient_int(value: Any, default: int | None, low: int = 0) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return number if number >= low else default
+
+
+def gang_size(pods: Iterable[Mapping[str, Any]], attempt: int) -> int | None:
+    """The size of the gang that pods of `attempt` were created for (highest rank + 1), or None.
+
+    A running gang cannot change size (msrun's worker count is fixed when it starts): an edit of
+    `nodes` applies at the next attempt, like any other spec change.
+    """
+    ranks = [pod_rank(p) for p in pods if pod_attempt(p) == attempt and pod_rank(p) >= 0]
+    return max(ranks) + 1 if ranks else None
+
+
+def lenient_policy(spec: Any, pods: Iterable[Mapping[str, Any]], attempt: int) -> Policy:
+    """The run policy of a job whose spec does not validate, read field by field with defaults.
+
+    Used for a job that has started (it goes on with its pods) or finished (its TTL and cleanup still
+    apply): whatever the spec holds, this never raises. The gang is the one that runs: its size comes
+    from the pods of the current attempt (the highest rank + 1), so an edit of `nodes` in an invalid
+    spec neither adds nor drops members; without such pods, from `nodes` if it is a positive integer.
+    """
+    spec = spec if isinstance(spec, Mapping) else {}
+    run = spec.get("runPolicy")
+    run = run if isinstance(run, Mapping) else {}
+    workers = gang_size(pods, attempt) or _lenient_int(spec.get("nodes"), 1, low=1)
+    clean = run.get("cleanPodPolicy")
+    return Policy(
+        workers=workers or 1,
+        backoff_limit=_lenient_int(run.get("backoffLimit"), 3) or 0,
+        active_deadline_seconds=_lenient_int(run.get("activeDeadlineSeconds"), None, low=1),
+        ttl_seconds_after_finished=_lenient_int(run.get("ttlSecondsAfterFinished"), None),
+        clean_pod_policy=clean if clean in ("Running", "All", "None") else "Running",
+        suspend=run.get("suspend") is True,
+    )
+
+
+def spec_invalid_deferred(
+    decision: Decision,
+    previous: Mapping[str, Any] | None,
+    problem: str,
+    generation: int | None,
+    now: dt.datetime,
+) -> Decision:
+    """A started job whose spec no longer validates: it goes on, and says so.
+
+    The spec was edited into an invalid one (or a recipe went away, or an operator upgrade checks
+    more strictly). The job's pods were created from a valid spec and keep running as they are; the
+    decision (made with `lenient_policy`) is carried out, except that it must create nothing: the
+    caller fails the job with InvalidSpec instead when pods are to be created (the next start: a
+    gang restart, a resume). Until then the condition SpecInvalid (True, reason InvalidSpec) and the
+    message say what is wrong, and a Warning Event says it once per problem.
+    """
+    prev_conds = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+    old = prev_conds.get(CONDITION_SPEC_INVALID) or {}
+    text = (
+        f"the spec (generation {generation}) does not validate: {problem}; the pods keep the spec "
+        "they started with, and the job fails with InvalidSpec when it next has to create pods "
+        "(gang restart, resume) unless the spec is fixed first"
+    )
+    cond: dict[str, Any] = {
+        "type": CONDITION_SPEC_INVALID,
+        "status": "True",
+        "reason": REASON_INVALID_SPEC,
+        "message": text,
+        "lastTransitionTime": old.get("lastTransitionTime")
+        if old.get("status") == "True" and old.get("lastTransitionTime")
+        else format_time(now),
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    status = dict(decision.status)
+    status["conditions"] = [*status["conditions"], cond]
+    status["message"] = f"{status.get('message') or ''}; {text}".lstrip("; ")
+    events = list(decision.events)
+    if old.get("message") != text:
+        events.append(Event("Warning", CONDITION_SPEC_INVALID, text))
+    return dataclasses.replace(decision, status=status, create_ranks=(), events=tuple(events))
 
 
 def failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:

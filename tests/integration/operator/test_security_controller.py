@@ -1,0 +1,180 @@
+"""Security and robustness of the controller: what a job's author or its trainer can make it do.
+
+- re-validation never kills a running job: a spec edited into an invalid one, a recipe that went
+  away, or stricter checks after an operator upgrade leave the pods running; the problem is
+  reported (condition SpecInvalid, Warning Event) and applies at the next start;
+- an object the API server refuses ends the job as Failed with the API's message after a few tries;
+- the trainer, which may patch its job's status, cannot make the operator delete pods or reset the
+  backoff count by rewriting `phase` or `restarts`.
+
+Written against the public API (Kubernetes client); cases that need a pod to end a certain way use
+the sandbox's simulated kubelet and are skipped on a real cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from test_operator_kopf import (  # noqa: F401 (cluster and namespace are fixtures)
+    GROUP,
+    PLURAL,
+    VERSION,
+    Cluster,
+    cluster,
+    condition,
+    events_of,
+    job_spec,
+    namespace,
+    operator,
+    phase_is,
+    running_pods,
+    wait_for,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or []}
+
+
+def observed(c: Cluster, ns: str, name: str, generation: int) -> Any:
+    return lambda: (s := c.status(ns, name)).get("observedGeneration") == generation and s
+
+
+def generation(c: Cluster, ns: str, name: str) -> int:
+    job = c.job(ns, name)
+    assert job is not None
+    return int(job["metadata"]["generation"])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param({"output": {"emptyDir": {}, "pvc": None}}, id="invalid-spec"),
+        pytest.param({"recipe": "mobilenet_v2_0.75_gone"}, id="recipe-gone"),
+    ],
+)
+def test_a_running_job_edited_into_an_invalid_spec_keeps_running(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+    edit: dict[str, Any],
+) -> None:
+    ns, name = namespace, "steady"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=2))
+        pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        cluster.patch_spec(ns, name, edit)
+        s = wait_for("the edit observed", observed(cluster, ns, name, generation(cluster, ns, name)))
+        # Still running, the same pods; the problem said in a condition, the message and an Event.
+        assert s["phase"] == "Running", s
+        invalid = conditions(s)["SpecInvalid"]
+        assert (invalid["status"], invalid["reason"]) == ("True", "InvalidSpec")
+        field = "spec.output" if "output" in edit else "spec.recipe"
+        assert field in invalid["message"] and field in s["message"]
+        assert "next has to create pods" in invalid["message"]
+        assert condition(s, "Failed")["status"] == "False"
+        wait_for("the SpecInvalid Event", lambda: "SpecInvalid" in events_of(cluster, ns, name))
+        time.sleep(0.5)
+        assert sorted(p.metadata.uid for p in cluster.pods(ns, name)) == sorted(p.metadata.uid for p in pods)
+        assert not any(p.metadata.deletion_timestamp for p in cluster.pods(ns, name))
+        # Fixed before the next start: the condition goes and the job runs on.
+        undo = (
+            {"output": {"emptyDir": None, "pvc": {"claimName": "runs"}}}
+            if "output" in edit
+            else {"recipe": None}
+        )
+        cluster.patch_spec(ns, name, undo)
+        s = wait_for("the fix observed", observed(cluster, ns, name, generation(cluster, ns, name)))
+        assert s["phase"] == "Running" and "SpecInvalid" not in conditions(s)
+        assert "does not validate" not in s["message"]
+        assert events_of(cluster, ns, name).count("SpecInvalid") == 1
+
+
+def test_an_invalid_spec_applies_at_the_next_start(cluster: Cluster, namespace: str) -> None:  # noqa: F811
+    ns, name = namespace, "next-start"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=2))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        cluster.patch_spec(ns, name, {"recipe": "mobilenet_v2_0.75_gone"})
+        wait_for("SpecInvalid", lambda: "SpecInvalid" in conditions(cluster.status(ns, name)))
+        # A worker fails: the gang restart would create pods from the invalid spec; it fails instead.
+        cluster.finish(ns, f"{name}-worker-1", 1)
+        s = wait_for("phase Failed", phase_is(cluster, ns, name, "Failed"))
+        assert condition(s, "Failed")["reason"] == "InvalidSpec"
+        assert "spec.recipe" in s["message"]
+        wait_for(
+            "no pod left running", lambda: all(p.status.phase != "Running" for p in cluster.pods(ns, name))
+        )
+        assert {p.metadata.labels["training.mnv2.dev/attempt"] for p in cluster.pods(ns, name)} <= {"0"}
+
+
+def test_a_suspended_job_with_an_invalid_spec_stays_suspended_until_resumed(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+) -> None:
+    ns, name = namespace, "paused"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1, suspend=True))
+        wait_for("Suspended", phase_is(cluster, ns, name, "Suspended"))
+        cluster.patch_spec(ns, name, {"output": {"emptyDir": {}, "pvc": None}})
+        s = wait_for("the edit observed", observed(cluster, ns, name, generation(cluster, ns, name)))
+        assert s["phase"] == "Suspended" and conditions(s)["SpecInvalid"]["status"] == "True"
+        cluster.patch_spec(ns, name, {"runPolicy": {"suspend": False}})
+        s = wait_for("Failed on resume", phase_is(cluster, ns, name, "Failed"))
+        assert condition(s, "Failed")["reason"] == "InvalidSpec" and "spec.output" in s["message"]
+        assert cluster.pods(ns, name) == []
+
+
+def test_stricter_checks_after_an_operator_upgrade_leave_running_jobs_alone(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mnv2_operator import handlers
+    from mnv2_operator.spec import SpecError
+
+    ns, name = namespace, "veteran"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 1, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+    real = handlers.parse_spec
+
+    def stricter(mapping: Any) -> Any:
+        if (mapping or {}).get("nodes") == 1:
+            raise SpecError(["spec.nodes: this operator version wants 2 or more; set nodes: 2"])
+        return real(mapping)
+
+    monkeypatch.setattr(handlers, "parse_spec", stricter)
+    with operator(ns):
+        s = wait_for(
+            "the stricter check reported",
+            lambda: "SpecInvalid" in conditions(x := cluster.status(ns, name)) and x,
+        )
+        assert s["phase"] == "Running" and "spec.nodes" in s["message"]
+        time.sleep(0.5)
+        assert [p.metadata.uid for p in cluster.pods(ns, name)] == [pods[0].metadata.uid]
+        assert not cluster.pods(ns, name)[0].metadata.deletion_timestamp
+
+
+def test_an_edit_of_nodes_leaves_the_running_gang_as_it_is(cluster: Cluster, namespace: str) -> None:  # noqa: F811
+    """msrun's worker count is fixed when it starts: the new size applies at the next start."""
+    ns, name = namespace, "resized"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=1, backoffLimit=2))
+        pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 1, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        cluster.patch_spec(ns, name, {"nodes": 2})
+        s = wait_for("the edit observed", observed(cluster, ns, name, generation(cluster, ns, name)))
+        wait_for("SpecChangeDeferred", lambda: "SpecChangeDeferred" in events_of(cluster, ns, name))
+        time.sleep(0.5)
+        assert s["phase"] == "Running" and s["workers"]["active"] == 1
+        assert [p.metadata.uid for p in cluster.pods(ns, name)] == [pods[0].metadata.uid]
+        # At the next start (a gang restart) the gang has the new size.
+        cluster.finish(ns, f"{name}-worker-0", 1)
+        wait_for("attempt 1 with two workers", running_pods(cluster, ns, name, 2, 1))
