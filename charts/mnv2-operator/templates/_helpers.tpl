@@ -72,6 +72,16 @@ Call with (dict "image" .Values.image "root" .).
 The rules the operator needs in every namespace it watches: in a ClusterRole when it watches the whole
 cluster, in one Role per namespace otherwise. Exactly the verbs the operator uses (docs/operator.md);
 tests/integration/chart checks every request of an operator run against these rules.
+
+What is left out on purpose: Secrets (never read; pull secrets are only named, within the admin's
+policy), pods/exec, attach and serviceaccounts/token, update anywhere, delete of anything but its pods
+and jobs, bind/escalate/impersonate, and every cluster-scoped write. What cannot be narrowed further:
+create on pods, services, configmaps, serviceaccounts, roles and rolebindings takes no resourceNames
+in Kubernetes RBAC, so these rules hold for every name in a watched namespace; the operator itself
+touches only the job's children (a controller owner reference with the job's uid) and what a job can
+ask for is limited by the policy values (docs/install.md, "Security model"). The trainer Role it
+creates can never grant more than these rules (Kubernetes' escalation check). To keep the operator out
+of namespaces that run no training (kube-system among them), set watchNamespaces.
 */}}
 {{- define "mnv2-operator.namespacedRules" -}}
 # The jobs: kopf lists and watches them; the operator reads each one before reconciling it and
