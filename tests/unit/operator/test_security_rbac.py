@@ -141,3 +141,95 @@ def test_the_operator_holds_no_right_a_job_could_borrow_beyond_its_pods(
                 assert allowed(
                     grants, Request(verb, rule["apiGroups"][0], base, sub, NS, rule["resourceNames"][0])
                 )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/)
+# --------------------------------------------------------------------------------------------------
+
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def baseline_violations(pod: dict[str, Any]) -> list[str]:
+    """The checks of the baseline profile a pod fails."""
+    spec = pod["spec"]
+    found = [f"hostPath {v['hostPath']['path']}" for v in spec["volumes"] if "hostPath" in v]
+    found += [key for key in ("hostNetwork", "hostPID", "hostIPC") if spec.get(key)]
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append("privileged")
+        if set((sc.get("capabilities") or {}).get("add", [])) - {
+            "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+            "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+        }:  # fmt: skip
+            found.append("capabilities")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append("hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            found.append("procMount")
+    if (spec.get("securityContext") or {}).get("sysctls"):
+        found.append("sysctls")
+    return found
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The checks of the restricted profile (baseline's included) a pod fails."""
+    spec = pod["spec"]
+    found = baseline_violations(pod)
+    found += [
+        f"volume {k}" for v in spec["volumes"] for k in v if k != "name" and k not in RESTRICTED_VOLUMES
+    ]
+    psc = spec.get("securityContext") or {}
+    for c in spec["containers"] + spec.get("initContainers", []):
+        sc = c.get("securityContext") or {}
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        if not sc.get("runAsNonRoot", psc.get("runAsNonRoot")):
+            found.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            found.append(f"{c['name']}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{c['name']}: seccomp")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities")
+    return found
+
+
+def test_cpu_pods_meet_the_restricted_pod_security_level() -> None:
+    job = yaml.safe_load((ROOT / "manifests/examples/digits-cpu.yaml").read_text())
+    job["spec"]["nodes"] = 2  # rank 0 (token volume) and a worker with the DNS wait init container
+    for pod in R.render_job("digits", NS, "uid", S.parse_spec(job["spec"])).pods:
+        assert restricted_violations(pod) == []
+
+
+def test_ascend_pods_meet_baseline_but_for_the_driver_host_paths() -> None:
+    _, result = rendered(ROOT / "manifests/examples/imagenet-2x8.yaml")
+    for pod in result.pods:
+        for problem in baseline_violations(pod):
+            # Read-only host files of the NPU driver: the reason Ascend namespaces need `privileged`.
+            assert problem.startswith(("hostPath /usr/local/Ascend/", "hostPath /etc/")), problem
+        mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        for volume in pod["spec"]["volumes"]:
+            if "hostPath" in volume:
+                assert mounts[volume["name"]]["readOnly"] is True
+
+
+def test_the_pod_security_checks_can_fail() -> None:
+    _, result = rendered(ROOT / "manifests/examples/imagenet-2x8.yaml")
+    pod = result.pods[0]
+    assert any(v.endswith("runAsNonRoot") for v in restricted_violations(pod))  # root, as documented
+    pod["spec"]["hostNetwork"] = True
+    pod["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    assert {"hostNetwork", "privileged"} <= set(baseline_violations(pod))
