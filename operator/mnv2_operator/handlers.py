@@ -46,6 +46,7 @@ from typing import Any, cast
 from urllib.parse import quote
 
 import kopf
+import urllib3
 
 from mnv2_operator import status as st
 from mnv2_operator.render import RenderedJob, render_job
@@ -81,6 +82,30 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, body: str = "") -> None:
         super().__init__(f"HTTP {status} {reason}: {body[:300]}")
         self.status = status
+        self.body = body
+
+    @property
+    def message(self) -> str:
+        """The API server's own message (a Status object's `message`), else the body's start."""
+        try:
+            message = json.loads(self.body).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return str(message or self.body[:300] or f"HTTP {self.status}")
+
+
+# The API server refuses an object as invalid: retrying the same object cannot help. After this many
+# tries in a row (a few seconds of backoff, in case an admission webhook was briefly wrong) the job
+# fails with the API's message; a new spec generation starts it again.
+MAX_REFUSALS = 3
+
+
+class _Refused(Exception):
+    """The API server refused to create a rendered object (400 Bad Request or 422 Invalid)."""
+
+    def __init__(self, kind: str, name: str, err: ApiError) -> None:
+        super().__init__(f"the API server refused {kind} {name}: {err.message}")
+        self.err = err
 
 
 class Api:
@@ -216,13 +241,14 @@ class Scheduler:
                     n = self._failures.get(key, 0) + 1
                     self._failures[key] = n
                     again = min(0.5 * 2 ** (n - 1), 30.0)
-                    # API errors are expected now and then (one line); anything else is a bug (traceback).
+                    # API and connection errors (5xx, 429, timeouts, refused connections) are expected
+                    # now and then: one line; anything else is a bug (traceback). Both back off.
                     logger.warning(
                         "reconcile of %s/%s failed (%s); retrying in %.1fs",
                         *key,
                         err,
                         again,
-                        exc_info=not isinstance(err, ApiError),
+                        exc_info=not isinstance(err, ApiError | OSError | urllib3.exceptions.HTTPError),
                     )
                 if again is not None:
                     self.kick(key, again)
@@ -364,6 +390,7 @@ class Controller:
         # status until they can), and how many times in a row (the re-check backs off).
         self._create_errors: dict[Key, tuple[str, str]] = {}
         self._blocked: dict[Key, int] = {}
+        self._refusals: dict[Key, tuple[str, str, int]] = {}  # job -> (uid, spec hash, refusals in a row)
         self._views: dict[Key, st.JobView] = {}  # job -> its newest known copy
         self._created: dict[Key, st.Created] = {}  # job -> what was created, not yet in the index
         self.monotonic: Callable[[], float] = time.monotonic  # the clock of `status.Created`
@@ -390,6 +417,7 @@ class Controller:
         self._warned.pop(key, None)
         self._create_errors.pop(key, None)
         self._blocked.pop(key, None)
+        self._refusals.pop(key, None)
         self._views.pop(key, None)
         self._created.pop(key, None)
 
@@ -525,6 +553,22 @@ class Controller:
         if rendered is not None and self._views.get(key) is view:  # (not if the job went meanwhile)
             try:
                 retry, conflicts = await self._create(job, rendered, decision, spec_hash, foreign, plan)
+            except _Refused as refused:
+                # Counted per job and spec: a bounded number of tries, then Failed (InvalidSpec)
+                # with the API's message; never an endless CreateFailed loop.
+                uid = job["metadata"]["uid"]
+                prior = self._refusals.get(key)
+                n = prior[2] + 1 if prior is not None and prior[:2] == (uid, spec_hash) else 1
+                self._refusals[key] = (uid, spec_hash, n)
+                if n >= MAX_REFUSALS:
+                    self._refusals.pop(key, None)
+                    self._create_errors.pop(key, None)
+                    self._created.pop(key, None)
+                    await self._invalid(job, decision.status, str(refused), pods)
+                    return None
+                message = f"cannot create the job's children: {refused} (try {n} of {MAX_REFUSALS})"
+                await self._report_not_created(job, key, decision.status, st.REASON_CREATE_FAILED, message)
+                raise refused.err from None  # retried with backoff
             except ApiError as err:
                 if err.status in (403, 404, 409, 422):
                     message = f"cannot create the job's children: {err}"
@@ -545,6 +589,7 @@ class Controller:
             else:
                 self._create_errors.pop(key, None)
                 self._blocked.pop(key, None)
+                self._refusals.pop(key, None)
                 if retry:
                     requeue = 1.0 if requeue is None else min(requeue, 1.0)
         if decision.delete_job:
@@ -737,6 +782,8 @@ class Controller:
             try:
                 answer = await self.api.request("POST", object_path(pod, namespace), pod)
             except ApiError as err:
+                if err.status in (400, 422):
+                    raise _Refused("Pod", name, err) from err
                 if err.status != 409:
                     raise
                 # A pod of that name exists that the index does not show: ours (the index lags a
@@ -782,6 +829,8 @@ class Controller:
             await self.api.request("POST", object_path(obj, namespace), obj)
             return True, None
         except ApiError as err:
+            if err.status in (400, 422):
+                raise _Refused(kind, name, err) from err
             if err.status == 404:
                 raise ApiError(
                     404,

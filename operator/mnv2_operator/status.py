@@ -395,8 +395,9 @@ def invalid_spec(
 ) -> Decision:
     """The status of a job whose spec does not validate: Failed, nothing created.
 
-    A job that ran before its spec was edited into an invalid one loses its pods: a Failed job
-    with training pods still running would say one thing and do another.
+    Called for a job that has not started, or at a started job's next start (see
+    `spec_invalid_deferred`); any pods it still has go: a Failed job with training pods still
+    running would say one thing and do another.
     """
     prev = dict(previous or {})
     text = f"invalid spec: {message}"
@@ -546,8 +547,9 @@ def reconcile(
         The decision; applying its actions and then calling again converges to a fixed point.
     """
     prev = dict(previous or {})
-    if failed_by_invalid_spec(prev):
-        # The spec was fixed: start as a new job (nothing was created while it was invalid).
+    if failed_by_invalid_spec(prev) and prev.get("observedGeneration") != generation:
+        # The spec was fixed (a new generation that validates): start as a new job. The same
+        # generation stays Failed: the API server refused what it renders (see handlers).
         prev = {"conditions": prev.get("conditions")}
     pods = list(pods)
     attempt = int(prev.get("restarts") or 0)

@@ -178,3 +178,42 @@ def test_an_edit_of_nodes_leaves_the_running_gang_as_it_is(cluster: Cluster, nam
         # At the next start (a gang restart) the gang has the new size.
         cluster.finish(ns, f"{name}-worker-0", 1)
         wait_for("attempt 1 with two workers", running_pods(cluster, ns, name, 2, 1))
+
+
+def test_an_object_the_api_server_refuses_fails_the_job_after_a_few_tries(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A value the API server refuses (422) that the spec's checks let through: Failed, not an
+    endless CreateFailed retry. The pod is made invalid here by a wrapped renderer, as a spec check
+    that lags the API server's would."""
+    from mnv2_operator import handlers
+
+    real = handlers.render_job
+
+    def lagging(*args: Any, **kwargs: Any) -> Any:
+        rendered = real(*args, **kwargs)
+        for pod in rendered.pods:
+            pod["metadata"]["labels"]["example.com/note"] = "not a label value!"
+        return rendered
+
+    monkeypatch.setattr(handlers, "render_job", lagging)
+    ns, name = namespace, "refused"
+    with operator(ns) as runner:
+        cluster.create_job(ns, name, job_spec(nodes=1))
+        s = wait_for("phase Failed", phase_is(cluster, ns, name, "Failed"), timeout=30)
+        failed = condition(s, "Failed")
+        assert failed["reason"] == "InvalidSpec", failed
+        assert "the API server refused Pod refused-worker-0" in s["message"]
+        assert "not a label value!" in s["message"]  # the API server's own message
+        reasons = wait_for(
+            "the InvalidSpec Event", lambda: (r := events_of(cluster, ns, name)) and "InvalidSpec" in r and r
+        )
+        assert reasons.count("CreateFailed") == 2  # one per retried try (the message counts them)
+        # Nothing more is tried for this generation.
+        time.sleep(3)
+        assert cluster.status(ns, name)["phase"] == "Failed"
+        assert cluster.pods(ns, name) == []
+    assert runner.output.count("the API server refused Pod refused-worker-0") >= handlers.MAX_REFUSALS
+    assert "Traceback" not in runner.output

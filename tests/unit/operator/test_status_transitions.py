@@ -228,8 +228,11 @@ def test_invalid_spec_then_fixed() -> None:
     # Edited into an invalid spec while running: the pods go too.
     running = st.invalid_spec({"phase": "Running"}, "x", 2, T0, [pod(0), pod(1, deleting=True)])
     assert running.delete_pods == ("j-worker-0",)
-    fixed = step(st.Policy(workers=1), [], d.status, 5)
+    fixed = st.reconcile(JOB, st.Policy(workers=1), [], d.status, 2, T0)
     assert fixed.status["phase"] == "Pending" and fixed.create_ranks == (0,)
+    # The same generation stays Failed (the API server refused what it renders): nothing created.
+    same = st.reconcile(JOB, st.Policy(workers=1), [], d.status, 1, T0)
+    assert same.status["phase"] == "Failed" and same.create_ranks == ()
 
 
 def test_trainer_keys_are_never_written() -> None:
