@@ -100,8 +100,17 @@ RESERVED_ENV: dict[str, str] = {
 class SpecError(ValueError):
     """An invalid job spec. ``problems`` holds one ``spec.<path>: <problem>; <fix>`` line each."""
 
+    #: Problems listed at most: the message goes into the job's status and an Event.
+    MAX_PROBLEMS = 20
+
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+        problems = list(problems)
+        if len(problems) > self.MAX_PROBLEMS:
+            more = len(problems) - self.MAX_PROBLEMS + 1
+            problems = problems[: self.MAX_PROBLEMS - 1] + [
+                f"spec: {more} more problems not shown; fix the ones above and apply again"
+            ]
+        self.problems = problems
         super().__init__("invalid MobileNetV2TrainingJob spec:\n" + "\n".join(f"  {p}" for p in problems))
 
 
@@ -865,10 +874,11 @@ def _path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+        elif re.fullmatch(r"[A-Za-z0-9_-]{1,100}", str(part)):
             out += f".{part}"
         else:
-            out += f"[{json.dumps(str(part)[:100])}]"
+            text = str(part)
+            out += f"[{json.dumps(text if len(text) <= 100 else text[:80] + '...')}]"
     return out
 
 
@@ -933,6 +943,8 @@ def _describe_error(err: Mapping[str, Any], missing: Collection[tuple[Any, ...]]
         if isinstance(value, str | int | float | bool) or value is None
         else type(value).__name__
     )
+    if len(shown) > 80:  # the message goes into the job's status and Events: never echo a huge value
+        shown = shown[:60] + f"... ({len(shown)} characters)"
     if kind in ("literal_error", "enum"):
         return f"{where}: {shown} is not allowed; {msg.replace('Input should be', 'use')}"
     return f"{where}: {shown} is invalid; {msg[0].lower() + msg[1:] if msg else kind}"

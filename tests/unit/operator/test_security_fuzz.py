@@ -443,6 +443,8 @@ def test_mutated_jobs_are_refused_cleanly_or_rendered_within_the_policy() -> Non
             except S.SpecError as err:
                 refused += 1
                 assert err.problems, f"job {n}: a refusal without problems"
+                # The message goes into the job's status and an Event: bounded whatever the input.
+                assert len(str(err)) < 16 * 1024, f"job {n}: a {len(str(err))}-character message"
                 for problem in err.problems:
                     if not NAMED.match(problem):
                         problems.append(f"job {n}: refusal names no field: {problem[:200]!r}")

@@ -491,3 +491,18 @@ def test_the_status_reporter_finds_rank_0s_token(tmp_path: Any) -> None:
     ).load_and_set(conf)
     assert conf.host == "https://10.96.0.1:443"
     assert "rank0-token" in str(conf.api_key)
+
+
+def test_refusals_stay_short_whatever_the_input() -> None:
+    """The message goes into the job's status and an Event: it never echoes a huge value or key."""
+    mapping = mutated("model.name", "m" * 70_000)
+    for i in range(200):
+        mapping["dataset"][f"junk{i}"] = 1
+    mapping["dataset"]["k" * 70_000] = 1
+    with pytest.raises(S.SpecError) as info:
+        S.parse_spec(mapping)
+    problems = info.value.problems
+    assert len(problems) == S.SpecError.MAX_PROBLEMS
+    assert problems[-1].startswith("spec: ") and "more problems not shown" in problems[-1]
+    assert len(str(info.value)) < 8 * 1024
+    assert all(MESSAGE.match(p) or p.startswith("spec: ") for p in problems)
