@@ -279,6 +279,24 @@ class NodeAgent:
         self._ready_since: str | None = None
         self._version = ""
 
+    @classmethod
+    def for_cluster(cls, cluster: Any, name: str, mode: Mode = "process", **options: Any) -> NodeAgent:
+        """An agent (not started) for node `name` of a local `mnv2_cluster.launcher.Cluster`: its
+        credentials come from the cluster's CA, its folder is `<state>/nodes/<name>`, and its
+        PersistentVolumeClaims and hostPaths live in `<state>/volumes`, shared by the cluster's nodes."""
+        serving = cluster.node_serving_cert(name)
+        options.setdefault("volumes_dir", cluster.state_dir / "volumes")
+        return cls(
+            name,
+            kubeconfig=cluster.kubeconfig_for_node(name),
+            tls_cert_file=serving.cert,
+            tls_private_key_file=serving.key,
+            client_ca_file=cluster.pki.ca.cert,
+            state_dir=cluster.state_dir / "nodes" / name,
+            mode=mode,
+            **options,
+        )
+
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> NodeAgent:
@@ -1231,7 +1249,7 @@ class NodeAgent:
         ctx.load_cert_chain(str(self.tls_cert_file), str(self.tls_private_key_file))
         ctx.verify_mode = ssl.CERT_REQUIRED
         app = web.Application()
-        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+        app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
         app.router.add_route("*", "/{tail:.*}", self._unsupported)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -1239,6 +1257,9 @@ class NodeAgent:
         site = web.TCPSite(self._runner, P.POD_IP, self.port, ssl_context=ctx, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def _unsupported(self, request: web.Request) -> web.Response:
         return web.Response(
