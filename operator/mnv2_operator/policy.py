@@ -5,7 +5,7 @@ the pods with its own rights, so every pod-level choice a job can make (host fol
 scheduler, tolerations, node labels, pull secrets) is limited to what the admin allows in the Helm
 chart's ``policy`` values. They reach the operator as one JSON object in ``MNV2_POLICY``; without it the
 policy is the strictest one (no hostPath, only the default image, no priority classes, only the Volcano
-scheduler for gang jobs, no tolerations, node labels or pull secrets of the job's choosing).
+scheduler for gang jobs and its default queue, no tolerations, node labels or pull secrets of the job's choosing).
 
 ``OperatorPolicy.check`` returns one ``spec.<field>: <problem>; <fix>`` line per violation; the
 renderer refuses to render a job that has any (so no pod that breaks the policy is ever rendered).
@@ -69,6 +69,8 @@ class OperatorPolicy:
     priority_class_names: tuple[str, ...] = ()
     #: Schedulers a job may name (gang jobs use volcano); the default scheduler is always allowed.
     scheduler_names: tuple[str, ...] = ("volcano",)
+    #: Volcano queues a gang job may name (a queue carries another team's share of the cluster).
+    queue_names: tuple[str, ...] = ("default",)
     #: Tolerations a job may set: each must match one of these (a field left out here matches any value).
     tolerations: tuple[Mapping[str, str], ...] = ()
     #: Node label keys a job's accelerator.nodeSelector may set or change.
@@ -92,6 +94,7 @@ class OperatorPolicy:
             "imagePrefixes",
             "priorityClassNames",
             "schedulerNames",
+            "queueNames",
             "tolerations",
             "nodeSelectorKeys",
             "imagePullSecrets",
@@ -121,6 +124,7 @@ class OperatorPolicy:
             image_prefixes=_strings(raw, "imagePrefixes", _image_prefix),
             priority_class_names=_strings(raw, "priorityClassNames"),
             scheduler_names=_strings(raw, "schedulerNames") if "schedulerNames" in raw else ("volcano",),
+            queue_names=_strings(raw, "queueNames") if "queueNames" in raw else ("default",),
             tolerations=tuple(dict(t) for t in tolerations),
             node_selector_keys=_strings(raw, "nodeSelectorKeys"),
             image_pull_secrets=_strings(raw, "imagePullSecrets"),
@@ -217,6 +221,15 @@ class OperatorPolicy:
                     f"PriorityClass {sched.priority_class_name!r}",
                     self.priority_class_names,
                     "policy.priorityClassNames",
+                )
+            )
+        if sched.queue is not None and sched.queue not in self.queue_names:
+            problems.append(
+                self._refused(
+                    "spec.scheduling.queue",
+                    f"Volcano queue {sched.queue!r}",
+                    self.queue_names,
+                    "policy.queueNames",
                 )
             )
         scheduler = sched.scheduler_name or ("volcano" if sched.gang else None)

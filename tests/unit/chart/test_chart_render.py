@@ -204,6 +204,7 @@ def test_policy_reaches_the_operator_as_environment() -> None:
     assert custom.policy.host_path_output_prefixes == ()
     assert custom.policy.image_prefixes == ("registry.example.com/ai/",)
     assert custom.policy.scheduler_names == ()  # no Volcano on that site
+    assert custom.policy.queue_names == ()
     assert custom.policy.tolerations == (
         {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"},
     )

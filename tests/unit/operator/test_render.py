@@ -94,6 +94,7 @@ POLICY = OperatorPolicy.from_mapping(
         "hostPath": {"datasetPrefixes": ["/mnt"]},
         "imagePrefixes": ["registry.local/", "mine"],
         "priorityClassNames": ["training-high"],
+        "queueNames": ["default", "research"],
         "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
         "nodeSelectorKeys": ["accelerator", "npu"],
     }
@@ -104,6 +105,7 @@ POLICY_JSON = json.dumps(
         "hostPath": {"datasetPrefixes": ["/mnt"]},
         "imagePrefixes": ["registry.local/"],
         "priorityClassNames": ["training-high"],
+        "queueNames": ["default", "research"],
         "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
     }
 )

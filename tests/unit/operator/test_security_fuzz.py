@@ -275,6 +275,8 @@ PLAUSIBLE: list[tuple[str, Any]] = [
     ("accelerator.type", "cpu"),
     ("accelerator.resourceName", "huawei.com/Ascend910B"),
     ("imagePullSecrets", ["regcred"]),
+    ("scheduling", {"gang": True, "queue": "default"}),
+    ("scheduling", {"gang": True, "queue": "other-team"}),
     ("imagePullSecrets", ["other-secret"]),
     ("env", {"GLOG_v": "2", "OMP_NUM_THREADS": "4"}),
     ("env", {"ü": "1"}),
@@ -468,6 +470,9 @@ def test_mutated_jobs_are_refused_cleanly_or_rendered_within_the_policy() -> Non
                     kubernetes_validate.validate(obj, "1.37.0", strict=True)
                 except kubernetes_validate.ValidationError as err:
                     problems.append(f"job {n}: {obj['kind']} the API server would refuse: {err}")
+        for group in (o for o in result.objects if o["kind"] == "PodGroup"):
+            if group["spec"].get("queue", "default") != "default":
+                problems.append(f"job {n}: PodGroup in queue {group['spec']['queue']}")
         for pod in result.pods:
             for v in violations(pod, name, set(parsed.env)):
                 problems.append(f"job {n}: rendered pod breaks the policy: {v}")

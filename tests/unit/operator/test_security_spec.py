@@ -338,6 +338,12 @@ POLICY_HOSTILE: list[Any] = [
         "scheduling", {"schedulerName": "my-scheduler"}, "spec.scheduling.schedulerName", id="scheduler"
     ),
     pytest.param(
+        "scheduling",
+        {"gang": True, "queue": "other-team"},
+        "spec.scheduling.queue",
+        id="another team's queue",
+    ),
+    pytest.param(
         "accelerator",
         {"tolerations": [{"operator": "Exists"}]},
         "spec.accelerator.tolerations[0]",
