@@ -95,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", default=None, help="job manifest (default: the digits CPU example)")
     p.set_defaults(run=_cmd_demo)
 
-    p = sub.add_parser("render", help="print the Kubernetes objects a job would create (dry run)")
+    p = sub.add_parser(
+        "render",
+        help="print the Kubernetes objects a job would create (dry run)",
+        description=(
+            "Print the objects the operator would create for a job. Defaults and the admin's policy come "
+            "from this shell's MNV2_DEFAULT_* and MNV2_POLICY variables, as in the operator (MNV2_POLICY "
+            "unset: the strictest policy); copy them from the operator's Deployment to see what it decides."
+        ),
+    )
     p.add_argument("-f", "--filename", required=True, help="MobileNetV2TrainingJob manifest ('-' for stdin)")
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     p.set_defaults(run=_cmd_render)
