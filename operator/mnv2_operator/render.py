@@ -99,7 +99,7 @@ def check_job_name(name: str) -> None:
     """Raise SpecError when the job's name cannot name its Service and pod hostnames."""
     import re
 
-    if len(name) > MAX_JOB_NAME or not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", name):
+    if len(name) > MAX_JOB_NAME or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
         raise S.SpecError(
             [
                 f"metadata.name: {name!r} cannot name the job's Service and pod hostnames; use at most "

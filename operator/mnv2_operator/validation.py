@@ -7,7 +7,8 @@ command argument, ``..`` in a path, a loader variable in the environment) must n
 The formats are Kubernetes' (k8s.io/apimachinery/pkg/util/validation and pkg/api/resource): DNS-1123
 labels and subdomains, qualified names (label keys, extended resource names), label values, C
 identifiers for environment variable names, and resource quantities. Each checker returns ``None`` when
-the value is fine, else the problem and the fix as one ``<problem>; <fix>`` text.
+the value is fine, else the problem and the fix as one ``<problem>; <fix>`` text. The patterns are
+applied with ``fullmatch`` (with ``match``, ``$`` would accept a trailing newline).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _control(value: str) -> bool:
 
 def dns1123_subdomain(value: str, what: str = "name") -> str | None:
     """A DNS-1123 subdomain (names of PVCs, Secrets, PriorityClasses, schedulers, queues)."""
-    if len(value) > DNS1123_SUBDOMAIN_MAX or not DNS1123_SUBDOMAIN.match(value):
+    if len(value) > DNS1123_SUBDOMAIN_MAX or not DNS1123_SUBDOMAIN.fullmatch(value):
         return (
             f"{_text(value)} is not a valid {what}; use at most {DNS1123_SUBDOMAIN_MAX} lower-case letters, "
             "digits, '-' and '.', starting and ending with a letter or digit (no '..'), e.g. imagenet-2012"
@@ -57,7 +58,7 @@ def dns1123_subdomain(value: str, what: str = "name") -> str | None:
 
 def dns1123_label(value: str, what: str = "name") -> str | None:
     """A DNS-1123 label (one dot-free part of a DNS name)."""
-    if len(value) > DNS1123_LABEL_MAX or not DNS1123_LABEL.match(value):
+    if len(value) > DNS1123_LABEL_MAX or not DNS1123_LABEL.fullmatch(value):
         return (
             f"{_text(value)} is not a valid {what}; use at most {DNS1123_LABEL_MAX} lower-case letters, "
             "digits and '-', starting and ending with a letter or digit"
@@ -82,7 +83,7 @@ def qualified_name(value: str, what: str = "key", *, need_prefix: bool = False) 
         return f"{_text(value)} is not a valid {what} (bad prefix {_text(prefix)}); {fix}"
     if need_prefix and not slash:
         return f"{_text(value)} is not a valid {what} (it needs a domain prefix); {fix}"
-    if len(name) > QUALIFIED_NAME_MAX or not _QUALIFIED_NAME_PART.match(name):
+    if len(name) > QUALIFIED_NAME_MAX or not _QUALIFIED_NAME_PART.fullmatch(name):
         return f"{_text(value)} is not a valid {what}; {fix}"
     return None
 
@@ -103,7 +104,7 @@ def extended_resource_name(value: str) -> str | None:
 
 def label_value(value: str) -> str | None:
     """A label value: empty, or at most 63 of ``[-A-Za-z0-9_.]`` starting and ending alphanumeric."""
-    if len(value) > LABEL_VALUE_MAX or not _LABEL_VALUE.match(value):
+    if len(value) > LABEL_VALUE_MAX or not _LABEL_VALUE.fullmatch(value):
         return (
             f"{_text(value)} is not a valid label value; use at most {LABEL_VALUE_MAX} letters, digits, "
             "'-', '_' and '.', starting and ending with a letter or digit, e.g. huawei-Ascend910"
@@ -113,7 +114,7 @@ def label_value(value: str) -> str | None:
 
 def env_name(value: str) -> str | None:
     """An environment variable name: a C identifier."""
-    if len(value) > ENV_NAME_MAX or not ENV_NAME.match(value):
+    if len(value) > ENV_NAME_MAX or not ENV_NAME.fullmatch(value):
         return (
             f"{_text(value)} is not a valid environment variable name; use a C identifier (letters, digits "
             f"and '_', not starting with a digit, at most {ENV_NAME_MAX} characters), e.g. GLOG_v"
@@ -137,7 +138,7 @@ IMAGE_MAX = 512
 
 def image_reference(value: str) -> str | None:
     """A container image reference, ``[registry[:port]/]repository[:tag][@digest]``."""
-    found = IMAGE_REFERENCE.match(value) if len(value) <= IMAGE_MAX else None
+    found = IMAGE_REFERENCE.fullmatch(value) if len(value) <= IMAGE_MAX else None
     if found is None or len(found["name"]) > 255:
         return (
             f"{_text(value)} is not an image reference; write [registry/]repository[:tag][@sha256:digest] "
@@ -168,7 +169,7 @@ def parse_quantity(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{_text(value)} is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
     text = str(value)
-    if not QUANTITY.match(text):
+    if not QUANTITY.fullmatch(text):
         raise ValueError(f"{_text(value)} is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
     from kubernetes.utils.quantity import parse_quantity as parse  # the client's exact Decimal parser
 

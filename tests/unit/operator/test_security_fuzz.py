@@ -389,7 +389,9 @@ def violations(pod: dict[str, Any], job: str, user_env: Any = ()) -> list[str]:
         if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
             found.append("capabilities")
         for env in c.get("env", []):
-            if env["name"] in user_env and (V.denied_env(env["name"]) or not V.ENV_NAME.match(env["name"])):
+            if env["name"] in user_env and (
+                V.denied_env(env["name"]) or not V.ENV_NAME.fullmatch(env["name"])
+            ):
                 found.append(f"env {env['name']}")
     if spec.get("priorityClassName") not in (None, "training"):
         found.append(f"priorityClassName {spec['priorityClassName']}")

@@ -51,6 +51,20 @@ HOSTILE: list[Any] = [
     pytest.param("dataset.pvc.claimName", "a..b", "spec.dataset.pvc.claimName", id="claim a..b"),
     pytest.param("dataset.pvc.claimName", "-a", "spec.dataset.pvc.claimName", id="claim leading dash"),
     pytest.param("dataset.pvc.claimName", "A", "spec.dataset.pvc.claimName", id="claim upper case"),
+    pytest.param("dataset.pvc.claimName", "imagenet\n", "spec.dataset.pvc.claimName", id="claim newline"),
+    pytest.param("env", {"GLOG_v\n": "1"}, "spec.env", id="env name trailing newline"),
+    pytest.param("image", "repo/x:1\n", "spec.image", id="image trailing newline"),
+    pytest.param("shmSize", "1Gi\n", "spec.shmSize", id="quantity trailing newline"),
+    pytest.param(
+        "accelerator.resourceName",
+        "huawei.com/Ascend910\n",
+        "spec.accelerator.resourceName",
+        id="resource newline",
+    ),
+    pytest.param(
+        "accelerator.nodeSelector", {"pool": "a\n"}, "spec.accelerator.nodeSelector", id="label value newline"
+    ),
+    pytest.param("scheduling.queue", "q\n", "spec.scheduling.queue", id="queue newline"),
     pytest.param("output.pvc.claimName", "a" * 254, "spec.output.pvc.claimName", id="claim too long"),
     pytest.param("imagePullSecrets", ["a..b"], "spec.imagePullSecrets", id="secret a..b"),
     pytest.param("imagePullSecrets", ["s"] * 9, "spec.imagePullSecrets", id="too many secrets"),
@@ -512,3 +526,8 @@ def test_refusals_stay_short_whatever_the_input() -> None:
     assert problems[-1].startswith("spec: ") and "more problems not shown" in problems[-1]
     assert len(str(info.value)) < 8 * 1024
     assert all(MESSAGE.match(p) or p.startswith("spec: ") for p in problems)
+
+
+def test_a_job_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(S.SpecError, match="metadata.name"):
+        R.render_job("job\n", "team", "uid", S.parse_spec(MINIMAL))
