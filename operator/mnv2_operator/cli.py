@@ -1,4 +1,4 @@
-"""The `mnv2` command: `mnv2 operator | demo | render | crd | status | plot | sandbox`.
+"""The `mnv2` command: `mnv2 operator | demo | render | crd | status | plot | cluster`.
 
 Each subcommand parses its flags here and hands over to the module that owns the work, imported
 lazily so that `mnv2 crd` does not pay for kopf or the sandbox.
@@ -61,10 +61,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_sandbox(args: argparse.Namespace) -> int:
-    from mnv2_operator.sandbox import cli as sandbox_cli
-
-    return sandbox_cli.run(args)
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    try:
+        from mnv2_cluster import cli as cluster_cli
+    except ImportError as e:
+        print(
+            f"mnv2 cluster needs the cluster extra (pip install 'mnv2-operator[cluster]'): {e}",
+            file=sys.stderr,
+        )
+        return 2
+    return cluster_cli.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,10 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--kubeconfig", default=None, help="kubeconfig path (default: $KUBECONFIG or ~/.kube/config)"
         )
 
-    p = sub.add_parser("sandbox", help="run the embedded single-machine cluster in the foreground")
-    p.add_argument("--state-dir", default=".sandbox", help="where volumes, logs and the kubeconfig go")
-    p.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1 (0: pick a free one)")
-    p.set_defaults(run=_cmd_sandbox)
+    p = sub.add_parser(
+        "cluster",
+        help="run the local control plane (etcd, kube-apiserver, controller manager, scheduler) in the foreground",
+    )
+    p.add_argument(
+        "--state-dir", default=".cluster", help="where the PKI, etcd data, logs and the kubeconfig go"
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every component")
+    p.set_defaults(run=_cmd_cluster)
     return parser
 
 

@@ -1,8 +1,10 @@
-"""Fixtures of the contract suite: the same tests against the sandbox or a real cluster.
+"""Fixtures of the contract suite: the behaviours the operator relies on, pinned against the real
+Kubernetes control plane.
 
-Without options the suite starts one process-kubelet `Sandbox` for the session. With
-`pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need sandbox-only
-features (Kubelet.finish, audit records, local pod processes) skip there, saying so.
+Without options the suite starts the local control plane (`mnv2_cluster.Cluster`: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler built from upstream modules) for the session. With
+`pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need the local one (its
+audit log, identities made from its CA) skip there, saying so.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-from mnv2_operator.sandbox import Sandbox
+from mnv2_cluster.launcher import Cluster as LocalCluster
 
-from contract.kit import GROUP, WIDGET_CRD, Cluster, wait_for
+from contract.kit import GADGET_CRD, GROUP, MNV2_CRD, WIDGET_CRD, Cluster, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +26,14 @@ def cluster(kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFact
     if kubeconfig_option:
         yield Cluster(Path(kubeconfig_option), None, cache)
         return
-    sb = Sandbox(tmp_path_factory.mktemp("sandbox"), kubelet="process").start()
+    # The CRDs exist before the controller manager starts, so garbage collection knows their kinds.
+    crds = [WIDGET_CRD, GADGET_CRD, MNV2_CRD]
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=crds).start()
+    print(f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}")
     try:
-        yield Cluster(sb.kubeconfig_path, sb, cache)
+        yield Cluster(local.kubeconfig, local, cache)
     finally:
-        sb.stop()
+        local.stop()
 
 
 @pytest.fixture(scope="session")

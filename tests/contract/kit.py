@@ -12,8 +12,8 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from mnv2_operator.sandbox import Sandbox
-from mnv2_operator.sandbox.sandbox import KubectlError, kubectl_binary
+from mnv2_cluster.launcher import Cluster as LocalCluster
+from mnv2_cluster.launcher import kubectl_binary
 
 GROUP = "contract.mnv2.dev"
 WIDGET_CRD = f"""
@@ -54,21 +54,60 @@ spec:
 """
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero; the message includes its stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr:\n{self.stderr}\nstdout:\n{self.output}"
+
+
+GADGET_CRD = f"""
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.{GROUP}
+spec:
+  group: {GROUP}
+  scope: Namespaced
+  names: {{plural: gadgets, singular: gadget, kind: Gadget}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {{status: {{}}}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {{type: integer}}
+          status:
+            type: object
+            properties:
+              phase: {{type: string}}
+"""
+MNV2_CRD = (Path(__file__).resolve().parents[2] / "manifests/crd/mobilenetv2trainingjobs.yaml").read_text()
+
+
 @dataclass
 class Cluster:
-    """The API under test: a sandbox (with `.sandbox`) or a real cluster (`.sandbox is None`)."""
+    """The API under test: the local control plane the suite started (`.local`), or the cluster of
+    `--kubeconfig` (`.local is None`)."""
 
     kubeconfig: Path
-    sandbox: Sandbox | None
+    local: LocalCluster | None
     cache_dir: Path
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
+        self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as the admin, or as the identity of `kubeconfig`."""
         cmd = [
             kubectl_binary(),
             "--kubeconfig",
-            str(self.kubeconfig),
+            str(kubeconfig or self.kubeconfig),
             "--cache-dir",
             str(self.cache_dir),
             *args,
@@ -81,10 +120,29 @@ class Cluster:
     def api(self) -> kubernetes.client.ApiClient:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def need_sandbox(self, why: str) -> Sandbox:
-        if self.sandbox is None:
-            pytest.skip(f"sandbox-only: {why}")
-        return self.sandbox
+    def need_local(self, why: str) -> LocalCluster:
+        """The local control plane; skips (saying why) against a --kubeconfig cluster."""
+        if self.local is None:
+            pytest.skip(f"needs the suite's own control plane: {why}")
+        return self.local
+
+    def need_node(self) -> None:
+        """Skip, naming the missing piece, when no Node is Ready: pods would stay Pending."""
+        nodes = kubernetes.client.CoreV1Api(self.api()).list_node().items
+        ready = [
+            n.metadata.name
+            for n in nodes
+            if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+        ]
+        if not ready:
+            pytest.skip(
+                "no Ready Node in this cluster (pods stay Pending): needs a node joined to the control "
+                "plane (the node agent)"
+            )
+
+    def need_node_agent(self, why: str) -> Any:
+        """Skip: the test drives the node agent itself (fault injection, local processes)."""
+        pytest.skip(f"needs the node agent's own controls, which this cluster has none of: {why}")
 
 
 def widget(name: str, size: int = 2, **spec: Any) -> dict[str, Any]:

@@ -113,7 +113,10 @@ def test_delete_cascades_to_owned_objects(
             if c.metadata.name != "kube-root-ca.crt"
         )
 
-    wait_for(lambda: remaining() == ["unrelated"], 30, "child and grandchild garbage-collected")
+    # Seconds when the garbage collector knows the owner's kind (its CRD existed when the controller
+    # manager started); up to its next discovery resync (~30 s) for a CRD created later.
+    timeout = 30 if cluster.local is not None else 90
+    wait_for(lambda: remaining() == ["unrelated"], timeout, "child and grandchild garbage-collected")
 
 
 def test_not_found_and_already_exists_messages(cluster: Cluster, widget_crd: str, ns: str) -> None:
@@ -141,7 +144,8 @@ def test_strategic_merge_patch_merges_containers_by_name(cluster: Cluster, ns: s
                         {
                             "name": "a",
                             "image": "busybox",
-                            "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}],
+                            # not X/Y: kubectl reads YAML 1.1, where an unquoted Y is a boolean
+                            "env": [{"name": "FIRST", "value": "1"}, {"name": "SECOND", "value": "2"}],
                         },
                         {"name": "b", "image": "busybox"},
                     ]
@@ -155,13 +159,23 @@ def test_strategic_merge_patch_merges_containers_by_name(cluster: Cluster, ns: s
     got = json.loads(cluster.kubectl("get", "-n", ns, "deployment", "d", "-o", "json").stdout)
     containers = got["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"]) for c in containers] == [("a", "busybox"), ("b", "alpine")]
-    # client-side apply computes a three-way strategic patch: removing env Y must remove only Y
-    dep["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "X", "value": "1"}]
+    # client-side apply computes a three-way strategic patch: removing env SECOND must remove only it
+    dep["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "FIRST", "value": "1"}]
     dep["spec"]["template"]["spec"]["containers"][1]["image"] = "alpine"
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=to_yaml(dep))
     got = json.loads(cluster.kubectl("get", "-n", ns, "deployment", "d", "-o", "json").stdout)
     env = got["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env == [{"name": "X", "value": "1"}]
+    assert env == [{"name": "FIRST", "value": "1"}]
+
+
+def test_kubectl_reads_unquoted_y_as_a_boolean(cluster: Cluster, ns: str) -> None:
+    """kubectl parses YAML 1.1: `name: Y` (or y, yes, on) is a boolean, refused where a string goes."""
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Y\n"
+    proc = cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest, check=False)
+    assert proc.returncode != 0
+    assert "cannot unmarshal bool" in proc.stderr, proc.stderr
+    quoted = manifest.replace("name: Y", "name: 'y'")
+    assert "configmap/y created" in cluster.kubectl("apply", "-n", ns, "-f", "-", input=quoted).stdout
 
 
 def test_merge_and_json_patch(cluster: Cluster, widget_crd: str, ns: str) -> None:

@@ -1,11 +1,9 @@
-"""Sandbox-only behaviour: simulated kubelet, audit records, 410 Gone, throughput, `mnv2 sandbox`."""
+"""The API emulator (`mnv2_operator.sandbox`) itself: simulated kubelet, audit records, 410 Gone,
+throughput. Each test starts its own emulator; the rest of the suite runs against the real control plane."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,14 +14,13 @@ import pytest
 from kubernetes.client import ApiException
 from mnv2_operator.sandbox import Sandbox
 
-from contract.kit import Cluster, wait_for
+from contract.kit import wait_for
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def sim(cluster: Cluster, tmp_path: Path) -> Iterator[Sandbox]:
-    cluster.need_sandbox("tests the sandbox itself")
+def sim(tmp_path: Path) -> Iterator[Sandbox]:
     with Sandbox(tmp_path / "sim", kubelet="simulated") as sb:
         yield sb
 
@@ -156,8 +153,7 @@ def test_store_does_not_slow_down_as_it_grows(sim: Sandbox) -> None:
     assert min(times[-2:]) < 3 * min(times[:2]), f"seconds per 1000 creates: {times}"
 
 
-def test_process_kubelet_ignores_devices_and_binds_to_the_node(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.need_sandbox("tests the sandbox itself")
+def test_process_kubelet_ignores_devices_and_binds_to_the_node(tmp_path: Path) -> None:
     with Sandbox(tmp_path / "proc") as sb:
         core = kubernetes.client.CoreV1Api(sb.api_client())
         p = simple_pod("dev")
@@ -173,25 +169,6 @@ def test_process_kubelet_ignores_devices_and_binds_to_the_node(cluster: Cluster,
         pod = core.read_namespaced_pod("dev", "default")
         assert pod.spec.node_name == "sandbox"
         assert pod.status.container_statuses[1].state.waiting.reason == "SandboxUnsupported"
-
-
-def test_mnv2_sandbox_command(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.need_sandbox("runs the `mnv2 sandbox` command")
-    state = tmp_path / "cli"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mnv2_operator.cli", "sandbox", "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert lines[2].strip() == f"export KUBECONFIG={state.resolve() / 'kubeconfig'}"
-        kubeconfig = lines[2].strip().split("=", 1)[1]
-        client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-        names = [n.metadata.name for n in kubernetes.client.CoreV1Api(client).list_node().items]
-        assert names == ["sandbox"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0, proc.stderr.read()
 
 
 def test_watch_of_a_client_that_hung_up_is_dropped(sim: Sandbox) -> None:

@@ -6,7 +6,7 @@ import sys
 import pytest
 from mnv2_operator.cli import build_parser
 
-SUBCOMMANDS = ["operator", "demo", "render", "crd", "status", "plot", "sandbox"]
+SUBCOMMANDS = ["operator", "demo", "render", "crd", "status", "plot", "cluster"]
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)

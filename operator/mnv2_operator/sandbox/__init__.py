@@ -1,7 +1,7 @@
 """The sandbox: an embedded single-machine Kubernetes stand-in (API server + kubelet).
 
-Used when no real cluster is configured (``mnv2 demo``, ``mnv2 sandbox``, the contract/integration
-tests). Real clients -- kubectl, kopf, the ``kubernetes`` Python client -- talk to it unchanged.
+Used by ``mnv2 demo`` and the operator integration tests until they move to the real control plane
+(``mnv2_cluster``); the contract suite runs against that one. Real clients -- kubectl, kopf, the ``kubernetes`` Python client -- talk to it unchanged.
 
 Public API::
 

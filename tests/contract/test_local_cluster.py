@@ -1,0 +1,76 @@
+"""`mnv2 cluster`: the local control plane in the foreground, stopped in order by a signal, its etcd
+data kept for the next start on the same state folder."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import kubernetes
+import pytest
+
+from contract.kit import Cluster
+
+pytestmark = pytest.mark.cluster
+
+
+def start(state: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """Run `mnv2 cluster` and return once it printed its export line (the lines so far with it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnv2_operator.cli", "cluster", "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout or []], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 150
+    while not (seen and seen[-1].startswith("export KUBECONFIG=")):
+        try:
+            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())).rstrip("\n"))
+        except queue.Empty:
+            proc.kill()
+            pytest.fail("`mnv2 cluster` printed no export line within 150 s:\n" + "\n".join(seen))
+    return proc, seen
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals) -> float:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 0
+    return time.monotonic() - t0
+
+
+def test_mnv2_cluster_command_stops_in_order_and_keeps_its_data(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.need_local("runs the local control plane's own command")
+    state = tmp_path / "cli"
+    proc, lines = start(state)
+    try:
+        kubeconfig = state.resolve() / "kubeconfig"
+        assert lines[-1] == f"export KUBECONFIG={kubeconfig}"
+        assert any(ln.strip().startswith("apiserver") and "RSS" in ln for ln in lines), lines
+        core = kubernetes.client.CoreV1Api(
+            kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        )
+        assert {"default", "kube-system", "kube-public"} <= {
+            n.metadata.name for n in core.list_namespace().items
+        }
+        core.create_namespaced_config_map("default", {"metadata": {"name": "kept"}, "data": {"k": "v"}})
+    finally:
+        took = stop(proc, signal.SIGINT)
+    assert took < 30, f"stopping took {took:.1f} s"
+    for name in ("etcd", "apiserver", "controller-manager", "scheduler"):
+        assert (state / "logs" / f"{name}.log").stat().st_size > 0
+
+    proc, lines = start(state)  # the same folder: same CA, same etcd data
+    try:
+        core = kubernetes.client.CoreV1Api(
+            kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+        )
+        assert core.read_namespaced_config_map("kept", "default").data == {"k": "v"}
+    finally:
+        stop(proc, signal.SIGTERM)
