@@ -110,10 +110,7 @@ def build(force: bool = False, out: Path | None = None) -> Path:
         flush=True,
     )
     started = time.monotonic()
-    download = subprocess.run([go, "mod", "download"], cwd=module, env=env, capture_output=True, text=True)
-    if download.returncode != 0:
-        raise BuildError(f"`go mod download` failed in {module}:\n{download.stderr[-4000:]}")
-    total = _package_count(go, module, env)
+    total = _package_count(go, module, env)  # also downloads the modules the build needs
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -157,11 +154,15 @@ def build(force: bool = False, out: Path | None = None) -> Path:
 
 
 def _package_count(go: str, module: Path, env: dict[str, str]) -> int:
-    """How many packages the build needs at most (the progress line's denominator; 0 if unknown)."""
+    """How many packages the build needs (the progress line's denominator). `go list` fetches the
+    modules that hold them from the module proxy first, so its failure is the download's."""
+    print("  resolving packages (downloads the needed modules the first time)...", flush=True)
     proc = subprocess.run(
         [go, "list", "-deps", "./cmd/..."], cwd=module, env=env, capture_output=True, text=True
     )
-    return len(proc.stdout.split()) if proc.returncode == 0 else 0
+    if proc.returncode != 0:
+        raise BuildError(f"`go list -deps ./cmd/...` failed in {module}:\n{proc.stderr[-4000:]}")
+    return len(proc.stdout.split())
 
 
 def main(argv: list[str] | None = None) -> int:

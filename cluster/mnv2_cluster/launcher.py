@@ -351,6 +351,9 @@ class Cluster:
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The `kubernetes` Service's endpoints may not be a loopback address (the API server refuses
+            # to start with a loopback advertise address and an endpoint reconciler): none, on loopback.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={self.ports.apiserver}",
             f"--tls-cert-file={self._apiserver_cert.cert}",
             f"--tls-private-key-file={self._apiserver_cert.key}",

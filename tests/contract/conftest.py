@@ -21,7 +21,9 @@ from contract.kit import GADGET_CRD, GROUP, MNV2_CRD, WIDGET_CRD, Cluster, wait_
 
 
 @pytest.fixture(scope="session")
-def cluster(kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
     cache = tmp_path_factory.mktemp("kube-cache")
     if kubeconfig_option:
         yield Cluster(Path(kubeconfig_option), None, cache)
@@ -29,10 +31,17 @@ def cluster(kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFact
     # The CRDs exist before the controller manager starts, so garbage collection knows their kinds.
     crds = [WIDGET_CRD, GADGET_CRD, MNV2_CRD]
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=crds).start()
-    print(f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}")
+    report = request.config.pluginmanager.get_plugin("terminalreporter")
+    if report is not None:
+        report.write_line(
+            f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}"
+        )
+    failed_before = request.session.testsfailed
     try:
         yield Cluster(local.kubeconfig, local, cache)
     finally:
+        if report is not None and request.session.testsfailed > failed_before:
+            report.write_line(f"\ncontrol plane logs (tests failed):\n{local.dump_logs()}")
         local.stop()
 
 
