@@ -265,7 +265,7 @@ class Cluster:
         def established() -> bool:
             for name in names:
                 status, reply = self._request("GET", f"{base}/{name}")
-                conditions = reply.get("status", {}).get("conditions", []) if status == 200 else []
+                conditions = ((reply.get("status") or {}).get("conditions") or []) if status == 200 else []
                 if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                     return False
             return True
@@ -358,6 +358,14 @@ class Cluster:
             f"--tls-cert-file={self._apiserver_cert.cert}",
             f"--tls-private-key-file={self._apiserver_cert.key}",
             f"--client-ca-file={pki.ca.cert}",
+            # Front-proxy headers are trusted only from a client certificate of this CA named
+            # front-proxy-client (none is issued); set, so that components reading the
+            # extension-apiserver-authentication ConfigMap find it complete.
+            f"--requestheader-client-ca-file={pki.ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--authorization-mode=Node,RBAC",
             # The defaults (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity, ResourceQuota,
             # the admission webhooks, ...) plus NodeRestriction, as kubeadm enables it.

@@ -175,7 +175,7 @@ def test_default_namespace_admits_privileged_pods(api: kubernetes.client.ApiClie
         (
             {"env": [{"name": "A=B", "value": "x"}]},
             "spec.containers[0].env[0].name",
-            "",
+            "a valid environment variable name must consist only of printable ASCII characters other than '='",
         ),
         (
             {
@@ -187,7 +187,16 @@ def test_default_namespace_admits_privileged_pods(api: kubernetes.client.ApiClie
                 ]
             },
             "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource",
-            "",
+            'Unsupported value: "limits.huawei.com/Ascend910": supported values: "limits.cpu"',
+        ),
+        (
+            {
+                "env": [
+                    {"name": "R", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers[0].resources"}}}
+                ]
+            },
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath",
+            "field label not supported: spec.containers[0].resources",
         ),
     ],
 )
@@ -201,3 +210,13 @@ def test_invalid_pods_are_refused(
     st = status_of(exc.value)
     assert field in {c["field"] for c in st["details"]["causes"]}, st
     assert detail in st["message"]
+
+
+def test_environment_variable_names_need_not_be_c_identifiers(
+    api: kubernetes.client.ApiClient, ns: str
+) -> None:
+    """Any printable ASCII but '=' is a valid name now (a leading digit, a dot, a dash)."""
+    core = kubernetes.client.CoreV1Api(api)
+    env = [{"name": n, "value": "x"} for n in ("1ST", "a.b", "with-dash")]
+    created = core.create_namespaced_pod(ns, _pod("relaxed", env=env))
+    assert [e.name for e in created.spec.containers[0].env] == ["1ST", "a.b", "with-dash"]
