@@ -391,6 +391,7 @@ class Controller:
         self._create_errors: dict[Key, tuple[str, str]] = {}
         self._blocked: dict[Key, int] = {}
         self._refusals: dict[Key, tuple[str, str, int]] = {}  # job -> (uid, spec hash, refusals in a row)
+        self._written: dict[Key, tuple[str, dict[str, Any]]] = {}  # job -> (uid, operator keys written)
         self._views: dict[Key, st.JobView] = {}  # job -> its newest known copy
         self._created: dict[Key, st.Created] = {}  # job -> what was created, not yet in the index
         self.monotonic: Callable[[], float] = time.monotonic  # the clock of `status.Created`
@@ -418,6 +419,7 @@ class Controller:
         self._create_errors.pop(key, None)
         self._blocked.pop(key, None)
         self._refusals.pop(key, None)
+        self._written.pop(key, None)
         self._views.pop(key, None)
         self._created.pop(key, None)
 
@@ -452,7 +454,6 @@ class Controller:
         meta = job.get("metadata", {})
         if meta.get("deletionTimestamp"):
             return None  # the garbage collector removes the children with the job
-        previous = job.get("status") or {}
         generation = meta.get("generation")
         now = self.clock()
 
@@ -461,6 +462,11 @@ class Controller:
         # Pods with the job's labels and name but another owner (a deleted job's of the same name):
         # never ours to count, replace or delete; the garbage collector removes them with time.
         foreign = {st.pod_name(p): p for p in labelled if p not in pods}
+        # The operator's keys as this process last wrote them, not as the trainer may have
+        # rewritten them (status.trusted_status); status patches also write back what differs.
+        written = self._written.get(key)
+        remembered = written[1] if written is not None and written[0] == meta.get("uid") else None
+        previous = st.trusted_status(job.get("status"), remembered, pods)
         raw = job.get("spec") or {}
         try:
             spec = parse_spec(raw)
@@ -649,10 +655,16 @@ class Controller:
     async def _patch_status(
         self, job: Mapping[str, Any], previous: Mapping[str, Any], decision: st.Decision
     ) -> None:
-        patch = st.status_patch(previous, decision.status)
-        if not patch:
-            return  # nothing changed: no request at all
         meta = job["metadata"]
+        key = (meta["namespace"], meta["name"])
+        # Every key that differs from what the decision started from or from the API's copy: a
+        # trainer's rewrite of an operator key is written back.
+        patch = st.status_patch(previous, decision.status) | st.status_patch(
+            job.get("status"), decision.status
+        )
+        if not patch:
+            self._written[key] = (meta["uid"], st.operator_status(decision.status))
+            return  # nothing changed: no request at all
         # A JSON merge patch of only the operator's keys: the trainer's progress/metrics/checkpoints
         # are never sent, so they can never be overwritten.
         view = self._views.get((meta["namespace"], meta["name"]))
@@ -668,6 +680,7 @@ class Controller:
             if err.status == 404:
                 raise _JobGone from err  # deleted since the copy we decided on was taken
             raise
+        self._written[key] = (meta["uid"], st.operator_status(decision.status))
         if view is not None and isinstance(answer, dict) and answer.get("metadata"):
             view.on_answer(answer, mark, own_write=True)  # the whole job now, our write included
 

@@ -745,6 +745,57 @@ def reconcile(
     )
 
 
+def trusted_status(
+    api: Mapping[str, Any] | None,
+    remembered: Mapping[str, Any] | None,
+    pods: Iterable[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The job's status as the operator can trust it: the input of `reconcile()`.
+
+    The status subresource has two writers, and the trainer (any code in the job's rank-0 pod, so
+    whoever chose the image) may patch every key of it, the operator's included. What the operator
+    decides from must not be one of those keys as someone else wrote them: a rewritten `phase`
+    (Failed, Succeeded) would make it delete running pods or start the TTL, a lower `restarts`
+    would reset the backoff count, a higher one would make it delete the running gang as stale.
+
+    So the operator's keys come from what this operator process last wrote (`remembered`): whatever
+    else the API shows for them is ignored, and the next status patch writes them back. The trainer
+    cannot touch that memory (nor the pods). Only after an operator restart, when nothing is
+    remembered, does the API's copy serve, checked against the pods, which only the operator
+    creates and whose attempt label the trainer cannot change:
+
+    - `restarts` is the attempt of the live (not terminating) pods when they disagree: never
+      backwards, never ahead of them (a gang restart that the status announces but whose pods are
+      not gone yet is decided again from the failed pod that caused it);
+    - a finished `phase` is not believed while a pod of the current attempt is still active (the
+      operator deletes those when a job finishes): the phase is decided again from the pods.
+
+    A status annotation kept on the job would survive operator restarts, but the operator would
+    need write access to the jobs themselves and one more write per transition; the pods carry
+    what matters already.
+
+    Args:
+        api: the job's status as the API server returned it (trainer keys included).
+        remembered: the operator keys this process last wrote for this job (same uid), or None.
+        pods: the job's pods (owned by its uid).
+    """
+    api = dict(api or {})
+    if remembered is not None:
+        return {**api, **{k: remembered.get(k) for k in OPERATOR_KEYS}}
+    live = [p for p in pods if not pod_deleting(p) and pod_attempt(p) >= 0]
+    claimed = api.get("restarts")
+    claimed = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed >= 0 else 0
+    attempt = claimed
+    if live:
+        attempt = max(pod_attempt(p) for p in live)
+    out = {**api, "restarts": attempt}
+    active = [p for p in live if pod_attempt(p) == attempt and pod_phase(p) in _ACTIVE_POD_PHASES]
+    if api.get("phase") in TERMINAL and active:
+        out["phase"] = None
+        out["completionTime"] = None
+    return out
+
+
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether any operator key differs (the trainer's keys are not compared)."""
     old = old or {}

@@ -217,3 +217,73 @@ def test_an_object_the_api_server_refuses_fails_the_job_after_a_few_tries(
         assert cluster.pods(ns, name) == []
     assert runner.output.count("the API server refused Pod refused-worker-0") >= handlers.MAX_REFUSALS
     assert "Traceback" not in runner.output
+
+
+def trainer_writes(c: Cluster, ns: str, name: str, status: dict[str, Any]) -> None:
+    """What a trainer may do with its job's status (its Role allows patch on the status subresource)."""
+    c.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, PLURAL, name, {"status": status}, _content_type="application/merge-patch+json"
+    )
+
+
+def test_a_trainer_rewriting_phase_or_restarts_changes_nothing(cluster: Cluster, namespace: str) -> None:  # noqa: F811
+    ns, name = namespace, "tampered"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=1, ttlSecondsAfterFinished=0))
+        pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+        uids = sorted(p.metadata.uid for p in pods)
+        # A finished phase (with a TTL of 0 the job would be deleted) and a restart count far ahead.
+        trainer_writes(
+            cluster, ns, name, {"phase": "Failed", "restarts": 5, "completionTime": "2000-01-01T00:00:00Z"}
+        )
+        s = wait_for(
+            "the operator's keys written back",
+            lambda: (
+                (x := cluster.status(ns, name)).get("phase") == "Running" and x.get("restarts") == 0 and x
+            ),
+        )
+        assert not s.get("completionTime")
+        time.sleep(0.5)
+        assert cluster.job(ns, name) is not None
+        assert sorted(p.metadata.uid for p in cluster.pods(ns, name)) == uids
+        assert not any(p.metadata.deletion_timestamp for p in cluster.pods(ns, name))
+        cluster.patch_spec(ns, name, {"runPolicy": {"ttlSecondsAfterFinished": None}})  # keep it to look at
+        # A real failure restarts the gang (restart 1 of 1) ...
+        cluster.finish(ns, f"{name}-worker-1", 1)
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        wait_for("restarts 1", lambda: cluster.status(ns, name).get("restarts") == 1)
+        # ... and a trainer resetting the count does not buy another one.
+        trainer_writes(cluster, ns, name, {"restarts": 0})
+        wait_for("restarts written back", lambda: cluster.status(ns, name).get("restarts") == 1)
+        cluster.finish(ns, f"{name}-worker-0", 1)
+        s = wait_for("Failed: backoff limit", phase_is(cluster, ns, name, "Failed"))
+        assert condition(s, "Failed")["reason"] == "BackoffLimitExceeded" and s["restarts"] == 1
+
+
+def test_a_rewrite_while_the_operator_is_down_is_checked_against_the_pods(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+) -> None:
+    ns, name = namespace, "unattended"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=3))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        cluster.finish(ns, f"{name}-worker-0", 1)
+        pods = wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+        wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
+    # Nobody watching: the count goes backwards and the job claims to have failed.
+    trainer_writes(
+        cluster, ns, name, {"phase": "Failed", "restarts": 0, "completionTime": "2000-01-01T00:00:00Z"}
+    )
+    with operator(ns):
+        s = wait_for(
+            "decided again from the pods",
+            lambda: (
+                (x := cluster.status(ns, name)).get("phase") == "Running" and x.get("restarts") == 1 and x
+            ),
+        )
+        assert not s.get("completionTime")
+        time.sleep(0.5)
+        assert sorted(p.metadata.uid for p in cluster.pods(ns, name)) == sorted(p.metadata.uid for p in pods)
+        assert not any(p.metadata.deletion_timestamp for p in cluster.pods(ns, name))
