@@ -674,8 +674,12 @@ class JobSpec(_Model):
     def _config_size(cls, value: dict[str, Any]) -> dict[str, Any]:
         try:
             size = len(json.dumps(value, default=str))
-        except (RecursionError, ValueError):
+        except RecursionError:
             raise ValueError("is nested too deeply; use MindCV's flat keys, e.g. {epoch_size: 15}") from None
+        except ValueError as err:  # e.g. an integer of thousands of digits
+            raise ValueError(
+                f"holds a value JSON cannot carry ({err}); use MindCV's values, e.g. {{lr: 0.1}}"
+            ) from None
         if size > MAX_CONFIG_BYTES:
             raise ValueError(
                 f"is {size} bytes as JSON, more than {MAX_CONFIG_BYTES}; set only the keys that differ from "
@@ -938,11 +942,12 @@ def _describe_error(err: Mapping[str, Any], missing: Collection[tuple[Any, ...]]
         text = msg.removeprefix("Value error, ")
         return f"{where}: {text}" if ";" in text else f"{where}: {text}; fix the value"
     value = err.get("input")
-    shown = (
-        json.dumps(value)
-        if isinstance(value, str | int | float | bool) or value is None
-        else type(value).__name__
-    )
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        shown = f"a {value.bit_length()}-bit integer"  # (str() of a huge int raises ValueError)
+    elif isinstance(value, str | int | float | bool) or value is None:
+        shown = json.dumps(value)
+    else:
+        shown = type(value).__name__
     if len(shown) > 80:  # the message goes into the job's status and Events: never echo a huge value
         shown = shown[:60] + f"... ({len(shown)} characters)"
     if kind in ("literal_error", "enum"):

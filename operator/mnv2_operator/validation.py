@@ -38,6 +38,8 @@ ENV_NAME_MAX = 128
 
 def _text(value: object) -> str:
     """A value as shown in a message: quoted, shortened, control characters escaped."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"  # (repr of a huge int raises ValueError)
     shown = repr(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
@@ -166,7 +168,11 @@ def parse_quantity(value: object) -> Decimal:
     Raises:
         ValueError: not a quantity (the message says what is accepted).
     """
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, str | int)
+        or (isinstance(value, int) and value.bit_length() > 64)
+    ):
         raise ValueError(f"{_text(value)} is not a Kubernetes quantity; write e.g. 4, 500m or 16Gi")
     text = str(value)
     if not QUANTITY.fullmatch(text):

@@ -205,6 +205,13 @@ HOSTILE: list[Any] = [
     # Types (the API server's schema refuses these too; "2" for nodes is read as 2, which is inert).
     pytest.param("env", {"A": 1}, "spec.env.A", id="env value not a string"),
     pytest.param("shmSize", 1.5, "spec.shmSize", id="quantity as float"),
+    pytest.param("nodes", 10**5000, "spec.nodes", id="5000-digit nodes"),
+    pytest.param("shmSize", 10**5000, "spec.shmSize", id="5000-digit quantity"),
+    pytest.param("env", {"A": 10**5000}, "spec.env.A", id="5000-digit env value"),
+    pytest.param("config", {"lr": 10**5000}, "spec.config", id="5000-digit config value"),
+    pytest.param(
+        "runPolicy", {"backoffLimit": 10**5000}, "spec.runPolicy.backoffLimit", id="5000-digit limit"
+    ),
 ]
 
 
