@@ -44,7 +44,7 @@ Kubelet modes:
   Deleting a pod removes it at once.
 - ``"process"``: runs the first container's command+args as a local process group. Env (values,
   downward API fieldRef, configMapKeyRef, secretKeyRef), workingDir, volumes mapped under
-  ``<state_dir>/volumes`` (configMap files, emptyDir per pod, PVC ``volumes/pvc/<claim>[/subPath]``,
+  ``<state_dir>/volumes`` (configMap files, projected configMap/secret/downwardAPI sources, emptyDir per pod, PVC ``volumes/pvc/<claim>[/subPath]``,
   hostPath ``volumes/hostpath/<path>``); every volumeMount ``mountPath`` prefix appearing in
   command/args/env values is rewritten to its local folder. Pod env also gets ``KUBECONFIG`` (the
   sandbox's), ``HOSTNAME`` = pod name, and the directory of ``sys.executable`` first on ``PATH``.
