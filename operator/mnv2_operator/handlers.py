@@ -469,7 +469,8 @@ class Controller:
         previous = st.trusted_status(job.get("status"), remembered, pods)
         raw = job.get("spec") or {}
         try:
-            spec = parse_spec(raw)
+            # Off the event loop, like rendering below: other jobs' reconciles never wait on a spec.
+            spec = await asyncio.to_thread(parse_spec, raw)
         except Exception as err:  # any exception: an unusable spec, never a retry loop
             problem = spec_problem(err)
             if previous.get("phase") is None or st.failed_by_invalid_spec(previous):
@@ -512,8 +513,18 @@ class Controller:
         rendered = None
         if plan.children or plan.ranks:
             try:
-                rendered = render_job(
-                    name, namespace, meta["uid"], spec, attempt=decision.attempt, defaults=self.defaults
+                # Only what is about to be created (the pods of `plan.ranks`), and off the event
+                # loop: a big gang takes a while to render, and other jobs' reconciles (and kopf's
+                # watches) must not wait on it.
+                rendered = await asyncio.to_thread(
+                    render_job,
+                    name,
+                    namespace,
+                    meta["uid"],
+                    spec,
+                    attempt=decision.attempt,
+                    defaults=self.defaults,
+                    ranks=plan.ranks,
                 )
             except Exception as err:
                 await self._invalid(job, previous, spec_problem(err), pods)

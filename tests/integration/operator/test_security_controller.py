@@ -287,3 +287,44 @@ def test_a_rewrite_while_the_operator_is_down_is_checked_against_the_pods(
         time.sleep(0.5)
         assert sorted(p.metadata.uid for p in cluster.pods(ns, name)) == sorted(p.metadata.uid for p in pods)
         assert not any(p.metadata.deletion_timestamp for p in cluster.pods(ns, name))
+
+
+def test_rendering_runs_off_the_event_loop_and_only_for_what_is_created(
+    cluster: Cluster,  # noqa: F811
+    namespace: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A big gang takes seconds to render (1024 nodes with a large env: ~10 s of CPU on a loaded
+    2-core machine); on the event loop that would hold up every other job and kopf's watches."""
+    import asyncio
+
+    from mnv2_operator import handlers
+
+    real = handlers.render_job
+    calls: list[tuple[bool, list[int] | None]] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        ranks = kwargs.get("ranks")
+        calls.append((on_loop, None if ranks is None else sorted(ranks)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handlers, "render_job", watched)
+    ns, name = namespace, "threaded"
+    with operator(ns):
+        cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=1))
+        wait_for("attempt 0 running", running_pods(cluster, ns, name, 2, 0))
+        # Rank 1 is lost: the gang restarts and both ranks are rendered again, for attempt 1.
+        cluster.finish(ns, f"{name}-worker-1", 1)
+        wait_for("attempt 1 running", running_pods(cluster, ns, name, 2, 1))
+    assert calls and not any(on_loop for on_loop, _ in calls), calls
+    # The ranks to be created, not the whole gang every time: at a restart a rank is created once
+    # its old pod is gone, maybe one at a time (and again after a 409 while it was still going).
+    # Reconciles that create nothing (the pods' progress, status echoes) render nothing.
+    first, *restart = [ranks for _, ranks in calls]
+    assert first == [0, 1] and {r for ranks in restart for r in ranks or [9]} == {0, 1}, calls
+    assert len(calls) <= 6, calls
