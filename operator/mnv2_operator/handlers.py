@@ -486,7 +486,8 @@ class Controller:
                 if decision.create_ranks:
                     await self._invalid(job, previous, problem, pods)  # the next start is now
                     return None
-                decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
+                if decision.status["phase"] not in st.TERMINAL:  # (a job that just finished: done)
+                    decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
             return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
 
         spec_json = spec.model_dump(by_alias=True, mode="json")
