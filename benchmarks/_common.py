@@ -9,8 +9,13 @@ warm-up are excluded from the timings), prints ``{"ready": true, ...info}``, the
 ``{"run": n}`` with ``{"seconds": wall, "cpu": process CPU seconds, ...}``. The worker's own stdout
 is redirected to stderr so that library prints cannot corrupt the protocol.
 
-Pure functions here (``median``, ``ratio``, ``format_table``, ``rotate``) are unit-tested without
-MindSpore or PyTorch.
+Ratios are reported on two clocks: wall-clock and per CPU-second of the measured processes
+(``Ratio``, ``round_ratios``). On a machine shared with other work the wall clock partly measures the
+neighbours, so the per-CPU-second ratio is the headline; the spread (lowest and highest ratio of a
+single round, in which the peers ran one after the other) says how far one run can be trusted.
+
+Pure functions here (``median``, ``ratio``, ``round_ratios``, ``format_table``, ``rotate``) are
+unit-tested without MindSpore or PyTorch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +49,43 @@ def ratio(ours: float, peer: float) -> float:
     if ours != ours or peer != peer or peer == 0:
         return float("nan")
     return ours / peer
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``ours / peer`` over several rounds: the ratio of the medians, and the per-round spread."""
+
+    value: float
+    low: float = float("nan")
+    high: float = float("nan")
+
+    def __str__(self) -> str:
+        if self.value != self.value:
+            return "-"
+        if self.low != self.low or self.high != self.high or fmt(self.low) == fmt(self.high):
+            return fmt(self.value)
+        return f"{fmt(self.value)} ({fmt(self.low)}-{fmt(self.high)})"
+
+
+def round_ratios(ours: Sequence[float], peer: Sequence[float]) -> Ratio:
+    """The ratio of the medians of ``ours`` and ``peer`` (one value per round, rounds in the same order),
+    with the lowest and highest ratio of one round: the peers of a round ran back to back, so a
+    round's ratio compares them under nearly the same load."""
+    per_round = [ratio(a, b) for a, b in zip(ours, peer, strict=False)]
+    per_round = [r for r in per_round if r == r]
+    return Ratio(
+        ratio(median(ours), median(peer)),
+        min(per_round, default=float("nan")),
+        max(per_round, default=float("nan")),
+    )
+
+
+def spread(values: Sequence[float]) -> str:
+    """``min-max`` of the values (NaN dropped) for a table cell; ``-`` when there are none."""
+    vals = [v for v in values if v == v]
+    if not vals:
+        return "-"
+    return fmt(min(vals)) if fmt(min(vals)) == fmt(max(vals)) else f"{fmt(min(vals))}-{fmt(max(vals))}"
 
 
 def rotate(items: Sequence[Any], round_index: int) -> list[Any]:
@@ -78,10 +120,23 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_report(
     headers: Sequence[str], rows: Sequence[Sequence[Any]], ratios: dict[str, Any], notes: Sequence[str] = ()
 ) -> None:
-    """The end of every comparison: results table, ratio table, notes (errors...), load average."""
+    """The end of every comparison: results table, ratio table, notes (errors...), load average.
+
+    ``ratios`` maps a name to a value, or to a mapping of clock -> value (one column per clock, e.g.
+    ``{"ours/mindcv": {"per CPU-s": Ratio(...), "wall": Ratio(...)}}``).
+    """
     print(format_table(headers, rows))
     print()
-    print(format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    if ratios and all(isinstance(v, Mapping) for v in ratios.values()):
+        cols = list(dict.fromkeys(c for v in ratios.values() for c in v))
+        table = [[k, *(v.get(c, float("nan")) for c in cols)] for k, v in ratios.items()]
+        print(format_table(["ratio", *cols], table))
+    else:
+        print(format_table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    if any(
+        isinstance(v, Ratio) for r in ratios.values() for v in (r.values() if isinstance(r, Mapping) else [r])
+    ):
+        print("(ratio of the medians; in brackets the lowest and highest ratio of a single round)")
     for note in notes:
         print(note)
     print(f"\nload average at end: {load_average()}")

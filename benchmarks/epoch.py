@@ -19,7 +19,9 @@ Every run is a fresh process (so compile time counts, as it does for a user). A 
 put first in ``Model.train``'s callback list of both peers (the only change to either loop), giving:
 process start -> ``Model.train`` (imports, data listing, model build), ``Model.train`` -> end of the
 first step (pipeline start + graph compile + one step), steady-state images/s over the remaining
-steps, and the epoch-end work (validation, checkpoint). Peers alternate over ``--rounds`` rounds.
+steps, and the epoch-end work (validation, checkpoint). The parent also takes each run's CPU seconds
+(the child and the processes it waited for): the whole-run ratio per CPU-second is the headline, as
+it depends little on the other work of a shared machine. Peers alternate over ``--rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -319,14 +322,22 @@ def child(peer: str, data_dir: str, out_dir: str, batch: int, workers: int, mark
 
 
 # --------------------------------------------------------------------------- report
-def derive(marks: dict[str, Any], wall: float) -> dict[str, float]:
-    """Seconds and rates from the timing marks of one run (pure)."""
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of the finished child processes this process has waited for."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
+def derive(marks: dict[str, Any], wall: float, cpu: float = float("nan")) -> dict[str, float]:
+    """Seconds and rates from the timing marks of one run (pure); ``cpu`` is the run's CPU seconds
+    (the process and the processes it waited for)."""
     nan = float("nan")
     steps = int(marks.get("steps", 0))
     batch = int(marks.get("batch_size") or 0)
     steady_s = marks.get("last_step_end", nan) - marks.get("first_step_end", nan)
     return {
         "wall": wall,
+        "cpu": cpu,
         "startup": marks.get("train_call", nan) - marks.get("process_start", nan),
         "first_step": marks.get("first_step_end", nan) - marks.get("train_call", nan),
         "steady_ips": (steps - 1) * batch / steady_s if steps > 1 and steady_s > 0 else nan,
@@ -338,21 +349,37 @@ def derive(marks: dict[str, Any], wall: float) -> dict[str, float]:
     }
 
 
-def summarize(runs: dict[str, list[dict[str, float]]]) -> tuple[list[list[Any]], dict[str, float]]:
-    cols = ("wall", "startup", "first_step", "steady_ips", "train_ips", "epoch_end")
-    med = {peer: {c: common.median(r[c] for r in rs) for c in cols} for peer, rs in runs.items()}
+def summarize(
+    runs: dict[str, list[dict[str, float]]],
+) -> tuple[list[list[Any]], dict[str, dict[str, common.Ratio]]]:
+    """The results table (medians) and ours' ratios to MindCV's loop.
+
+    The whole-run ratio is a speed (MindCV's seconds / ours) on both clocks: CPU seconds of the run's
+    processes (the headline on a shared machine) and wall seconds. The rates inside the run are
+    wall-clock only (the timing marks have no CPU clock).
+    """
+    cols = ("cpu", "wall", "startup", "first_step", "steady_ips", "train_ips", "epoch_end")
+    med = {
+        peer: {c: common.median(r.get(c, float("nan")) for r in rs) for c in cols}
+        for peer, rs in runs.items()
+    }
     rows = [[LABELS.get(p, p), *(m[c] for c in cols), len(runs[p])] for p, m in med.items()]
-    ours, peer = med.get("ours", {}), med.get("mindcv", {})
+    ours, peer = runs.get("ours", []), runs.get("mindcv", [])
+
+    def series(rs: list[dict[str, float]], col: str) -> list[float]:
+        return [r.get(col, float("nan")) for r in rs]
+
     ratios = {
-        "ours/mindcv whole-run speed (mindcv wall / ours wall)": common.ratio(
-            peer.get("wall", float("nan")), ours.get("wall", float("nan"))
-        ),
-        "ours/mindcv steady img/s": common.ratio(
-            ours.get("steady_ips", float("nan")), peer.get("steady_ips", float("nan"))
-        ),
-        "ours/mindcv epoch img/s (incl. compile)": common.ratio(
-            ours.get("train_ips", float("nan")), peer.get("train_ips", float("nan"))
-        ),
+        "ours/mindcv whole run (mindcv s / ours s)": {
+            "per CPU-s": common.round_ratios(series(peer, "cpu"), series(ours, "cpu")),
+            "wall": common.round_ratios(series(peer, "wall"), series(ours, "wall")),
+        },
+        "ours/mindcv steady img/s": {
+            "wall": common.round_ratios(series(ours, "steady_ips"), series(peer, "steady_ips"))
+        },
+        "ours/mindcv epoch img/s (incl. compile)": {
+            "wall": common.round_ratios(series(ours, "train_ips"), series(peer, "train_ips"))
+        },
     }
     return rows, ratios
 
@@ -408,17 +435,17 @@ def main(argv: list[str] | None = None) -> int:
                     str(out),
                 ]
                 cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--marks", str(marks)]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), children_cpu_seconds()
                 with open(log, "w") as fh:
                     rc = subprocess.run(
                         cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=common.REPO
                     ).returncode
-                wall = time.perf_counter() - t0
+                wall, cpu = time.perf_counter() - t0, children_cpu_seconds() - c0
                 if rc != 0 or not marks.exists():
                     errors.append(f"{name} round {r + 1}: exit {rc}, see {log}")
                     print(f"[round {r + 1}] {name} FAILED (exit {rc}), see {log}", file=sys.stderr)
                     continue
-                d = derive(json.loads(marks.read_text()), wall)
+                d = derive(json.loads(marks.read_text()), wall, cpu)
                 runs[name].append(d)
                 print(
                     f"[round {r + 1}/{args.rounds}] {name}: wall {wall:.1f}s, first step {d['first_step']:.1f}s, "
@@ -429,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, ratios = summarize(runs)
     headers = [
         "peer",
+        "CPU s",
         "wall s",
         "start-up s",
         "compile+1st step s",
@@ -438,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     common.print_report([*headers, "runs"], rows, ratios, errors)
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "ratios": ratios}, indent=1))
+        flat = {k: {c: vars(r) for c, r in v.items()} for k, v in ratios.items()}
+        Path(args.json).write_text(json.dumps({"runs": runs, "ratios": flat}, indent=1))
     return 1 if errors else 0
 
 

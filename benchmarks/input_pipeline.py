@@ -142,19 +142,40 @@ def worker(name: str, data_dir: str, batch: int, workers: int) -> None:
     common.worker_loop(setup)
 
 
-def summarize(results: dict[str, list[dict[str, Any]]]) -> tuple[list[list[Any]], dict[str, float]]:
-    """Rows of (peer, img/CPU-s, img/s wall, cores for 1,650 img/s, bytes/image) and ratios."""
-    rows, per_core = [], {}
+def summarize(
+    results: dict[str, list[dict[str, Any]]],
+) -> tuple[list[list[Any]], dict[str, dict[str, common.Ratio]]]:
+    """Rows of (peer, img/CPU-s, its spread, img/s wall, its spread, cores for 1,650 img/s, bytes/image,
+    rounds) and ours' ratios to the other peers per CPU-second (the headline) and on the wall clock."""
+    nan = float("nan")
+    rows = []
+    per_cpu: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
     for name, runs in results.items():
-        cpu = common.median(r["images"] / r["cpu"] for r in runs if r["cpu"] > 0)
-        wall = common.median(r["images"] / r["seconds"] for r in runs if r["seconds"] > 0)
-        per_core[name] = cpu
-        cores = TARGET_PER_CARD / cpu if cpu == cpu and cpu > 0 else float("nan")
-        rows.append([name, cpu, wall, cores, runs[0].get("bytes_per_image", 0) if runs else 0, len(runs)])
-    ours = per_core.get("ours", float("nan"))
-    ratios = {"ours/mindcv (img per CPU-s)": common.ratio(ours, per_core.get("mindcv", float("nan")))}
-    if "ours-float" in per_core:
-        ratios["ours/ours-float (img per CPU-s)"] = common.ratio(ours, per_core["ours-float"])
+        per_cpu[name] = [r["images"] / r["cpu"] if r["cpu"] > 0 else nan for r in runs]
+        wall[name] = [r["images"] / r["seconds"] if r["seconds"] > 0 else nan for r in runs]
+        cpu = common.median(per_cpu[name])
+        cores = TARGET_PER_CARD / cpu if cpu == cpu and cpu > 0 else nan
+        rows.append(
+            [
+                name,
+                cpu,
+                common.spread(per_cpu[name]),
+                common.median(wall[name]),
+                common.spread(wall[name]),
+                cores,
+                runs[0].get("bytes_per_image", 0) if runs else 0,
+                len(runs),
+            ]
+        )
+    ratios = {
+        f"ours/{name}": {
+            "per CPU-s": common.round_ratios(per_cpu.get("ours", []), per_cpu[name]),
+            "wall": common.round_ratios(wall.get("ours", []), wall[name]),
+        }
+        for name in results
+        if name != "ours"
+    }
     return rows, ratios
 
 
@@ -215,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         [
             "pipeline",
             "img per CPU-s",
+            "spread",
             "img/s wall",
+            "spread",
             f"cores for {TARGET_PER_CARD:.0f} img/s",
             "bytes/img",
             "rounds",
@@ -225,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         [f"\n{peer.name}: {peer.error}" for peer in peers if peer.error],
     )
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}, indent=1))
+        flat = {k: {c: vars(r) for c, r in v.items()} for k, v in ratios.items()}
+        Path(args.json).write_text(json.dumps({"results": results, "ratios": flat}, indent=1))
     return 1 if any(peer.error for peer in peers) else 0
 
 

@@ -18,7 +18,9 @@ trains at O0 on CPU; MindCV is given O0 too):
 
 Each peer lives in its own process; graph compilation and two warm-up steps are excluded. The peers
 then run ``--steps`` steps each, in turn (rotating order), for ``--rounds`` rounds; the table shows
-median images/s and the ratios.
+median images per CPU-second of each worker process and median images/s (wall clock), each with its
+spread over the rounds, and ours' ratios on both clocks. Per CPU-second is the headline: on a machine
+shared with other work it changes little with their load, while the wall clock measures them too.
 """
 
 from __future__ import annotations
@@ -309,33 +311,45 @@ def summarize(
     results: dict[str, list[float]],
     infos: dict[str, dict[str, Any]] | None = None,
     per_cpu: dict[str, list[float]] | None = None,
-) -> tuple[list[list[Any]], dict[str, float]]:
-    """Rows of (peer, median img/s, min, max, img per CPU-s, rounds, compile s) and ours' ratios.
+) -> tuple[list[list[Any]], dict[str, dict[str, common.Ratio]]]:
+    """The results table and ours' ratios to every other peer, on both clocks.
 
     Args:
         results: images/s (wall clock) of every round, by peer.
         infos: the workers' ready messages (compile/warm-up seconds).
-        per_cpu: images per CPU-second of every round, by peer (less sensitive to other processes
-            on a shared machine, but counts spinning threads as work).
+        per_cpu: images per CPU-second of the worker process of every round, by peer (NaN for a
+            round without a CPU reading).
+
+    Returns:
+        Rows of (peer, img per CPU-s median, its spread, img/s median, its spread, rounds, compile s),
+        and ``ours/<peer>`` -> {"per CPU-s": Ratio, "wall": Ratio}. Per CPU-second comes first: on a
+        shared machine it depends little on the other processes, the wall clock a lot.
     """
     infos, per_cpu = infos or {}, per_cpu or {}
-    med = {k: common.median(v) for k, v in results.items()}
     rows = [
         [
             k,
-            med[k],
-            min(v) if v else float("nan"),
-            max(v) if v else float("nan"),
             common.median(per_cpu.get(k, [])),
+            common.spread(per_cpu.get(k, [])),
+            common.median(v),
+            common.spread(v),
             len(v),
             float(infos.get(k, {}).get("compile_seconds") or float("nan")),
         ]
         for k, v in results.items()
     ]
-    ours = med.get("ours", float("nan"))
-    ratios = {f"ours/{k}": common.ratio(ours, m) for k, m in med.items() if k != "ours"}
-    torch_best = max((m for k, m in med.items() if k.startswith("torch") and m == m), default=float("nan"))
-    ratios["ours/best PyTorch"] = common.ratio(ours, torch_best)
+
+    def both(peer: str) -> dict[str, common.Ratio]:
+        return {
+            "per CPU-s": common.round_ratios(per_cpu.get("ours", []), per_cpu.get(peer, [])),
+            "wall": common.round_ratios(results.get("ours", []), results.get(peer, [])),
+        }
+
+    ratios = {f"ours/{k}": both(k) for k in results if k != "ours"}
+    torch_peers = [k for k in results if k.startswith("torch") and k in per_cpu]
+    if torch_peers:
+        best = max(torch_peers, key=lambda k: common.median(per_cpu[k]))
+        ratios[f"ours/best PyTorch ({best})"] = both(best)
     return rows, ratios
 
 
@@ -377,13 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     common.alternate(peers, args.rounds, args.steps, common.default_log_dir("train_step"))
     results = {peer.name: [args.batch * args.steps / r["seconds"] for r in peer.results] for peer in peers}
     per_cpu = {
-        peer.name: [args.batch * args.steps / r["cpu"] for r in peer.results if r["cpu"] > 0]
+        peer.name: [
+            args.batch * args.steps / r["cpu"] if r["cpu"] > 0 else float("nan") for r in peer.results
+        ]
         for peer in peers
     }
     infos = {peer.name: peer.info for peer in peers}
     rows, ratios = summarize(results, infos, per_cpu)
     common.print_report(
-        ["peer", "median img/s", "min", "max", "img per CPU-s", "rounds", "compile/warm-up s"],
+        ["peer", "img per CPU-s", "spread", "img/s (wall)", "spread", "rounds", "compile/warm-up s"],
         rows,
         ratios,
         [
@@ -395,7 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"results": results, "per_cpu": per_cpu, "infos": infos, "ratios": ratios}, indent=1)
+            json.dumps(
+                {
+                    "results": results,
+                    "per_cpu": per_cpu,
+                    "infos": infos,
+                    "ratios": {k: {c: vars(r) for c, r in v.items()} for k, v in ratios.items()},
+                },
+                indent=1,
+            )
         )
     return 1 if any(peer.error for peer in peers) else 0
 

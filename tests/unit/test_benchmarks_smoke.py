@@ -71,10 +71,46 @@ def test_train_step_summary_ratios() -> None:
         {"ours": {"compile_seconds": 30.0}},
         {"ours": [5.0, 6.0, 7.0]},
     )
-    assert rows[0][:5] == ["ours", 11.0, 10.0, 12.0, 6.0]
-    assert ratios["ours/mindcv"] == pytest.approx(2.0)
-    assert ratios["ours/torch-cl"] == pytest.approx(0.25)
-    assert ratios["ours/best PyTorch"] == pytest.approx(0.25)
+    assert rows[0][:6] == ["ours", 6.0, "5-7", 11.0, "10-12", 3]
+    assert ratios["ours/mindcv"]["wall"].value == pytest.approx(2.0)
+    # per round: 10/5, 12/5.5, 11/6
+    assert ratios["ours/mindcv"]["wall"].low == pytest.approx(11 / 6)
+    assert ratios["ours/mindcv"]["wall"].high == pytest.approx(12 / 5.5)
+    assert math.isnan(ratios["ours/mindcv"]["per CPU-s"].value)  # no CPU reading of mindcv
+    assert ratios["ours/torch-cl"]["wall"].value == pytest.approx(0.25)
+    assert "ours/best PyTorch (torch-cl)" not in ratios  # best PyTorch is chosen per CPU-second
+
+
+def test_train_step_ratios_per_cpu_second() -> None:
+    ts = _bench("train_step")
+    rows, ratios = ts.summarize(
+        {"ours": [10.0, 20.0], "mindcv": [5.0, 5.0], "torch": [30.0, 30.0], "torch-cl": [40.0, 40.0]},
+        per_cpu={"ours": [6.0, 6.0], "mindcv": [3.0, 2.0], "torch": [8.0, 8.0], "torch-cl": [7.0, 7.0]},
+    )
+    assert ratios["ours/mindcv"]["per CPU-s"].value == pytest.approx(6.0 / 2.5)
+    assert (ratios["ours/mindcv"]["per CPU-s"].low, ratios["ours/mindcv"]["per CPU-s"].high) == (2.0, 3.0)
+    assert str(ratios["ours/mindcv"]["per CPU-s"]) == "2.4 (2-3)"
+    assert ratios["ours/mindcv"]["wall"].value == pytest.approx(3.0)
+    assert ratios["ours/best PyTorch (torch)"]["per CPU-s"].value == pytest.approx(0.75)
+
+
+def test_round_ratios_and_spread() -> None:
+    r = common.round_ratios([4.0, 6.0, 5.0], [2.0, 2.0, 5.0])
+    assert r.value == pytest.approx(2.5) and (r.low, r.high) == (1.0, 3.0)
+    assert str(r) == "2.5 (1-3)"
+    assert str(common.round_ratios([4.0], [2.0])) == "2"  # one round: no spread to show
+    assert str(common.round_ratios([], [2.0])) == "-"
+    assert common.spread([3.0, float("nan"), 1.0]) == "1-3"
+    assert common.spread([]) == "-"
+
+
+def test_print_report_shows_both_clocks(capsys: pytest.CaptureFixture[str]) -> None:
+    ratios = {"ours/mindcv": {"per CPU-s": common.Ratio(1.78, 1.7, 1.9), "wall": common.Ratio(1.77)}}
+    common.print_report(["peer", "img/s"], [["ours", 1.0]], ratios)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| ratio"))
+    assert "per CPU-s" in header and "wall" in header
+    assert "1.78 (1.7-1.9)" in out and "lowest and highest ratio of a single round" in out
 
 
 def test_train_step_torch_model_matches_mindcv_size() -> None:
@@ -102,8 +138,9 @@ def test_input_pipeline_jpegs_and_summary(tmp_path: Path) -> None:
         "mindcv": [{"images": 100, "cpu": 1.0, "seconds": 1.0, "bytes_per_image": 602112}],
     }
     rows, ratios = ip.summarize(runs)
-    assert rows[0][1] == 200.0 and rows[0][3] == pytest.approx(1650 / 200)
-    assert ratios["ours/mindcv (img per CPU-s)"] == pytest.approx(2.0)
+    assert rows[0][1] == 200.0 and rows[0][5] == pytest.approx(1650 / 200)
+    assert ratios["ours/mindcv"]["per CPU-s"].value == pytest.approx(2.0)
+    assert ratios["ours/mindcv"]["wall"].value == pytest.approx(1.0)
 
 
 def test_epoch_derive_and_summary(tmp_path: Path) -> None:
@@ -118,12 +155,13 @@ def test_epoch_derive_and_summary(tmp_path: Path) -> None:
         "steps": 11,
         "batch_size": 32,
     }
-    d = ep.derive(marks, wall=41.0)
-    assert d["startup"] == 5.0 and d["first_step"] == 20.0 and d["epoch_end"] == 4.5
+    d = ep.derive(marks, wall=41.0, cpu=60.0)
+    assert d["cpu"] == 60.0 and d["startup"] == 5.0 and d["first_step"] == 20.0 and d["epoch_end"] == 4.5
     assert d["steady_ips"] == pytest.approx(10 * 32 / 10.0)
-    rows, ratios = ep.summarize({"ours": [d], "mindcv": [dict(d, wall=82.0, steady_ips=16.0)]})
-    assert ratios["ours/mindcv whole-run speed (mindcv wall / ours wall)"] == pytest.approx(2.0)
-    assert ratios["ours/mindcv steady img/s"] == pytest.approx(2.0)
+    rows, ratios = ep.summarize({"ours": [d], "mindcv": [dict(d, cpu=90.0, wall=82.0, steady_ips=16.0)]})
+    whole = ratios["ours/mindcv whole run (mindcv s / ours s)"]
+    assert whole["wall"].value == pytest.approx(2.0) and whole["per CPU-s"].value == pytest.approx(1.5)
+    assert ratios["ours/mindcv steady img/s"]["wall"].value == pytest.approx(2.0)
     root = ep.make_image_folder(tmp_path, train=20, val=10, classes=10, size=64)
     assert len(list((root / "train").rglob("*.jpg"))) == 20
     assert len(list((root / "val").iterdir())) == 10
