@@ -5,7 +5,7 @@ Rank 0 creates a :class:`Reporter` (other ranks get one that does nothing). It
 * appends one JSON line per epoch to ``<ckpt_save_dir>/metrics.jsonl`` (the durable record;
   written synchronously and flushed, it never depends on the API);
 * when ``MNV2_JOB_NAME`` and ``MNV2_JOB_NAMESPACE`` are set, JSON-merge-patches the job's
-  ``status`` subresource with ``progress``, ``metrics`` and ``checkpoints`` (docs/team-contracts.md).
+  ``status`` subresource with ``progress``, ``metrics`` and ``checkpoints`` (docs/interfaces.md).
   Patches are sent by a background thread with short timeouts; step progress is throttled to one
   patch per ``min_interval`` seconds (the newest values win), epoch ends are always sent. When the
   API is unreachable or refuses, the first failure is logged once as a warning, later ones only
