@@ -24,8 +24,9 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 install-test: $(VENV)/.installed-test
 install-demo: $(VENV)/.installed-demo
 
-# PyTorch for the benchmarks' peer: these machines carry torch 2.13.0+cpu as a local wheel, which pip
-# prefers; the check refuses a CUDA build (gigabytes of nvidia-* wheels) if one came from an index.
+# PyTorch for the benchmarks' peer: pip takes torch 2.13.0+cpu from a local wheel folder when
+# PIP_FIND_LINKS offers one; the check refuses a CUDA build (gigabytes of nvidia-* wheels) if one came
+# from an index.
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[trainer,dev,bench]'
 	$(BIN)/python -c "import sys, torch; sys.exit(f'torch {torch.__version__} is a CUDA build: install the CPU wheel' if torch.version.cuda else 0)"

@@ -13,9 +13,8 @@ full pass of the training pipeline over them, batch 32, with one map worker per 
 * ``mindcv``: ``mindcv.data.create_dataset`` + ``create_transforms(is_training=True)`` +
   ``create_loader`` with the same keys (MindCV's train.py's calls).
 * ``ours-float``: ours with ``normalize=True``, i.e. ending with ``Normalize`` + ``HWC2CHW`` like
-  MindCV's (float32 CHW batches): the trainer's pipeline before it moved the normalisation into the
-  network, and what it still uses when a float-space augmentation (random erasing, mixup, cutmix)
-  is on.
+  MindCV's (float32 CHW batches): what the trainer uses when a float-space augmentation (random
+  erasing, mixup, cutmix) is on.
 
 "Per core" is images per CPU-second of the whole worker process (all pipeline threads), so it does not
 depend on how busy the shared machine is; wall-clock images/s with one map worker is shown too. The

@@ -14,12 +14,13 @@ later. Measured:
   creations; this script reads the store in-process, so its polling is not in the audit), by verb
   and resource;
 * duplicate creates: creates that got 409 Conflict (the object existed: created twice), those of
-  pods, and merge patches of children (after a 409 the operator used to patch every child);
+  pods, and merge patches of children (none expected without gang restarts: a second reconcile
+  racing the first shows up here);
 * the operator's peak RSS (``VmHWM``) and CPU seconds, and the sandbox's CPU (this process), so the
   time can be attributed: operator, API server, or waiting.
 
 ``--profile`` runs the operator under cProfile and prints its top functions (cumulative time).
-Goal from issue 8: 1000 jobs all with pods within 60 s, operator under 200 MB.
+Goal: 1000 jobs all with pods within 60 s, operator under 200 MB.
 """
 
 from __future__ import annotations

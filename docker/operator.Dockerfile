@@ -4,7 +4,8 @@
 #   docker build -f docker/operator.Dockerfile -t <registry>/mnv2-operator:0.1.0 .
 #
 # Build from the repository root (the build context needs pyproject.toml, operator/ and trainer/).
-# It could not be built where it was written (no container engine there); see docs/install.md.
+# The test suite checks this file against the chart and the package but does not build it; see
+# docs/install.md.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 

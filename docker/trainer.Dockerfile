@@ -6,8 +6,8 @@
 #       -t <registry>/mnv2-trainer:0.1.0 .
 #
 # Build from the repository root. BASE_IMAGE has no default on purpose: the CANN version must match the
-# driver installed on your Ascend nodes (see docs/install.md). It could not be built where it was
-# written (no container engine there).
+# driver installed on your Ascend nodes (see docs/install.md). The test suite checks this file against
+# the package but does not build it.
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 

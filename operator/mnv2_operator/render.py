@@ -6,7 +6,7 @@
   with the resolved training config, the ServiceAccount/Role/RoleBinding ``<job>-trainer`` that let
   rank 0 patch this job's status, and a Volcano PodGroup ``<job>`` when gang scheduling is on;
 * ``pods`` (created per attempt): ``<job>-worker-<i>`` for every node, each running msrun with the
-  command line of docs/team-contracts.md.
+  command line of docs/interfaces.md.
 
 ``mnv2 render -f job.yaml`` prints the same objects as YAML: a dry run a person can read.
 """
@@ -170,7 +170,7 @@ def training_config(spec: S.JobSpec) -> tuple[dict[str, Any], str]:
 
 
 def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, attempt: int) -> list[str]:
-    """The container command of worker ``index``: msrun wrapping the trainer (docs/team-contracts.md)."""
+    """The container command of worker ``index``: msrun wrapping the trainer (docs/interfaces.md)."""
     msrun = [
         "msrun",
         f"--worker_num={spec.world_size}",
@@ -293,8 +293,9 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
-# libyaml's safe loader when PyYAML has it: parsing rendered templates was most of the operator's
-# CPU per job (benchmarks/operator_scale.py); the pure-Python loader gives the same objects.
+# libyaml's safe loader when PyYAML has it: with the pure-Python loader, parsing rendered templates
+# is most of the operator's CPU per job (benchmarks/operator_scale.py --profile); both give the same
+# objects.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

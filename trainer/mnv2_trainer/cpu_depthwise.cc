@@ -8,10 +8,10 @@
 // contiguous ones.
 //
 // Single-threaded on purpose. MindSpore calls these kernels from its own worker threads, beside its
-// other kernels and the data pipeline; an OpenMP version (threads over N*C) left its idle team
-// spin-waiting on the cores those need: on 2 cores a digits training ran at 265 img/s with it, 810
+// other kernels and the data pipeline; an OpenMP version (threads over N*C) leaves its idle team
+// spin-waiting on the cores those need: on 2 cores a digits training runs at 265 img/s with it, 810
 // without, and the 224x224 train step at 9.8 against 12.3 images per CPU-second. The work is
-// memory-bound too: the baseline x86-64 build (SSE2) was as fast as an AVX2/FMA one, so it is built
+// memory-bound too: the baseline x86-64 build (SSE2) is as fast as an AVX2/FMA one, so it is built
 // without -march flags and runs on any CPU of the architecture.
 #include <cstdint>
 #include <cstring>

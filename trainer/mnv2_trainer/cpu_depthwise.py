@@ -1,7 +1,7 @@
 """Depthwise 3x3 convolutions on CPU through a small C++ kernel (MindSpore ``ops.Custom``, AOT).
 
 Why: MindSpore 2.10's CPU kernels for depthwise convolutions (``nn.Conv2d`` with ``group`` equal to
-the channels) are slow: they were 87 % of the kernel time of a CPU train step, and one
+the channels) are slow: they are 87 % of the kernel time of a CPU train step, and one
 16x144x56x56 layer took ~1.9 CPU-s forward + backward, against ~0.015 CPU-s for the direct loops in
 ``cpu_depthwise.cc``. That matters for the CPU paths only (tests, demo, benchmarks): on Ascend or
 GPU the native convolution is always used.

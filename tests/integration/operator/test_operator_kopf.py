@@ -842,11 +842,12 @@ def _operator_requests(sb: Any, ns: str, start: int) -> list[Any]:
 
 
 def test_many_jobs_at_once_create_each_child_once_per_attempt(cluster: Cluster, namespace: str) -> None:
-    """Issue 8: jobs applied at once get each child created exactly once per attempt, at a bounded cost.
+    """Jobs applied at once get each child created exactly once per attempt, at a bounded cost.
 
-    The operator used to reconcile a second time (woken by its own status patch) before its pod index
-    showed the new pod, and then created every child again (six 409 Conflicts) and merge-patched the
-    five unchanged ones; it also read the job with a GET on every reconcile.
+    The race this guards against: a second reconcile (woken by the operator's own status patch) that
+    runs before the pod index shows the new pod would create every child again (six 409 Conflicts)
+    and merge-patch the five unchanged ones; and a GET of the job on every reconcile would double the
+    requests.
     """
     if cluster.sandbox is None:
         pytest.skip("reads the sandbox's audit log and decides pod outcomes")

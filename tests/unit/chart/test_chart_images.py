@@ -1,4 +1,4 @@
-"""The Dockerfiles agree with the chart and the package (they cannot be built here: no container engine).
+"""The Dockerfiles agree with the chart and the package (the suite does not build images).
 
 What can be checked without building: the operator image installs only the core dependencies and the
 operator's code imports no MindSpore/numpy with them; its user, port and command are the ones the

@@ -36,8 +36,8 @@ def test_first_pass_creates_everything() -> None:
 
 
 def test_second_reconcile_before_the_index_shows_the_pods_creates_nothing() -> None:
-    """The duplicate-create bug of issue 8: the status patch's echo ran a reconcile before the
-    index showed the new pods, which created all six children again (409s) and patched five."""
+    """The status patch's echo runs a reconcile before the index shows the new pods: without the
+    memory of what was created, it would create all six children again (409s) and patch five."""
     d0 = decide([], None)
     created = made({"j-worker-0": "p0", "j-worker-1": "p1"})
     d1 = decide([], d0.status)  # the index is still empty
