@@ -56,7 +56,7 @@ FORBIDDEN = {
     ),
     "an earlier version of the code": re.compile(
         r"\b(old|new|earlier|previous|former) (handler |operator |trainer )?code\b"
-        r"|\bbefore (the|both) (changes|speed-ups)\b",
+        r"|\bbefore (the|both)( \w+)? (changes|speed-ups?)\b",
         re.IGNORECASE,
     ),
     "the machines the project was written on": re.compile(
