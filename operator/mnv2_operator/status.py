@@ -765,8 +765,9 @@ def trusted_status(
     creates and whose attempt label the trainer cannot change:
 
     - `restarts` is the attempt of the live (not terminating) pods when they disagree: never
-      backwards, never ahead of them (a gang restart that the status announces but whose pods are
-      not gone yet is decided again from the failed pod that caused it);
+      backwards, never ahead of them (a gang restart that the status announces but whose old pods
+      are not being deleted yet is decided again, as the running gang it was, from the failed or
+      missing member that caused it: counted once, as before);
     - a finished `phase` is not believed while a pod of the current attempt is still active (the
       operator deletes those when a job finishes): the phase is decided again from the pods.
 
@@ -790,9 +791,15 @@ def trusted_status(
         attempt = max(pod_attempt(p) for p in live)
     out = {**api, "restarts": attempt}
     active = [p for p in live if pod_attempt(p) == attempt and pod_phase(p) in _ACTIVE_POD_PHASES]
-    if api.get("phase") in TERMINAL and active:
-        out["phase"] = None
-        out["completionTime"] = None
+    if api.get("phase") in TERMINAL:
+        if active:
+            out["phase"] = None
+            out["completionTime"] = None
+    elif claimed > attempt:
+        # A restart the status announces whose old pods are all still there (an operator that
+        # died between the status patch and the deletes, or a rewrite): decided again, as the
+        # running gang it was, from what caused it: a failed pod, or a member that is missing.
+        out["phase"] = RUNNING
     return out
 
 

@@ -63,3 +63,19 @@ def test_after_an_operator_restart_a_finished_phase_with_active_pods_is_decided_
     # A real finish has no active pod of the attempt left: believed.
     done = [pod(0, phase="Succeeded"), pod(1, phase="Failed", exit_code=1)]
     assert st.trusted_status(forged, None, done)["phase"] == "Failed"
+
+
+def test_a_restart_announced_before_an_operator_crash_is_decided_again_and_counted_once() -> None:
+    """The status says Restarting (restarts 1) but the old gang was not deleted yet."""
+    announced = {"phase": "Restarting", "restarts": 1, "startTime": "2026-01-01T11:00:00Z"}
+    policy = st.Policy(workers=2, backoff_limit=3)
+    # A failed member: the restart is decided again from it.
+    failed = [pod(0), pod(1, phase="Failed", exit_code=1)]
+    d = st.reconcile(JOB, policy, failed, st.trusted_status(announced, None, failed), 1, T0)
+    assert (d.status["phase"], d.status["restarts"]) == ("Restarting", 1)
+    assert sorted(d.delete_pods) == ["j-worker-0", "j-worker-1"]
+    # A lost member (deleted under the running gang): likewise, not a new member for the old gang.
+    lost = [pod(0)]
+    d = st.reconcile(JOB, policy, lost, st.trusted_status(announced, None, lost), 1, T0)
+    assert (d.status["phase"], d.status["restarts"]) == ("Restarting", 1)
+    assert d.delete_pods == ("j-worker-0",) and d.create_ranks == ()
