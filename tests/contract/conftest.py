@@ -2,9 +2,10 @@
 Kubernetes control plane.
 
 Without options the suite starts the local control plane (`mnv2_cluster.Cluster`: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler built from upstream modules) for the session. With
+kube-controller-manager, kube-scheduler built from upstream modules) for the session, and one node
+agent (`mnv2_cluster.node.NodeAgent`, node `node-1`) that runs pods as local processes. With
 `pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need the local one (its
-audit log, identities made from its CA) skip there, saying so.
+audit log, identities made from its CA, the node agent's fault injection) skip there, saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from mnv2_cluster.launcher import Cluster as LocalCluster
+from mnv2_cluster.node import NodeAgent
 
 from contract.kit import GADGET_CRD, GROUP, MNV2_CRD, WIDGET_CRD, Cluster, wait_for
 
@@ -37,11 +39,15 @@ def cluster(
             f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}"
         )
     failed_before = request.session.testsfailed
+    node = None
     try:
-        yield Cluster(local.kubeconfig, local, cache)
+        node = NodeAgent.for_cluster(local, "node-1").start()
+        yield Cluster(local.kubeconfig, local, cache, node)
     finally:
         if report is not None and request.session.testsfailed > failed_before:
             report.write_line(f"\ncontrol plane logs (tests failed):\n{local.dump_logs()}")
+        if node is not None:
+            node.stop()
         local.stop()
 
 

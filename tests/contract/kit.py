@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mnv2_cluster.launcher import Cluster as LocalCluster
 from mnv2_cluster.launcher import kubectl_binary
+from mnv2_cluster.node import NodeAgent
 
 GROUP = "contract.mnv2.dev"
 WIDGET_CRD = f"""
@@ -93,12 +94,13 @@ MNV2_CRD = (Path(__file__).resolve().parents[2] / "manifests/crd/mobilenetv2trai
 
 @dataclass
 class Cluster:
-    """The API under test: the local control plane the suite started (`.local`), or the cluster of
-    `--kubeconfig` (`.local is None`)."""
+    """The API under test: the local control plane the suite started (`.local`) with one node agent
+    running pods as local processes (`.node`), or the cluster of `--kubeconfig` (both None)."""
 
     kubeconfig: Path
     local: LocalCluster | None
     cache_dir: Path
+    node: NodeAgent | None = None
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None
@@ -140,9 +142,11 @@ class Cluster:
                 "plane (the node agent)"
             )
 
-    def need_node_agent(self, why: str) -> Any:
-        """Skip: the test drives the node agent itself (fault injection, local processes)."""
-        pytest.skip(f"needs the node agent's own controls, which this cluster has none of: {why}")
+    def need_node_agent(self, why: str) -> NodeAgent:
+        """The suite's process node agent; skips (saying why) on a cluster without one."""
+        if self.node is None:
+            pytest.skip(f"needs the suite's node agent (a --kubeconfig cluster has none): {why}")
+        return self.node
 
 
 def widget(name: str, size: int = 2, **spec: Any) -> dict[str, Any]:

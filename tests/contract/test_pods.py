@@ -41,6 +41,17 @@ def phase(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
     return core.read_namespaced_pod(name, ns).status.phase
 
 
+def log_of(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
+    """The pod's log; '' while its container has not started (the API server answers 400 then) and
+    when it printed nothing yet (the client reads an empty body as None)."""
+    try:
+        return core.read_namespaced_pod_log(name, ns) or ""
+    except ApiException as e:
+        if e.status == 400 and "is waiting to start" in e.body:
+            return ""
+        raise
+
+
 def gone(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> bool:
     try:
         core.read_namespaced_pod(name, ns)
@@ -70,8 +81,18 @@ def test_pod_runs_fails_with_exit_code_and_logs(cluster: Cluster, core, ns: str)
     assert st.start_time is not None
     logs = cluster.kubectl("logs", "-n", ns, "fail").stdout
     assert "hello out" in logs and "hello err" in logs
-    assert "hello out" in core.read_namespaced_pod_log("fail", ns)
+    assert "hello out" in log_of(core, ns, "fail")
     assert "Error" in cluster.kubectl("get", "pod", "-n", ns, "fail").stdout
+
+
+def test_log_of_an_unscheduled_pod_is_204_no_content(core, ns: str) -> None:
+    """No node, no log: 204 with an empty body (which the client returns as None), not an error."""
+    body = pod("nowhere", "print('never')")
+    body["spec"]["nodeSelector"] = {"contract.mnv2.dev/no-such-node": "true"}
+    core.create_namespaced_pod(ns, body)
+    got = core.read_namespaced_pod_log("nowhere", ns, _preload_content=False)
+    assert (got.status, got.data) == (204, b"")
+    assert core.read_namespaced_pod_log("nowhere", ns) is None
 
 
 def test_pod_succeeds_and_goes_through_running(core, ns: str) -> None:
@@ -117,7 +138,7 @@ def test_pod_env_downward_api_and_volumes(cluster: Cluster, core, ns: str) -> No
     ]
     core.create_namespaced_pod(ns, p)
     wait_for(lambda: phase(core, ns, "envpod") in ("Succeeded", "Failed"), 60, "envpod to end")
-    logs = core.read_namespaced_pod_log("envpod", ns)
+    logs = log_of(core, ns, "envpod")
     assert phase(core, ns, "envpod") == "Succeeded", logs
     lines = dict(ln.split(" ", 1) for ln in logs.splitlines() if " " in ln)
     assert lines["CFG"] == "lr: 0.1"
@@ -138,7 +159,7 @@ def test_deleting_pod_sends_sigterm_then_removes_it(cluster: Cluster, core, ns: 
         time.sleep(120)
     """
     core.create_namespaced_pod(ns, pod("term", code, grace=20))
-    wait_for(lambda: "ready" in core.read_namespaced_pod_log("term", ns), 60, "the process to start")
+    wait_for(lambda: "ready" in log_of(core, ns, "term"), 60, "the process to start")
     t0 = time.monotonic()
     core.delete_namespaced_pod("term", ns)
     wait_for(lambda: gone(core, ns, "term"), 30, "the pod to be removed")
@@ -153,17 +174,17 @@ def test_deleting_pod_sigkills_after_grace_period(cluster: Cluster, core, ns: st
         time.sleep(120)
     """
     core.create_namespaced_pod(ns, pod("stubborn", code, grace=1))
-    wait_for(lambda: "ready" in core.read_namespaced_pod_log("stubborn", ns), 60, "the process to start")
+    wait_for(lambda: "ready" in log_of(core, ns, "stubborn"), 60, "the process to start")
     core.delete_namespaced_pod("stubborn", ns)
     assert core.read_namespaced_pod("stubborn", ns).metadata.deletion_timestamp is not None
     wait_for(lambda: gone(core, ns, "stubborn"), 30, "the pod to be removed after its grace period")
 
 
 def test_kill_fails_pod_with_137(cluster: Cluster, core, ns: str) -> None:
-    sb = cluster.need_node_agent("Kubelet.kill simulates a node fault")
+    node = cluster.need_node_agent("NodeAgent.kill simulates a node fault")
     core.create_namespaced_pod(ns, pod("victim", "import time; print('up', flush=True); time.sleep(120)"))
-    wait_for(lambda: "up" in core.read_namespaced_pod_log("victim", ns), 60, "the process to start")
-    sb.kubelet.kill(ns, "victim")
+    wait_for(lambda: "up" in log_of(core, ns, "victim"), 60, "the process to start")
+    node.kill(ns, "victim")
     wait_for(lambda: phase(core, ns, "victim") == "Failed", 10, "pod phase Failed")
     assert (
         core.read_namespaced_pod("victim", ns).status.container_statuses[0].state.terminated.exit_code == 137
@@ -171,7 +192,7 @@ def test_kill_fails_pod_with_137(cluster: Cluster, core, ns: str) -> None:
 
 
 def test_restart_policy_on_failure_restarts(cluster: Cluster, core, ns: str) -> None:
-    cluster.need_node_agent("a real kubelet's back-off makes this take minutes")
+    cluster.need_node_agent("a real kubelet's back-off (10 s, doubling) makes this take minutes")
     code = """
         import os, sys
         marker = "/work/attempts"
@@ -189,8 +210,59 @@ def test_restart_policy_on_failure_restarts(cluster: Cluster, core, ns: str) -> 
     assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 5
 
 
+def bound_claim(core: kubernetes.client.CoreV1Api, ns: str, claim: str) -> None:
+    """A PersistentVolumeClaim bound to a pre-made PersistentVolume (no provisioner, no StorageClass):
+    the controller manager's volume binder binds them; the scheduler places no pod on an unbound claim."""
+    volume = f"{ns}-{claim}"
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "hostPath": {"path": f"/mnt/{volume}"},
+                "claimRef": {"namespace": ns, "name": claim},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": claim},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(claim, ns).status.phase == "Bound",
+        60,
+        f"claim {claim} to be Bound",
+    )
+
+
+def test_pod_with_a_missing_claim_is_unschedulable(core, ns: str) -> None:
+    p = pod("noclaim", "print('never')")
+    p["spec"]["volumes"] = [{"name": "d", "persistentVolumeClaim": {"claimName": "missing"}}]
+    core.create_namespaced_pod(ns, p)
+
+    def unschedulable():
+        conditions = core.read_namespaced_pod("noclaim", ns).status.conditions or []
+        return next((c for c in conditions if c.type == "PodScheduled" and c.status == "False"), None)
+
+    condition = wait_for(unschedulable, 30, "the scheduler to report the pod unschedulable")
+    assert condition.reason == "Unschedulable"
+    assert 'persistentvolumeclaim "missing" not found' in condition.message
+    assert phase(core, ns, "noclaim") == "Pending"
+
+
 def test_pvc_and_hostpath_map_to_state_dir(cluster: Cluster, core, ns: str) -> None:
-    sb = cluster.need_node_agent("maps PVC and hostPath volumes to sandbox folders")
+    node = cluster.need_node_agent("maps PVC and hostPath volumes to the node agent's folders")
+    bound_claim(core, ns, "mydata")
     code = "open('/data/sub/hello.txt', 'w').write('hi'); open('/host/x.txt', 'w').write('h')"
     p = pod(
         "vols",
@@ -207,23 +279,31 @@ def test_pvc_and_hostpath_map_to_state_dir(cluster: Cluster, core, ns: str) -> N
     ]
     core.create_namespaced_pod(ns, p)
     wait_for(lambda: phase(core, ns, "vols") in ("Succeeded", "Failed"), 30, "pod to end")
-    assert phase(core, ns, "vols") == "Succeeded", sb.kubelet.logs(ns, "vols")
-    assert (sb.state_dir / "volumes/pvc/mydata/sub-root/sub/hello.txt").read_text() == "hi"
-    assert (sb.state_dir / "volumes/hostpath/mnt/host/x.txt").read_text() == "h"
+    assert phase(core, ns, "vols") == "Succeeded", node.logs(ns, "vols")
+    assert (node.volumes_dir / "pvc/mydata/sub-root/sub/hello.txt").read_text() == "hi"
+    assert (node.volumes_dir / "hostpath/mnt/host/x.txt").read_text() == "h"
 
 
-def test_pod_process_gets_sandbox_kubeconfig(cluster: Cluster, core, ns: str) -> None:
-    sb = cluster.need_node_agent("KUBECONFIG for pod processes is the sandbox's in-cluster stand-in")
-    core.create_namespaced_pod(
-        ns, pod("kc", "import os, sys; print(os.environ['KUBECONFIG']); print(sys.executable)")
-    )
-    wait_for(lambda: phase(core, ns, "kc") == "Succeeded", 30, "pod to succeed")
-    out = sb.kubelet.logs(ns, "kc").split()
-    assert out[0] == str(sb.kubeconfig_path)
+def test_pod_reaches_the_api_as_its_service_account(cluster: Cluster, core, ns: str) -> None:
+    """A pod's process talks to the API server with its ServiceAccount's token (in-cluster config)."""
+    code = """
+        import kubernetes
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # where the agent cannot bind-mount the token folder
+        review = kubernetes.client.AuthenticationV1Api().create_self_subject_review({})
+        print("USER", review.status.user_info.username, flush=True)
+    """
+    core.create_namespaced_pod(ns, pod("whoami", code))
+    wait_for(lambda: phase(core, ns, "whoami") in ("Succeeded", "Failed"), 60, "pod to end")
+    logs = log_of(core, ns, "whoami")
+    assert phase(core, ns, "whoami") == "Succeeded", logs
+    assert f"USER system:serviceaccount:{ns}:default" in logs
 
 
 def test_pod_without_command_reports_why(cluster: Cluster, core, ns: str) -> None:
-    cluster.need_node_agent("the sandbox cannot run images")
+    cluster.need_node_agent("the node agent runs no images: it reports a missing command")
     p = pod("nocmd", "")
     del p["spec"]["containers"][0]["command"]
     core.create_namespaced_pod(ns, p)
@@ -260,9 +340,9 @@ SPAWN = """
 """
 
 
-def _child_pid(sb, ns: str, name: str) -> int:
+def _child_pid(node, ns: str, name: str) -> int:
     line = wait_for(
-        lambda: next((ln for ln in sb.kubelet.logs(ns, name).splitlines() if ln.startswith("child ")), None),
+        lambda: next((ln for ln in node.logs(ns, name).splitlines() if ln.startswith("child ")), None),
         30,
         "the child's pid",
     )
@@ -271,25 +351,25 @@ def _child_pid(sb, ns: str, name: str) -> int:
 
 def test_kill_reaches_processes_in_other_sessions(cluster: Cluster, core, ns: str) -> None:
     """msrun starts its workers with setsid: a node fault must take them down with the pod."""
-    sb = cluster.need_node_agent("Kubelet.kill simulates a node fault")
+    node = cluster.need_node_agent("NodeAgent.kill simulates a node fault")
     core.create_namespaced_pod(ns, pod("tree", SPAWN.format(sleep=120)))
-    child = _child_pid(sb, ns, "tree")
+    child = _child_pid(node, ns, "tree")
     assert _alive(child)
-    sb.kubelet.kill(ns, "tree")
+    node.kill(ns, "tree")
     wait_for(lambda: not _alive(child), 10, "the setsid'd child to die with the pod")
     wait_for(lambda: phase(core, ns, "tree") == "Failed", 10, "pod phase Failed")
 
 
 def test_container_exit_ends_its_other_processes(cluster: Cluster, core, ns: str) -> None:
-    sb = cluster.need_node_agent("inspects local processes")
+    node = cluster.need_node_agent("inspects local processes")
     core.create_namespaced_pod(ns, pod("leaver", SPAWN.format(sleep=0)))
-    child = _child_pid(sb, ns, "leaver")
+    child = _child_pid(node, ns, "leaver")
     wait_for(lambda: phase(core, ns, "leaver") == "Succeeded", 30, "pod phase Succeeded")
     wait_for(lambda: not _alive(child), 10, "the child to end with its container")
 
 
 def test_declared_container_ports_get_their_own_local_port(cluster: Cluster, core, ns: str) -> None:
-    sb = cluster.need_node_agent("sandbox pods share the host network, so the kubelet remaps declared ports")
+    node = cluster.need_node_agent("its pods share the host network, so it remaps declared ports")
     code = "import sys; print(sys.argv[1])"
     for name in ("p1", "p2"):
         body = pod(name, code, ports=[{"containerPort": 8118, "name": "msrun"}])
@@ -297,7 +377,7 @@ def test_declared_container_ports_get_their_own_local_port(cluster: Cluster, cor
         core.create_namespaced_pod(ns, body)
     for name in ("p1", "p2"):
         wait_for(lambda n=name: phase(core, ns, n) == "Succeeded", 30, f"pod {name} to succeed")
-    seen = {sb.kubelet.logs(ns, name).strip() for name in ("p1", "p2")}
+    seen = {node.logs(ns, name).strip() for name in ("p1", "p2")}
     assert len(seen) == 2 and "--master_port=8118" not in seen, seen
 
 
@@ -379,7 +459,7 @@ def test_projected_volume_with_token_config_and_namespace(cluster: Cluster, core
     ]
     core.create_namespaced_pod(ns, p)
     wait_for(lambda: phase(core, ns, "projected") in ("Succeeded", "Failed"), 60, "projected to end")
-    logs = core.read_namespaced_pod_log("projected", ns)
+    logs = log_of(core, ns, "projected")
     assert phase(core, ns, "projected") == "Succeeded", logs
     lines = dict(ln.split(" ", 1) for ln in logs.splitlines() if " " in ln)
     assert lines["NS"] == ns and lines["CA"] == "CERT" and lines["MISSING"] == "False"

@@ -142,10 +142,10 @@ def test_store_does_not_slow_down_as_it_grows(sim: Sandbox) -> None:
     times = []
 
     def create_batch(b: int) -> None:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time of this thread: other threads of the process do not count
         for i in range(b * 1000, (b + 1) * 1000):
             server.create_object(info, "grow", {"metadata": {"name": f"cm-{i}", "labels": {"b": str(b)}}})
-        times.append(time.perf_counter() - t0)
+        times.append(time.thread_time() - t0)
 
     for b in range(6):
         server._in_loop(lambda b=b: create_batch(b))  # in the server's loop, as requests run
