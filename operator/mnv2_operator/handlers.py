@@ -881,12 +881,17 @@ class Controller:
         patch = json.loads(json.dumps(obj))
         patch["metadata"].pop("ownerReferences", None)
         patch["metadata"]["resourceVersion"] = (existing.get("metadata") or {}).get("resourceVersion")
-        await self.api.request(
-            "PATCH",
-            object_path(obj, namespace, named=True),
-            patch,
-            content_type="application/merge-patch+json",
-        )
+        try:
+            await self.api.request(
+                "PATCH",
+                object_path(obj, namespace, named=True),
+                patch,
+                content_type="application/merge-patch+json",
+            )
+        except ApiError as err:
+            if err.status in (400, 422):  # e.g. a field that cannot change once set
+                raise _Refused(kind, name, err) from err
+            raise
         return False, None
 
     async def close(self) -> None:
