@@ -473,7 +473,7 @@ class Controller:
             spec = await asyncio.to_thread(parse_spec, raw)
         except Exception as err:  # any exception: an unusable spec, never a retry loop
             problem = spec_problem(err)
-            if previous.get("phase") is None or st.failed_by_invalid_spec(previous):
+            if (previous.get("phase") is None and not pods) or st.failed_by_invalid_spec(previous):
                 await self._invalid(job, previous, problem, pods)  # never started: Failed, at once
                 return None
             # A job that has started goes on with its pods (created from a valid spec); a finished
