@@ -43,6 +43,12 @@ def module_dir() -> Path:
 def cache_key(module: Path | None = None) -> str:
     """A hash of everything that decides the binaries: go.mod, go.sum, the commands' sources, flags."""
     module = module or module_dir()
+    if not (module / "go.mod").exists():
+        raise BuildError(
+            f"no Go module at {module} (go.mod missing): build from a clone of the repository, where "
+            "mnv2_cluster sits in cluster/ beside go.mod, or set MNV2_CLUSTER_BIN to a folder holding "
+            "`kube` and `etcd`"
+        )
     digest = hashlib.sha256(LDFLAGS.encode())
     files = [module / "go.mod", module / "go.sum", *sorted((module / "cmd").rglob("*.go"))]
     for path in files:

@@ -22,7 +22,7 @@ from mnv2_cluster.node import NodeAgent
 from contract.kit import GADGET_CRD, GROUP, MNV2_CRD, WIDGET_CRD, Cluster, wait_for
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(
     kubeconfig_option: str | None, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Cluster]:
@@ -30,6 +30,7 @@ def cluster(
     if kubeconfig_option:
         yield Cluster(Path(kubeconfig_option), None, cache)
         return
+    # One control plane for the package (stopped after its last test, not at the end of the whole run).
     # The CRDs exist before the controller manager starts, so garbage collection knows their kinds.
     crds = [WIDGET_CRD, GADGET_CRD, MNV2_CRD]
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=crds).start()
@@ -51,7 +52,7 @@ def cluster(
         local.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api(cluster: Cluster) -> kubernetes.client.ApiClient:
     return cluster.api()
 
@@ -75,7 +76,7 @@ def _sa_exists(core: kubernetes.client.CoreV1Api, ns: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def widget_crd(cluster: Cluster) -> Iterator[str]:
     """The contract suite's own CRD (group contract.mnv2.dev), applied with kubectl."""
     cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)

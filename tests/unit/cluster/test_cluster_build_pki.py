@@ -36,6 +36,11 @@ def test_cache_key_follows_the_pins_and_the_sources(tmp_path: Path) -> None:
     assert len({key, changed_sum, build.cache_key(module)}) == 3
 
 
+def test_cache_key_without_the_go_module_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(build.BuildError, match="go.mod missing.*MNV2_CLUSTER_BIN"):
+        build.cache_key(tmp_path)
+
+
 def test_binaries_missing_names_the_build_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNV2_CLUSTER_BIN", str(tmp_path))
     with pytest.raises(build.BuildError, match=r"kube, etcd not found in .*`make cluster`"):
