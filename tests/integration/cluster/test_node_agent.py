@@ -1,0 +1,350 @@
+"""The node agent against the real control plane: registration, pods bound by the real scheduler,
+their status through the real API, deletion with grace, `kubectl logs` through the API server's proxy,
+and ServiceAccount tokens that work with the in-cluster config inside a pod process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+
+pytestmark = pytest.mark.cluster
+T = TypeVar("T")
+
+
+def wait_for(what: str, fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def python_pod(name: str, code: str, node_selector: dict[str, str] | None = None, **container: Any) -> dict:
+    spec: dict[str, Any] = {
+        "restartPolicy": container.pop("restart", "Never"),
+        "containers": [
+            {"name": "main", "image": "python:3.11-slim",
+             "command": ["python", "-c", textwrap.dedent(code)], **container}
+        ],
+    }  # fmt: skip
+    if "grace" in container:
+        spec["terminationGracePeriodSeconds"] = container.pop("grace")
+        spec["containers"][0].pop("grace", None)
+    spec["nodeSelector"] = node_selector or {"kubernetes.io/hostname": "node-process"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "na"}},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def ns(core: kubernetes.client.CoreV1Api, nodes: dict) -> Iterator[str]:
+    name = f"na-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(
+        "the default ServiceAccount",
+        lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+        return True
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+
+
+def phase(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str | None:
+    return core.read_namespaced_pod(name, ns).status.phase
+
+
+def gone(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> bool:
+    return not _exists(lambda: core.read_namespaced_pod(name, ns))
+
+
+def test_nodes_register_ready_with_capacity_labels_and_lease(core, coordination, nodes: dict) -> None:
+    proc = core.read_node("node-process")
+    assert {c.type: c.status for c in proc.status.conditions}["Ready"] == "True"
+    assert proc.status.daemon_endpoints.kubelet_endpoint.port == nodes["node-process"].port
+    assert {a.type: a.address for a in proc.status.addresses}["InternalIP"] == "127.0.0.1"
+    assert proc.status.allocatable["pods"] == "110" and "huawei.com/Ascend910" not in proc.status.capacity
+    ascend = core.read_node("node-ascend")
+    assert ascend.metadata.labels["accelerator"] == "huawei-Ascend910"
+    assert ascend.metadata.labels["accelerator-type"] == "module"
+    assert ascend.status.capacity["huawei.com/Ascend910"] == "8"
+    assert ascend.status.allocatable["huawei.com/Ascend910"] == "8"
+    lease = coordination.read_namespaced_lease("node-process", "kube-node-lease")
+    assert lease.spec.holder_identity == "node-process" and lease.spec.lease_duration_seconds == 40
+
+
+def test_pod_is_scheduled_runs_and_fails_with_exit_code_and_message(core, ns: str, nodes) -> None:
+    code = """
+        import os, sys
+        print("hello out", flush=True)
+        print("hello err", file=sys.stderr, flush=True)
+        open(os.environ["MSG_FILE"], "w").write("bad input: lr")
+        sys.exit(3)
+    """
+    p = python_pod("fail", code, env=[{"name": "MSG_FILE", "value": "/dev/termination-log"}])
+    core.create_namespaced_pod(ns, p)
+    wait_for("pod phase Failed", lambda: phase(core, ns, "fail") == "Failed", 60)
+    pod = core.read_namespaced_pod("fail", ns)
+    assert pod.spec.node_name == "node-process"
+    term = pod.status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason, term.message) == (3, "Error", "bad input: lr")
+    assert pod.status.start_time is not None and pod.status.pod_ip == "127.0.0.1"
+    conditions = {c.type: c for c in pod.status.conditions}
+    assert conditions["PodScheduled"].status == "True"
+    assert conditions["Ready"].status == "False" and conditions["Ready"].reason == "PodCompleted"
+    logs = core.read_namespaced_pod_log("fail", ns)
+    assert "hello out" in logs and "hello err" in logs
+
+
+def test_pod_succeeds_through_running_with_conditions(core, ns: str) -> None:
+    core.create_namespaced_pod(ns, python_pod("ok", "import time; time.sleep(2); print('done')"))
+    wait_for("pod phase Running", lambda: phase(core, ns, "ok") == "Running", 60)
+    st = core.read_namespaced_pod("ok", ns).status
+    assert st.container_statuses[0].state.running is not None and st.container_statuses[0].ready
+    assert {c.type: c.status for c in st.conditions} == {
+        "PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "True",
+        "ContainersReady": "True", "PodScheduled": "True",
+    }  # fmt: skip
+    wait_for("pod phase Succeeded", lambda: phase(core, ns, "ok") == "Succeeded", 60)
+    term = core.read_namespaced_pod("ok", ns).status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (0, "Completed")
+
+
+def test_fallback_to_logs_on_error(core, ns: str) -> None:
+    code = "import sys; print('line 1'); print('the real cause', flush=True); sys.exit(2)"
+    core.create_namespaced_pod(ns, python_pod("fb", code, terminationMessagePolicy="FallbackToLogsOnError"))
+    wait_for("pod phase Failed", lambda: phase(core, ns, "fb") == "Failed", 60)
+    term = core.read_namespaced_pod("fb", ns).status.container_statuses[0].state.terminated
+    assert term.message == "line 1\nthe real cause\n"
+
+
+def test_deletion_sends_sigterm_then_final_delete(core, ns: str, nodes) -> None:
+    code = """
+        import signal, sys, time
+        def term(*_):
+            print("got SIGTERM", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, term)
+        print("ready", flush=True)
+        time.sleep(120)
+    """
+    core.create_namespaced_pod(ns, python_pod("term", code, grace=20))
+    wait_for("the process to start", lambda: "ready" in nodes["node-process"].logs(ns, "term"), 60)
+    t0 = time.monotonic()
+    core.delete_namespaced_pod("term", ns)
+    wait_for("the pod to be removed", lambda: gone(core, ns, "term"), 30)
+    assert time.monotonic() - t0 < 10  # the process exited on SIGTERM, well before the 20 s grace
+    assert "got SIGTERM" in nodes["node-process"].logs(ns, "term")
+
+
+def test_deletion_sigkills_after_grace_period(core, ns: str, nodes) -> None:
+    code = """
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("pid", os.getpid(), flush=True)
+        time.sleep(120)
+    """
+    core.create_namespaced_pod(ns, python_pod("stubborn", code, grace=2))
+    wait_for("the process to start", lambda: "pid" in nodes["node-process"].logs(ns, "stubborn"), 60)
+    pid = int(nodes["node-process"].logs(ns, "stubborn").split()[1])
+    t0 = time.monotonic()
+    core.delete_namespaced_pod("stubborn", ns)
+    assert core.read_namespaced_pod("stubborn", ns).metadata.deletion_timestamp is not None
+    time.sleep(1)
+    assert _alive(pid)  # SIGTERM is ignored; the grace period is not over
+    wait_for("the pod to be removed after its grace period", lambda: gone(core, ns, "stubborn"), 30)
+    assert 2 <= time.monotonic() - t0 < 15
+    assert not _alive(pid)
+
+
+def test_kubectl_logs_through_the_api_server(kubectl, core, ns: str) -> None:
+    code = """
+        import time
+        for i in range(5):
+            print("line", i, flush=True)
+        time.sleep(3)
+        print("last", flush=True)
+    """
+    core.create_namespaced_pod(ns, python_pod("talk", code))
+    wait_for("the first lines", lambda: "line 4" in kubectl("logs", "-n", ns, "talk").stdout, 60)
+    assert kubectl("logs", "-n", ns, "talk", "--tail=2").stdout == "line 3\nline 4\n"
+    followed = kubectl("logs", "-n", ns, "talk", "-f", timeout=30).stdout  # returns when the process ends
+    assert followed.endswith("line 4\nlast\n")
+    assert phase(core, ns, "talk") in ("Running", "Succeeded")
+
+
+def test_previous_container_logs_after_restart(kubectl, core, ns: str) -> None:
+    code = """
+        import os, sys
+        n = len(os.listdir("/work"))
+        open(f"/work/{n}", "w").close()
+        print("attempt", n, flush=True)
+        sys.exit(0 if n >= 1 else 5)
+    """
+    p = python_pod("retry", code, restart="OnFailure", volumeMounts=[{"name": "w", "mountPath": "/work"}])
+    p["spec"]["volumes"] = [{"name": "w", "emptyDir": {}}]
+    core.create_namespaced_pod(ns, p)
+    wait_for("the second attempt to succeed", lambda: phase(core, ns, "retry") == "Succeeded", 60)
+    cs = core.read_namespaced_pod("retry", ns).status.container_statuses[0]
+    assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 5
+    assert kubectl("logs", "-n", ns, "retry").stdout == "attempt 1\n"
+    assert kubectl("logs", "-n", ns, "retry", "--previous").stdout == "attempt 0\n"
+
+
+def test_configmap_secret_env_and_volumes_read_through_the_node_authorizer(core, ns: str, nodes) -> None:
+    core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "cfg"}, "data": {"config.yaml": "lr: 0.1\n", "mode": "fast"}}
+    )
+    core.create_namespaced_secret(ns, {"metadata": {"name": "sec"}, "stringData": {"password": "s3cret"}})
+    code = """
+        import os
+        print("CFG", open("/etc/cfg/config.yaml").read().strip())
+        print("SEC", open("/etc/sec/password").read())
+        for k in ("MY_NAME", "MY_NS", "MY_NODE", "MODE", "PASSWORD", "HOSTNAME"):
+            print(k, os.environ.get(k))
+    """
+    p = python_pod(
+        "envpod",
+        code,
+        env=[
+            {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+        ],
+        volumeMounts=[{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "sec", "mountPath": "/etc/sec"}],
+    )
+    p["spec"]["volumes"] = [
+        {"name": "cfg", "configMap": {"name": "cfg"}},
+        {"name": "sec", "secret": {"secretName": "sec"}},
+    ]
+    core.create_namespaced_pod(ns, p)
+    wait_for("envpod to end", lambda: phase(core, ns, "envpod") in ("Succeeded", "Failed"), 60)
+    logs = nodes["node-process"].logs(ns, "envpod")
+    assert phase(core, ns, "envpod") == "Succeeded", logs
+    lines = dict(ln.split(" ", 1) for ln in logs.splitlines() if " " in ln)
+    assert (lines["CFG"], lines["SEC"], lines["MODE"], lines["PASSWORD"]) == (
+        "lr: 0.1",
+        "s3cret",
+        "fast",
+        "s3cret",
+    )
+    assert (lines["MY_NAME"], lines["MY_NS"], lines["MY_NODE"]) == ("envpod", ns, "node-process")
+
+
+def test_service_account_token_works_with_the_in_cluster_config(core, rbac, ns: str, nodes) -> None:
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "visible"}, "data": {"k": "v"}})
+    rbac.create_namespaced_role(ns, {
+        "metadata": {"name": "reader"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["visible"]}],
+    })  # fmt: skip
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
+    })  # fmt: skip
+    code = f"""
+        import os
+        from kubernetes import client, config
+        config.load_incluster_config()
+        api = client.CoreV1Api()
+        print("VALUE", api.read_namespaced_config_map("visible", "{ns}").data["k"], flush=True)
+        try:
+            api.list_namespaced_secret("{ns}")
+            print("SECRETS listed", flush=True)
+        except client.ApiException as e:
+            print("SECRETS", e.status, flush=True)
+        print("KUBECONFIG", os.environ.get("KUBECONFIG"), flush=True)
+    """
+    p = python_pod("incluster", code)
+    p["spec"]["serviceAccountName"] = "reader"
+    core.create_namespaced_pod(ns, p)
+    wait_for("the pod to end", lambda: phase(core, ns, "incluster") in ("Succeeded", "Failed"), 60)
+    logs = nodes["node-process"].logs(ns, "incluster")
+    assert phase(core, ns, "incluster") == "Succeeded", logs
+    assert "VALUE v" in logs and "SECRETS 403" in logs and "KUBECONFIG None" in logs
+    mounted = core.read_namespaced_pod("incluster", ns).spec.containers[0].volume_mounts
+    assert any(m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount" for m in mounted)
+
+
+def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -> None:
+    p = python_pod("npu", "unused", node_selector={"accelerator": "huawei-Ascend910"},
+                   resources={"requests": {"huawei.com/Ascend910": "8"}, "limits": {"huawei.com/Ascend910": "8"}})  # fmt: skip
+    core.create_namespaced_pod(ns, p)
+    wait_for("pod phase Running", lambda: phase(core, ns, "npu") == "Running", 60)
+    assert core.read_namespaced_pod("npu", ns).spec.node_name == "node-ascend"
+    # All 8 devices are taken: a second pod asking for one stays Pending (the real scheduler counts them).
+    p2 = python_pod("npu2", "unused", node_selector={"accelerator": "huawei-Ascend910"},
+                    resources={"limits": {"huawei.com/Ascend910": "1"}})  # fmt: skip
+    core.create_namespaced_pod(ns, p2)
+    nodes["node-ascend"].finish(ns, "npu", exit_code=1, message="hccl timeout")
+    wait_for("pod phase Failed", lambda: phase(core, ns, "npu") == "Failed", 30)
+    term = core.read_namespaced_pod("npu", ns).status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.message) == (1, "hccl timeout")
+    wait_for(
+        "the second pod to run once the devices are free", lambda: phase(core, ns, "npu2") == "Running", 60
+    )
+
+
+def test_kill_fails_a_pod_with_137(core, ns: str, nodes) -> None:
+    core.create_namespaced_pod(
+        ns, python_pod("victim", "import time; print('up', flush=True); time.sleep(120)")
+    )
+    wait_for("the process to start", lambda: "up" in nodes["node-process"].logs(ns, "victim"), 60)
+    nodes["node-process"].kill(ns, "victim")
+    wait_for("pod phase Failed", lambda: phase(core, ns, "victim") == "Failed", 30)
+    term = core.read_namespaced_pod("victim", ns).status.container_statuses[0].state.terminated
+    assert (term.exit_code, term.reason) == (137, "Error")
+
+
+def test_node_is_not_tainted_after_the_monitor_grace_period(core, coordination, nodes) -> None:
+    """Without lease renewals the node lifecycle controller taints a node unreachable after 50 s (seen:
+    54 s after its agent stopped); these nodes are older than that and still untainted."""
+    agent = nodes["node-process"]
+    age = time.monotonic() - (agent.registered_at or 0)
+    time.sleep(max(0.0, 60 - age))
+    for name in nodes:
+        lease = coordination.read_namespaced_lease(name, "kube-node-lease")
+        renewed = dt.datetime.now(dt.UTC) - lease.spec.renew_time
+        assert renewed.total_seconds() < agent.lease_renew_seconds + 5, f"{name}: lease renewed {renewed} ago"
+        node = core.read_node(name)
+        taints = [t.key for t in node.spec.taints or []]
+        assert "node.kubernetes.io/unreachable" not in taints and "node.kubernetes.io/not-ready" not in taints
+        assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
