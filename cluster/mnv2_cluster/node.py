@@ -61,6 +61,9 @@ SA_MOUNT_PREFIX = "/var/run/secrets/"
 # MindCluster's labels of an Atlas training server with 8 Ascend 910 NPUs, and its device resource.
 ASCEND_LABELS = {"accelerator": "huawei-Ascend910", "accelerator-type": "module"}
 ASCEND_RESOURCE = "huawei.com/Ascend910"
+# What a simulated node reports: the size of an Atlas 800 training server (4 x 48 Kunpeng cores), so
+# that simulated pods are limited by what such a node holds, not by the machine the tests run on.
+SIMULATED_CAPACITY = {"cpu": "192", "memory": "1536Gi", "pods": "110", "ephemeral-storage": "1Ti"}
 
 
 class Node(Protocol):
@@ -218,7 +221,8 @@ class NodeAgent:
             Running and ends when ``finish()`` says, or after ``default_outcome``.
         labels: the Node's labels (``kubernetes.io/hostname``, ``kubernetes.io/os`` and
             ``kubernetes.io/arch`` are added).
-        capacity: cpu, memory, pods (default: this machine's CPUs and memory, 110 pods).
+        capacity: cpu, memory, pods (default: this machine's CPUs and memory, 110 pods; on a
+            simulated node, an Atlas 800 training server's: SIMULATED_CAPACITY).
         extra_capacity: extended resources, e.g. ``{"huawei.com/Ascend910": "8"}``.
         taints: the Node's taints at registration.
         port: the HTTPS endpoint's port (0: any free one).
@@ -258,7 +262,8 @@ class NodeAgent:
             "kubernetes.io/arch": _arch(),
             **(labels or {}),
         }
-        self.capacity = {**_machine_capacity(), **(capacity or {}), **(extra_capacity or {})}
+        base = SIMULATED_CAPACITY if mode == "simulated" else _machine_capacity()
+        self.capacity = {**base, **(capacity or {}), **(extra_capacity or {})}
         self.taints = list(taints or [])
         self.port = port
         self.lease_duration_seconds = lease_duration_seconds
@@ -410,9 +415,10 @@ class NodeAgent:
             raise LookupError(f"no pod {namespace}/{name} runs on node {self.name}")
         return run
 
-    def has_pod(self, namespace: str, name: str) -> bool:
-        """The pod is bound to this node and the agent has started it (its run is known)."""
-        return self._call(lambda: (namespace, name) in self._by_name)
+    def has_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """The agent runs (or ran) this pod: it is bound here and seen (with this uid, if given)."""
+        known = self._call(lambda: self._by_name.get((namespace, name)))
+        return known is not None and (uid is None or known == uid)
 
     def finish(
         self, namespace: str, name: str, exit_code: int, reason: str | None = None, message: str | None = None
