@@ -1,9 +1,12 @@
-"""The operator (kopf, in-process through KopfRunner) against the sandbox with simulated pods.
+"""The operator (kopf, in-process through KopfRunner) against the real control plane with simulated nodes.
 
-The simulated kubelet runs no processes: a pod goes Running by itself and ends when a test calls
-`kubelet.finish(ns, pod, exit_code)`, which lets each test drive the gang through every transition
-in seconds. Tests that only need the API (invalid spec, garbage collection) also run
-against a real cluster with `--kubeconfig`; the others need the sandbox to decide pod outcomes.
+The local control plane (etcd, kube-apiserver, controller manager, scheduler built from upstream) gets
+two simulated node agents: the scheduler binds each pod to one of them, the pod goes Running by
+itself and ends when a test calls `cluster.finish(ns, pod, exit_code)`, which lets each test drive the
+gang through every transition in seconds. The operator runs as its own user, so the API server's audit
+log tells its requests from the test's. Tests that only need the API (invalid spec, garbage
+collection) also run against another cluster with `--kubeconfig`; the others need the local nodes to
+decide pod outcomes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,29 +33,72 @@ T = TypeVar("T")
 _names = itertools.count()
 
 
-class Cluster:
-    """The API under test: the sandbox (simulated kubelet) or a real cluster."""
+OPERATOR_USER = "mnv2-operator-under-test"
 
-    def __init__(self, kubeconfig: str, sandbox: Any = None) -> None:
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the operator, from the API server's audit log."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    code: int
+
+
+class Cluster:
+    """The API under test: the local control plane with simulated nodes, or another cluster.
+
+    `kubeconfig` is the operator's; the test's own requests go through `client` (the admin).
+    """
+
+    def __init__(self, kubeconfig: str, admin_kubeconfig: str, local: Any = None, nodes: Any = None) -> None:
         import kubernetes
 
         self.kubeconfig = kubeconfig
-        self.sandbox = sandbox
-        if sandbox is not None:
-            self.client = sandbox.api_client()
-        else:
-            self.client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        self.local = local
+        self.nodes: dict[str, Any] = nodes or {}
+        self.client = kubernetes.config.new_client_from_config(config_file=admin_kubeconfig)
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
 
     def finish(self, namespace: str, pod: str, exit_code: int, message: str | None = None) -> None:
         """End a pod; `message` is its container's termination message (state.terminated.message)."""
-        if self.sandbox is None:
-            pytest.skip("needs the sandbox's simulated kubelet to decide how pods end")
-        self.sandbox.kubelet.finish(
+        if not self.nodes:
+            pytest.skip("needs the local simulated nodes to decide how pods end")
+        current = wait_for(f"pod {pod} bound to a node", lambda: self._bound(namespace, pod))
+        agent = self.nodes[current.spec.node_name]
+        uid = current.metadata.uid
+        wait_for(f"pod {pod} seen by {agent.name}", lambda: agent.has_pod(namespace, pod, uid))
+        agent.finish(
             namespace, pod, exit_code=exit_code, reason="Error" if exit_code else None, message=message
         )
+
+    def _bound(self, namespace: str, pod: str) -> Any:
+        p = self.core.read_namespaced_pod(pod, namespace)
+        return p if p.spec.node_name else None
+
+    @property
+    def audit(self) -> list[Request]:
+        """The operator's requests so far, in order (the audit log only grows: indexes stay valid)."""
+        if self.local is None:
+            pytest.skip("reads the local API server's audit log")
+        out = []
+        for e in self.local.audit_events():
+            if (e.get("user") or {}).get("username") != OPERATOR_USER:
+                continue
+            # One record per request: a watch when it starts, anything else when it completes.
+            if e.get("stage") != ("ResponseStarted" if e.get("verb") == "watch" else "ResponseComplete"):
+                continue
+            ref = e.get("objectRef") or {}
+            code = int((e.get("responseStatus") or {}).get("code", 0))
+            out.append(Request(e["verb"], ref.get("apiGroup", ""), ref.get("resource", ""),
+                               ref.get("subresource", ""), ref.get("namespace", ""), ref.get("name", ""), code))  # fmt: skip
+        return out
 
     # -- jobs
     def create_job(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -132,24 +179,35 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | N
     with pytest.MonkeyPatch.context() as mp:
         if kubeconfig_option:
             mp.setenv("KUBECONFIG", kubeconfig_option)
-            c = Cluster(kubeconfig_option)
+            c = Cluster(kubeconfig_option, kubeconfig_option)
             install_crd(c)
             yield c
             return
-        from mnv2_operator.sandbox import Sandbox
+        from mnv2_cluster.launcher import Cluster as LocalCluster
+        from mnv2_cluster.node import NodeAgent
+        from mnv2_operator import crd
 
-        sb = Sandbox(tmp_path_factory.mktemp("sandbox"), kubelet="simulated").start()
+        # The CRD exists before the controller manager starts, so garbage collection knows its kind.
+        local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=[crd.crd_yaml()]).start()
+        nodes: dict[str, Any] = {}
         try:
-            mp.setenv("KUBECONFIG", str(sb.kubeconfig_path))
-            c = Cluster(str(sb.kubeconfig_path), sb)
+            for i in range(2):
+                agent = NodeAgent.for_cluster(local, f"sim-{i}", mode="simulated")
+                nodes[agent.name] = agent.start()
+            operator_kubeconfig = local.kubeconfig_for_user(OPERATOR_USER, ["system:masters"])
+            mp.setenv("KUBECONFIG", str(operator_kubeconfig))
+            c = Cluster(str(operator_kubeconfig), str(local.kubeconfig), local, nodes)
             install_crd(c)
             yield c
         finally:
-            sb.stop()
+            for agent in nodes.values():
+                agent.stop()
+            local.stop()
 
 
 @pytest.fixture
 def namespace(cluster: Cluster) -> str:
+    """A fresh namespace with the jobs' output claim `runs`, bound to a volume of its own."""
     import kubernetes
 
     name = f"op-{os.getpid() % 10000}-{next(_names)}"
@@ -158,6 +216,19 @@ def namespace(cluster: Cluster) -> str:
     except kubernetes.client.ApiException as err:
         if err.status != 409:
             raise
+    if cluster.local is not None:
+        # The scheduler binds a pod only once its claims are bound: a volume made for this claim.
+        cluster.core.create_persistent_volume({
+            "metadata": {"name": f"{name}-runs"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/mnv2/{name}/runs"},
+                     "claimRef": {"namespace": name, "name": "runs"}},
+        })  # fmt: skip
+        cluster.core.create_namespaced_persistent_volume_claim(name, {
+            "metadata": {"name": "runs"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-runs",
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        })  # fmt: skip
     return name
 
 
@@ -214,10 +285,9 @@ def events_of(cluster: Cluster, ns: str, name: str) -> list[str]:
 
 
 def pod_creates(cluster: Cluster, ns: str) -> int:
-    assert cluster.sandbox is not None
     return sum(
         1
-        for r in cluster.sandbox.audit
+        for r in cluster.audit
         if r.verb == "create" and r.resource == "pods" and r.namespace == ns and r.code < 300
     )
 
@@ -492,15 +562,11 @@ def test_operator_restart_mid_job_duplicates_nothing(cluster: Cluster, namespace
         assert s["restarts"] == 1
         assert pod_creates(cluster, ns) == 4
     # Restart again with nothing to do: no request changes anything.
-    before = len(
-        [r for r in cluster.sandbox.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns]
-    )
+    before = len([r for r in cluster.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns])
     with operator(ns):
         time.sleep(1.5)
         assert len(cluster.pods(ns, name)) == 2
-    after = len(
-        [r for r in cluster.sandbox.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns]
-    )
+    after = len([r for r in cluster.audit if r.verb in ("create", "delete", "patch") and r.namespace == ns])
     assert after == before
     with operator(ns):
         cluster.finish(ns, f"{name}-worker-0", 0)
@@ -568,19 +634,17 @@ def test_active_deadline_and_ttl(cluster: Cluster, namespace: str) -> None:
 
 def test_status_changes_are_merge_patches(cluster: Cluster, namespace: str) -> None:
     """The operator writes only status (never the job's spec or metadata) and never the trainer's keys."""
-    if cluster.sandbox is None:
-        pytest.skip("reads the sandbox's audit log")
     ns, name = namespace, "audited"
     with operator(ns):
         cluster.create_job(ns, name, job_spec(nodes=1))
         wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
     writes = {
         (r.verb, r.resource, r.subresource)
-        for r in cluster.sandbox.audit
+        for r in cluster.audit
         if r.namespace == ns and r.resource == PLURAL and r.verb in ("create", "update", "patch", "delete")
     }
     # The test created the job; the operator only patched its status.
-    assert writes == {("create", PLURAL, ""), ("patch", PLURAL, "status")}
+    assert writes == {("patch", PLURAL, "status")}
 
 
 def _documented_requests() -> set[tuple[str, str, str]]:
@@ -600,41 +664,30 @@ def _documented_requests() -> set[tuple[str, str, str]]:
 
 
 def test_operator_requests_are_documented(cluster: Cluster, namespace: str) -> None:
-    """Every request the operator makes (sandbox audit) is in docs/operator.md's table (the RBAC source)."""
-    if cluster.sandbox is None:
-        pytest.skip("reads the sandbox's audit log")
-    sb = cluster.sandbox
+    """Every request the operator makes (its audit records) is in docs/operator.md's table (the RBAC source)."""
     ns = namespace
-    info = sb.server.find(GROUP, VERSION, PLURAL)
 
     def phase(name: str, want: str) -> Callable[[], bool]:
-        # Read the sandbox's store directly: the test's own polling must not show up in the audit.
-        return lambda: ((sb.server.get(info, ns, name) or {}).get("status") or {}).get("phase") == want
+        return lambda: cluster.status(ns, name).get("phase") == want
 
-    start = len(sb.audit)
-    test_requests = {("create", GROUP, PLURAL): 0, ("patch", GROUP, PLURAL): 0}
+    start = len(cluster.audit)
     with operator(ns):
         cluster.create_job(ns, "a", job_spec(nodes=2, backoffLimit=1, ttlSecondsAfterFinished=0))
         cluster.create_job(ns, "s", job_spec(nodes=1))
-        test_requests[("create", GROUP, PLURAL)] += 2
         wait_for("a running", phase("a", "Running"))
-        sb.kubelet.finish(ns, "a-worker-0", exit_code=1)  # gang restart: pods deleted and created
+        cluster.finish(ns, "a-worker-0", 1)  # gang restart: pods deleted and created
         wait_for("a restarted", phase("a", "Restarting"))
         wait_for("a running again", phase("a", "Running"))
-        sb.kubelet.finish(ns, "a-worker-0", exit_code=0)
-        sb.kubelet.finish(ns, "a-worker-1", exit_code=0)
-        wait_for("a deleted after its TTL", lambda: sb.server.get(info, ns, "a") is None)
+        cluster.finish(ns, "a-worker-0", 0)
+        cluster.finish(ns, "a-worker-1", 0)
+        wait_for("a deleted after its TTL", lambda: cluster.job(ns, "a") is None)
         wait_for("s running", phase("s", "Running"))
         cluster.patch_spec(ns, "s", {"runPolicy": {"suspend": True}})
-        test_requests[("patch", GROUP, PLURAL)] += 1
         wait_for("s suspended", phase("s", "Suspended"))
-    made: dict[tuple[str, str, str], int] = {}
-    for r in sb.audit[start:]:
-        key = (r.verb, r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""))
-        made[key] = made.get(key, 0) + 1
-    for key, n in test_requests.items():
-        made[key] -= n
-    operator_requests = {k for k, n in made.items() if n > 0}
+    operator_requests = {
+        (r.verb, r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""))
+        for r in cluster.audit[start:]
+    }
     undocumented = operator_requests - _documented_requests()
     assert not undocumented, f"requests missing from docs/operator.md: {sorted(undocumented)}"
     # And the table is not just permissive: the core of it was exercised. (A GET of the job is only
@@ -750,7 +803,7 @@ def test_mnv2_operator_command(cluster: Cluster, namespace: str) -> None:
 def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, namespace: str) -> None:
     import kubernetes
 
-    if cluster.sandbox is None:
+    if cluster.local is None:
         pytest.skip("installs and needs the absence of Volcano's PodGroup CRD")
     ext = kubernetes.client.ApiextensionsV1Api(cluster.client)
     with contextlib.suppress(kubernetes.client.ApiException):
@@ -832,13 +885,9 @@ def test_job_recreated_under_the_same_name_starts_afresh(cluster: Cluster, names
         wait_for("the third job running", phase_is(cluster, ns, name, "Running"), timeout=40)
 
 
-def _operator_requests(sb: Any, ns: str, start: int) -> list[Any]:
-    """The operator's requests in namespace `ns` since audit index `start` (not the test's job creates)."""
-    return [
-        r
-        for r in sb.audit[start:]
-        if r.namespace == ns and not (r.verb == "create" and r.resource == PLURAL and not r.subresource)
-    ]
+def _operator_requests(cluster: Cluster, ns: str, start: int) -> list[Request]:
+    """The operator's requests in namespace `ns` since audit index `start`."""
+    return [r for r in cluster.audit[start:] if r.namespace == ns]
 
 
 def test_many_jobs_at_once_create_each_child_once_per_attempt(cluster: Cluster, namespace: str) -> None:
@@ -849,29 +898,28 @@ def test_many_jobs_at_once_create_each_child_once_per_attempt(cluster: Cluster, 
     and merge-patch the five unchanged ones; and a GET of the job on every reconcile would double the
     requests.
     """
-    if cluster.sandbox is None:
-        pytest.skip("reads the sandbox's audit log and decides pod outcomes")
-    sb, ns, n, restarted = cluster.sandbox, namespace, 16, 4
-    info = sb.server.find(GROUP, VERSION, PLURAL)
+    if cluster.local is None:
+        pytest.skip("reads the local API server's audit log and decides pod outcomes")
+    ns, n, restarted = namespace, 16, 4
     names = [f"many-{i}" for i in range(n)]
 
     def phases(want: str, which: list[str], restarts: int = 0) -> bool:
-        # The store, read in process: the test's polling stays out of the audit log.
-        statuses = [(sb.server.get(info, ns, name) or {}).get("status") or {} for name in which]
+        # The test's polling is the admin's: it stays out of the operator's audit records.
+        statuses = [cluster.status(ns, name) for name in which]
         return all(s.get("phase") == want and s.get("restarts", 0) == restarts for s in statuses)
 
-    start = len(sb.audit)
+    start = len(cluster.audit)
     with operator(ns) as runner:
         for name in names:
             cluster.create_job(ns, name, job_spec(nodes=1, backoffLimit=2))
         wait_for("every job Running", lambda: phases("Running", names), timeout=60)
         # A gang restart must still create the next attempt's pod (memory is keyed by attempt).
         for name in names[:restarted]:
-            sb.kubelet.finish(ns, f"{name}-worker-0", exit_code=1, reason="Error")
+            cluster.finish(ns, f"{name}-worker-0", 1)
         wait_for("attempt 1 Running", lambda: phases("Running", names[:restarted], 1), timeout=60)
         time.sleep(1.0)  # the last Events and status patches
     assert "retrying" not in runner.output, runner.output
-    requests = _operator_requests(sb, ns, start)
+    requests = _operator_requests(cluster, ns, start)
     by: dict[str, int] = {}
     for r in requests:
         key = f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''} {r.code}"
@@ -909,12 +957,11 @@ def test_many_jobs_at_once_create_each_child_once_per_attempt(cluster: Cluster, 
 def test_operator_restart_while_jobs_are_created_converges(cluster: Cluster, namespace: str) -> None:
     """The memory of what was created is lost with the operator: the next one converges from what it
     observes, every pod once, a 409 (if any) handled quietly."""
-    if cluster.sandbox is None:
-        pytest.skip("reads the sandbox's audit log")
-    sb, ns, n = cluster.sandbox, namespace, 8
-    info = sb.server.find(GROUP, VERSION, PLURAL)
+    if cluster.local is None:
+        pytest.skip("reads the local API server's audit log")
+    ns, n = namespace, 8
     names = [f"cut-{i}" for i in range(n)]
-    start = len(sb.audit)
+    start = len(cluster.audit)
     with operator(ns):
         for name in names:
             cluster.create_job(ns, name, job_spec(nodes=2))
@@ -923,16 +970,13 @@ def test_operator_restart_while_jobs_are_created_converges(cluster: Cluster, nam
     with operator(ns) as runner:
         wait_for(
             "every job Running",
-            lambda: all(
-                ((sb.server.get(info, ns, name) or {}).get("status") or {}).get("phase") == "Running"
-                for name in names
-            ),
+            lambda: all(cluster.status(ns, name).get("phase") == "Running" for name in names),
             timeout=60,
         )
     assert "retrying" not in runner.output, runner.output
     pod_creates = [
         r
-        for r in _operator_requests(sb, ns, start)
+        for r in _operator_requests(cluster, ns, start)
         if r.verb == "create" and r.resource == "pods" and r.code < 300
     ]
     assert len(pod_creates) == 2 * n
