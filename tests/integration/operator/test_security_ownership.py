@@ -36,14 +36,29 @@ from volcano import PODGROUP_CRD
 pytestmark = pytest.mark.cluster
 
 PG_GROUP, PG_VERSION, PG_PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"
-# Not the job's: a controller reference to some other owner, as another application's objects have.
-OTHER_OWNER = {
-    "apiVersion": "apps/v1",
-    "kind": "Deployment",
-    "name": "someone-else",
-    "uid": "6f0d6c36-0000-4000-8000-000000000001",
-    "controller": True,
-}
+
+
+def other_owner(c: Cluster, ns: str) -> dict[str, Any]:
+    """Not the job's: a controller reference to another application's Deployment (a live one: the
+    garbage collector deletes an object whose owners are all gone)."""
+    import kubernetes
+
+    deployment = kubernetes.client.AppsV1Api(c.client).create_namespaced_deployment(
+        ns,
+        {
+            "metadata": {"name": "someone-else"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "someone-else"}},
+                "template": {
+                    "metadata": {"labels": {"app": "someone-else"}},
+                    "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+                },
+            },
+        },
+    )
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": "someone-else",
+            "uid": deployment.metadata.uid, "controller": True}  # fmt: skip
 
 
 def _plain(c: Cluster, obj: Any) -> dict[str, Any]:
@@ -64,7 +79,7 @@ def foreign_objects(c: Cluster, ns: str, job: str, gang: bool) -> dict[str, Call
         },
     )
     c.core.create_namespaced_service_account(
-        ns, {"metadata": {"name": f"{job}-trainer", "ownerReferences": [OTHER_OWNER]}}
+        ns, {"metadata": {"name": f"{job}-trainer", "ownerReferences": [other_owner(c, ns)]}}
     )
     c.rbac.create_namespaced_role(
         ns,
