@@ -10,8 +10,9 @@ audit log, identities made from its CA, the node agent's fault injection) skip t
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kubernetes
@@ -34,22 +35,34 @@ def cluster(
     # The CRDs exist before the controller manager starts, so garbage collection knows their kinds.
     crds = [WIDGET_CRD, GADGET_CRD, MNV2_CRD]
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=crds).start()
-    report = request.config.pluginmanager.get_plugin("terminalreporter")
-    if report is not None:
-        report.write_line(
-            f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}"
-        )
+    report = _reporter(request)
+    report(f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}")
     failed_before = request.session.testsfailed
     node = None
     try:
         node = NodeAgent.for_cluster(local, "node-1").start()
         yield Cluster(local.kubeconfig, local, cache, node)
     finally:
-        if report is not None and request.session.testsfailed > failed_before:
-            report.write_line(f"\ncontrol plane logs (tests failed):\n{local.dump_logs()}")
+        report(f"\nlocal control plane after the contract suite:\n{local.describe()}")
+        if request.session.testsfailed > failed_before:
+            report(f"\ncontrol plane logs (tests failed):\n{local.dump_logs()}")
         if node is not None:
             node.stop()
         local.stop()
+
+
+def _reporter(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Write to the terminal past pytest's output capture (the control plane's times, memory, logs)."""
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def write(text: str) -> None:
+        if terminal is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            terminal.write_line(text)
+
+    return write
 
 
 @pytest.fixture(scope="package")

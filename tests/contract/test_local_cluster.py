@@ -13,6 +13,8 @@ from pathlib import Path
 
 import kubernetes
 import pytest
+from mnv2_cluster.launcher import Cluster as LocalCluster
+from mnv2_cluster.launcher import ClusterError
 
 from contract.kit import Cluster
 
@@ -74,3 +76,37 @@ def test_mnv2_cluster_command_stops_in_order_and_keeps_its_data(cluster: Cluster
         assert core.read_namespaced_config_map("kept", "default").data == {"k": "v"}
     finally:
         stop(proc, signal.SIGTERM)
+
+
+def test_a_component_that_exits_fails_start_with_its_log_and_stops_the_rest(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A broken API server: start() raises naming it, with the end of its log, and etcd is stopped."""
+    local = cluster.need_local("uses the local control plane's binaries")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    etcd = local._binaries()["etcd"]
+    (bin_dir / "etcd").symlink_to(etcd)
+    kube = bin_dir / "kube"
+    kube.write_text('#!/bin/sh\necho "kube $1: cannot start, for the test" >&2\nexit 3\n')
+    kube.chmod(0o755)
+    broken = LocalCluster(tmp_path / "state", bin_dir=bin_dir, start_timeout=60)
+    with pytest.raises(ClusterError) as exc:
+        broken.start()
+    message = str(exc.value)
+    assert message.startswith("apiserver exited with code 3 while starting; the end of ")
+    assert "kube apiserver: cannot start, for the test" in message
+    assert not broken.running and not broken.components
+    assert not _processes_mentioning(str(tmp_path / "state")), "etcd left running"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
