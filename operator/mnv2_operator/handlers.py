@@ -49,7 +49,7 @@ import kopf
 import urllib3
 
 from mnv2_operator import status as st
-from mnv2_operator.render import RenderedJob, render_job
+from mnv2_operator.render import FIXED_KINDS, RenderedJob, render_job
 from mnv2_operator.spec import OperatorDefaults, SpecError, parse_spec
 
 GROUP = "training.mnv2.dev"
@@ -842,7 +842,8 @@ class Controller:
     async def _apply_child(
         self, obj: dict[str, Any], namespace: str, job: Mapping[str, Any]
     ) -> tuple[bool, str | None]:
-        """Create a child, or bring the job's own existing one to its rendered form.
+        """Create a child, or bring the job's own existing one to its rendered form (`FIXED_KINDS`
+        are left as they are: their rendered form never changes).
 
         Returns:
             (created, conflict): `conflict` says why an existing object of the child's name is
@@ -874,6 +875,9 @@ class Controller:
             raise ApiError(409, "Conflict", f"{kind} {name} was deleted while being created; trying again")
         if not st.owned_by(existing, job["metadata"]["uid"]):
             return False, st.conflict(kind, name, existing, KIND, job["metadata"]["name"])
+        if kind in FIXED_KINDS:
+            # The job's own, and nothing in its rendered form can have changed since its create.
+            return False, None
         # The job's own child (from before an operator restart or a spec change): patch it to the
         # rendered form. Its owner references stay as they are, and the resourceVersion read above
         # is a precondition: should the object be replaced meanwhile, the patch fails (409) and the

@@ -12,6 +12,7 @@ checkout, never the operator image.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -106,12 +107,7 @@ def render_chart(
     Objects come in template order (sorted by path) and in document order within a template.
     """
     files = render_chart_files(values, release=release, namespace=namespace, chart_dir=chart_dir)
-    objects: list[dict[str, Any]] = []
-    for path in sorted(files):
-        if not path.endswith((".yaml", ".yml")):
-            continue
-        objects.extend(doc for doc in yaml.safe_load_all(files[path]) if doc)
-    return objects
+    return [obj for obj, _ in rendered_documents(files)]
 
 
 def chart_crds(chart_dir: Path = CHART_DIR) -> list[dict[str, Any]]:
@@ -131,10 +127,60 @@ def _strip_helm_labels(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+# A line of a rendered template that sets one of HELM_ONLY_LABELS.
+_HELM_LABEL_LINE = re.compile(
+    r"^[ \t]+(?:" + "|".join(re.escape(key) for key in HELM_ONLY_LABELS) + r"):.*\n", re.MULTILINE
+)
+_DOCUMENT_START = re.compile(r"^---[ \t]*$\n?", re.MULTILINE)
+
+
+def rendered_documents(files: Mapping[str, str]) -> list[tuple[dict[str, Any], str]]:
+    """The YAML documents of rendered templates as (object, text), the text with its comments.
+
+    Templates come in path order, documents in their order within a template; NOTES.txt and empty
+    documents are skipped.
+    """
+    documents = []
+    for path in sorted(files):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for text in _DOCUMENT_START.split(files[path]):
+            obj = yaml.safe_load(text)
+            if obj:
+                documents.append((obj, text.strip("\n") + "\n"))
+    return documents
+
+
+def _plain_text(obj: dict[str, Any], text: str) -> str:
+    """The rendered text of `obj` without Helm's ownership labels, its comments kept.
+
+    Raises:
+        ChartError: removing those label lines did not give the object without them (a template
+            wrote them in a form this line edit does not handle).
+    """
+    plain = _HELM_LABEL_LINE.sub("", text)
+    want = _strip_helm_labels(yaml.safe_load(yaml.safe_dump(obj)))  # deep copy
+    if yaml.safe_load(plain) != want:
+        raise ChartError(
+            f"could not remove Helm's labels {HELM_ONLY_LABELS} from the rendered text of "
+            f"{obj.get('kind')} {obj.get('metadata', {}).get('name')!r}: write each as one "
+            "`key: value` line in the template"
+        )
+    return plain
+
+
 def plain_manifests(
-    objects: Sequence[Mapping[str, Any]], *, release: str = RELEASE_NAME, namespace: str = NAMESPACE
+    files: Mapping[str, str], *, release: str = RELEASE_NAME, namespace: str = NAMESPACE
 ) -> dict[str, str]:
-    """Lay rendered objects out as the plain install's files.
+    """Lay rendered templates out as the plain install's files.
+
+    Each object keeps the text Helm rendered, comments included (the RBAC rules say why each is
+    needed), without Helm's ownership labels.
+
+    Args:
+        files: the chart's rendered templates (`render_chart_files`).
+        release: the release name they were rendered with.
+        namespace: the release namespace.
 
     Returns:
         Path relative to the repository root (e.g. `manifests/rbac/20-clusterrole.yaml`) to YAML text.
@@ -144,25 +190,23 @@ def plain_manifests(
         ChartError: an object of a kind that has no place in the plain install.
     """
     namespace_obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
-    by_file: dict[str, list[dict[str, Any]]] = {}
-    for original in [namespace_obj, *objects]:
-        obj = _strip_helm_labels(yaml.safe_load(yaml.safe_dump(dict(original))))  # deep copy
+    by_file: dict[str, list[str]] = {}
+    for obj, text in [(namespace_obj, yaml.safe_dump(namespace_obj, sort_keys=False))] + rendered_documents(
+        files
+    ):
         kind = obj["kind"]
         if kind not in FILE_OF_KIND:
             raise ChartError(
                 f"the chart renders a {kind}, which has no file in manifests/: add it to FILE_OF_KIND"
             )
-        by_file.setdefault(f"manifests/{FILE_OF_KIND[kind]}", []).append(obj)
+        by_file.setdefault(f"manifests/{FILE_OF_KIND[kind]}", []).append(_plain_text(obj, text))
     header = HEADER.format(release=release, namespace=namespace)
-    return {
-        path: header + "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in docs)
-        for path, docs in sorted(by_file.items())
-    }
+    return {path: header + "---\n".join(docs) for path, docs in sorted(by_file.items())}
 
 
 def expected_files() -> dict[str, str]:
     """The plain manifests the chart's default values produce right now."""
-    return plain_manifests(render_chart())
+    return plain_manifests(render_chart_files())
 
 
 def write_manifests(root: Path = REPO_ROOT) -> list[Path]:

@@ -48,6 +48,11 @@ LABEL_ROLE = "training.mnv2.dev/role"
 ANNOTATION_GROUP = "scheduling.k8s.io/group-name"
 #: Longest job name: pod hostnames ``<job>-worker-<i>`` must stay DNS labels (63 characters).
 MAX_JOB_NAME = 63 - len("-worker-") - 4
+#: Children rendered from the job's name, namespace and uid alone, never from its spec: complete once
+#: created, so the operator never patches them (and its RBAC holds no ``patch`` on these kinds). The
+#: ConfigMap (resolved config) and the PodGroup (gang size, queue) follow the spec and are brought to
+#: the rendered form when an attempt starts.
+FIXED_KINDS = frozenset({"Service", "ServiceAccount", "Role", "RoleBinding"})
 
 
 @dataclass

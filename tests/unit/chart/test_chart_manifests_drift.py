@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 from mnv2_operator import manifests
 
@@ -21,7 +22,7 @@ def test_drift_is_detected(tmp_path: Path) -> None:
         shutil.copytree(manifests.REPO_ROOT / "manifests" / folder, tmp_path / "manifests" / folder)
     assert manifests.drifted_files(tmp_path) == []
     role = tmp_path / "manifests/rbac/20-clusterrole.yaml"
-    role.write_text(role.read_text().replace("- watch\n", "", 1))
+    role.write_text(role.read_text().replace(', "watch"]', "]", 1))
     (tmp_path / "manifests/operator/deployment.yaml").unlink()
     (tmp_path / "manifests/operator/old.yaml").write_text("{}\n")
     assert sorted(manifests.drifted_files(tmp_path)) == [
@@ -45,3 +46,28 @@ def test_plain_manifests_are_valid_and_not_helm_labelled() -> None:
     # kubectl applies a folder's files in name order: the namespace must come first.
     rbac = sorted(p for p in files if p.startswith("manifests/rbac/"))
     assert rbac[0] == "manifests/rbac/00-namespace.yaml"
+
+
+def test_every_rule_of_the_plain_rbac_says_why() -> None:
+    """The plain manifests keep the chart's comments: each RBAC rule is preceded by its reason."""
+    files = manifests.expected_files()
+    rules = 0
+    for rel in ("manifests/rbac/20-clusterrole.yaml",):
+        lines = files[rel].splitlines()
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith("- apiGroups:"):
+                rules += 1
+                assert lines[i - 1].lstrip().startswith("#"), f"{rel}: rule without a reason: {line}"
+    rendered = [o for o in manifests.render_chart() if o["kind"] == "ClusterRole"]
+    assert rules == len(rendered[0]["rules"]) > 5
+
+
+def test_helm_labels_written_otherwise_are_refused() -> None:
+    # The label lines are removed from the text; a form that edit cannot handle fails loudly.
+    labels = {"app.kubernetes.io/managed-by": "Helm", "a": "b"}
+    obj = {"kind": "Role", "metadata": {"name": "x", "labels": labels}}
+    text = "kind: Role\nmetadata: {name: x, labels: {app.kubernetes.io/managed-by: Helm, a: b}}\n"
+    with pytest.raises(manifests.ChartError, match="Role 'x'"):
+        manifests.plain_manifests({"t/templates/x.yaml": text})
+    block = "kind: Role\nmetadata:\n  name: x\n  labels:\n    app.kubernetes.io/managed-by: Helm\n    a: b\n"
+    assert manifests._plain_text(obj, block) == "kind: Role\nmetadata:\n  name: x\n  labels:\n    a: b\n"

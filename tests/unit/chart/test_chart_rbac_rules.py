@@ -59,11 +59,30 @@ def test_namespaced_mode_grants_only_the_listed_namespaces() -> None:
 
 def test_operator_holds_what_the_trainer_role_grants() -> None:
     # Kubernetes refuses to let the operator create the per-job trainer Role unless the operator holds
-    # every right in it (RBAC escalation prevention): get + patch on its job's status.
+    # every right in it (RBAC escalation prevention): patch on its job's status, and nothing more.
     for values in (None, {"watchNamespaces": ["team-a"]}):
         g = grants(values)
-        for verb in ("get", "patch"):
-            assert allowed(g, Request(verb, JOBS, "mobilenetv2trainingjobs", "status", "team-a", "any-job"))
+        assert allowed(g, Request("patch", JOBS, "mobilenetv2trainingjobs", "status", "team-a", "any-job"))
+        for verb in ("get", "update", "create", "delete"):
+            assert not allowed(g, Request(verb, JOBS, "mobilenetv2trainingjobs", "status", "team-a", "j"))
+
+
+def test_children_that_never_change_are_never_patched() -> None:
+    # Service, ServiceAccount, Role and RoleBinding are complete once created (render.FIXED_KINDS).
+    g = grants()
+    for group, resource in [
+        ("", "services"),
+        ("", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+    ]:
+        assert allowed(g, Request("create", group, resource, namespace="ns"))
+        assert allowed(g, Request("get", group, resource, namespace="ns", name="j-trainer"))
+        for verb in ("patch", "update", "delete", "list"):
+            assert not allowed(g, Request(verb, group, resource, namespace="ns", name="j-trainer"))
+    # What follows the spec is patched to the rendered form.
+    assert allowed(g, Request("patch", "", "configmaps", namespace="ns", name="j-config"))
+    assert allowed(g, Request("patch", "scheduling.volcano.sh", "podgroups", namespace="ns", name="j"))
 
 
 def test_gang_scheduling_rights_follow_the_value() -> None:

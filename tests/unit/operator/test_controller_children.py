@@ -124,6 +124,28 @@ async def test_the_jobs_own_child_is_patched_with_a_precondition_and_its_owners_
     assert "ChildConflict" not in [e.reason for e in events]
 
 
+async def test_the_jobs_own_fixed_children_are_read_and_never_patched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Service, ServiceAccount, Role and RoleBinding never change after their create: the operator
+    holds no patch right on them, and a reconcile that finds the job's own only reads them."""
+    paths = {
+        f"/api/v1/namespaces/{NS}/services/{NAME}",
+        f"/api/v1/namespaces/{NS}/serviceaccounts/{NAME}-trainer",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/{NAME}-trainer",
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings/{NAME}-trainer",
+        CM,
+    }
+    ours = {"metadata": {"resourceVersion": "7", "ownerReferences": [{**OWN_REF, "controller": True}]}}
+    api = ScriptedApi(dict.fromkeys(paths, ours))
+    c, events = controller(api, monkeypatch)
+    await c._reconcile((NS, NAME), job())
+    assert {p for m, p, _ in api.calls if m == "GET"} == paths
+    assert [p for m, p, _ in api.calls if m == "PATCH" and not p.endswith("/status")] == [CM]
+    assert any(m == "POST" and p.endswith("/pods") for m, p, _ in api.calls)
+    assert "ChildConflict" not in [e.reason for e in events]
+
+
 async def test_a_refused_create_fails_the_job_after_three_tries(monkeypatch: pytest.MonkeyPatch) -> None:
     api = ScriptedApi({}, refuse="/pods/j-worker-0")
     c, events = controller(api, monkeypatch)

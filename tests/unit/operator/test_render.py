@@ -235,6 +235,30 @@ def test_headless_service_selects_the_pods_and_gives_them_dns_names() -> None:
         assert pod["spec"]["restartPolicy"] == "Never"
 
 
+def test_fixed_kinds_do_not_depend_on_the_spec() -> None:
+    """The operator never patches FIXED_KINDS (and holds no patch on them): every spec of a job of a
+    given name renders them the same, at every attempt."""
+    forms: dict[str, list[list[dict[str, Any]]]] = {}
+    for case in sorted(CASES):
+        for attempt in (0, 3):
+            meta = CASES[case]["metadata"]
+            spec = S.parse_spec(CASES[case]["spec"])
+            result = render.render_job("same-name", "team-x", UID, spec, attempt, DEFAULTS)
+            for kind in ("ConfigMap", *sorted(render.FIXED_KINDS)):
+                forms.setdefault(kind, []).append(of_kind(result.objects, kind))
+            assert meta["name"] != "same-name"
+    for kind in render.FIXED_KINDS:
+        first = forms[kind][0]
+        assert len(first) == 1, kind
+        assert all(form == first for form in forms[kind]), f"{kind} follows the spec: it must be patched"
+    # The comparison can tell: the ConfigMap (resolved config) differs between the specs.
+    assert any(form != forms["ConfigMap"][0] for form in forms["ConfigMap"])
+    assert {o["kind"] for o in rendered_case("ascend-4x8").objects} - render.FIXED_KINDS == {
+        "ConfigMap",
+        "PodGroup",
+    }
+
+
 def test_trainer_may_patch_only_its_own_jobs_status() -> None:
     result = rendered_case("cpu-1x1")
     (role,) = of_kind(result.objects, "Role")
@@ -243,7 +267,7 @@ def test_trainer_may_patch_only_its_own_jobs_status() -> None:
             "apiGroups": ["training.mnv2.dev"],
             "resources": ["mobilenetv2trainingjobs/status"],
             "resourceNames": ["digits-cpu"],
-            "verbs": ["get", "patch"],
+            "verbs": ["patch"],
         }
     ]
     (binding,) = of_kind(result.objects, "RoleBinding")
