@@ -96,13 +96,34 @@ def test_log_of_an_unscheduled_pod_is_204_no_content(core, ns: str) -> None:
 
 
 def test_pod_succeeds_and_goes_through_running(core, ns: str) -> None:
-    core.create_namespaced_pod(ns, pod("ok", "import time; time.sleep(1.5); print('done')"))
-    wait_for(lambda: phase(core, ns, "ok") == "Running", 60, "pod phase Running")
-    st = core.read_namespaced_pod("ok", ns).status
-    assert st.container_statuses[0].state.running is not None and st.pod_ip
-    assert any(c.type == "Ready" and c.status == "True" for c in st.conditions)
-    wait_for(lambda: phase(core, ns, "ok") == "Succeeded", 60, "pod phase Succeeded")
-    term = core.read_namespaced_pod("ok", ns).status.container_statuses[0].state.terminated
+    created = core.create_namespaced_pod(ns, pod("ok", "import time; time.sleep(1.5); print('done')"))
+    # Every status the pod goes through, from a watch: polling could miss the short Running phase on
+    # a busy machine.
+    seen = []
+    w = kubernetes.watch.Watch()
+    for event in w.stream(
+        core.list_namespaced_pod,
+        ns,
+        field_selector="metadata.name=ok",
+        resource_version=created.metadata.resource_version,
+        timeout_seconds=120,
+    ):
+        seen.append(event["object"].status)
+        if seen[-1].phase in ("Succeeded", "Failed"):
+            w.stop()
+    phases = [st.phase for st in seen]
+    assert phases[-1] == "Succeeded", phases
+
+    def ready_and_running(st: kubernetes.client.V1PodStatus) -> bool:
+        return bool(
+            st.phase == "Running"
+            and st.pod_ip
+            and st.container_statuses[0].state.running is not None
+            and any(c.type == "Ready" and c.status == "True" for c in st.conditions)
+        )
+
+    assert any(ready_and_running(st) for st in seen), phases
+    term = seen[-1].container_statuses[0].state.terminated
     assert term.exit_code == 0 and term.reason == "Completed"
 
 
