@@ -1,4 +1,4 @@
-"""`mnv2 cluster`: run the local control plane in the foreground until Ctrl-C or SIGTERM."""
+"""`mnv2 cluster`: run the local control plane and its nodes in the foreground until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 from mnv2_cluster.build import BuildError
 from mnv2_cluster.launcher import Cluster, ClusterError
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the cluster in args.state_dir, print how to reach it, stop it in order on a signal."""
+    """Start the cluster in args.state_dir with args.nodes node agents (pods as local processes) and
+    args.ascend_nodes simulated Ascend nodes, print how to reach it, stop everything on a signal."""
+    from mnv2_cluster.node import NodeAgent, ascend_node_options
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -27,9 +31,17 @@ def run(args: argparse.Namespace) -> int:
     except (BuildError, ClusterError) as e:
         print(f"mnv2 cluster: {e}", file=sys.stderr)
         return 1
+    nodes: list[Any] = []
     try:
+        for i in range(1, args.nodes + 1):
+            nodes.append(NodeAgent.for_cluster(cluster, f"node-{i}").start())
+        for i in range(1, args.ascend_nodes + 1):
+            agent = NodeAgent.for_cluster(cluster, f"ascend-{i}", mode="simulated", **ascend_node_options())
+            nodes.append(agent.start())
         print(f"API server {cluster.server}, ready in {cluster.timings['ready']:.1f} s:")
         print(cluster.describe())
+        for node in nodes:
+            print(f"  node {node.name:<14} {node.mode} pods, folder {node.state_dir}")
         print(f"logs in {cluster.logs_dir}, audit log {cluster.audit_log}")
         print("Ctrl-C stops it (etcd's data stays in the state folder).")
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
@@ -45,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 return 1
     finally:
         started = time.monotonic()
+        for node in nodes:
+            node.stop()
         cluster.stop()
         print(f"mnv2 cluster: stopped in {time.monotonic() - started:.1f} s", flush=True)
     return 0

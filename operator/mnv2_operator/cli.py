@@ -143,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", default=".cluster", help="where the PKI, etcd data, logs and the kubeconfig go"
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every component")
+    p.add_argument(
+        "--nodes", type=int, default=1, help="nodes that run pods as local processes (node-1, node-2, ...)"
+    )
+    p.add_argument(
+        "--ascend-nodes",
+        type=int,
+        default=0,
+        help="simulated Ascend training nodes (8 huawei.com/Ascend910 each; pods run nothing)",
+    )
     p.set_defaults(run=_cmd_cluster)
     return parser
 

@@ -62,6 +62,9 @@ def test_mnv2_cluster_command_stops_in_order_and_keeps_its_data(cluster: Cluster
             n.metadata.name for n in core.list_namespace().items
         }
         core.create_namespaced_config_map("default", {"metadata": {"name": "kept"}, "data": {"k": "v"}})
+        nodes = {n.metadata.name: n for n in core.list_node().items}
+        assert set(nodes) == {"node-1"}
+        assert any(c.type == "Ready" and c.status == "True" for c in nodes["node-1"].status.conditions)
     finally:
         took = stop(proc, signal.SIGINT)
     assert took < 30, f"stopping took {took:.1f} s"
