@@ -232,9 +232,16 @@ class OperatorPolicy:
                     "policy.queueNames",
                 )
             )
-        scheduler = sched.scheduler_name or ("volcano" if sched.gang else None)
+        npu_plugin = bool(spec.accelerator.volcano_npu_plugin)
+        scheduler = sched.scheduler_name or ("volcano" if sched.gang or npu_plugin else None)
         if scheduler not in (None, DEFAULT_SCHEDULER) and scheduler not in self.scheduler_names:
-            where = "spec.scheduling.schedulerName" if sched.scheduler_name else "spec.scheduling.gang"
+            where = (
+                "spec.scheduling.schedulerName"
+                if sched.scheduler_name
+                else "spec.scheduling.gang"
+                if sched.gang
+                else "spec.accelerator.volcanoNpuPlugin"
+            )
             problems.append(
                 self._refused(
                     where, f"scheduler {scheduler!r}", self.scheduler_names, "policy.schedulerNames"

@@ -28,6 +28,9 @@ from mnv2_operator import spec as S
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MASTER_PORT = 8118
 TRAIN_ENTRY = "mnv2_trainer.train"
+#: The container's main process: starts msrun, turns the kubelet's SIGTERM into the SIGINT msrun
+#: handles, and reaps what msrun leaves behind (msrun as PID 1 would ignore SIGTERM).
+LAUNCH_ENTRY = "mnv2_trainer.launch"
 VALIDATE_ENTRY = "mnv2_trainer.validate"
 CONFIG_PATH = f"{S.CONFIG_MOUNT}/config.yaml"
 CKPT_DIR = f"{S.OUTPUT_MOUNT}/ckpt"
@@ -174,9 +177,18 @@ def training_config(spec: S.JobSpec) -> tuple[dict[str, Any], str]:
 # --------------------------------------------------------------------------------------------------
 
 
+def log_dir(spec: S.JobSpec, attempt: int) -> str:
+    """msrun's --log_dir: the attempt's folder on the output volume (scratch without one)."""
+    return f"{S.OUTPUT_MOUNT}/logs/{attempt}" if spec.output else "/tmp/msrun-logs"
+
+
 def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, attempt: int) -> list[str]:
-    """The container command of worker ``index``: msrun wrapping the trainer (docs/interfaces.md)."""
+    """The container command of worker ``index``: the launcher starting msrun, which starts the trainer
+    (docs/interfaces.md)."""
     msrun = [
+        "python",
+        "-m",
+        LAUNCH_ENTRY,
         "msrun",
         f"--worker_num={spec.world_size}",
         f"--local_worker_num={spec.devices_per_node}",
@@ -185,9 +197,16 @@ def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, atte
         f"--master_port={MASTER_PORT}",
         # Without --join msrun returns at once and the pod's exit code says nothing about training.
         "--join=True",
-        f"--cluster_time_out={spec.cluster_timeout_seconds}",
-        f"--log_dir={S.OUTPUT_MOUNT}/logs/{attempt}" if spec.output else "--log_dir=/tmp/msrun-logs",
+        f"--cluster_time_out={spec.cluster_timeout}",
+        f"--log_dir={log_dir(spec, attempt)}",
+        # kubectl logs shows this node's first rank (rank 0 on worker 0) instead of all its workers
+        # interleaved; every rank keeps its own worker_<rank>.log in --log_dir. msrun compares this
+        # value with global rank ids.
+        f"--tail_worker_log={index * spec.devices_per_node}",
     ]
+    if spec.accelerator.type == "ascend" and spec.accelerator.bind_core:
+        # Pins each worker to the cores of its NPU's NUMA node, as MindCV's distributed commands do.
+        msrun.append("--bind_core=True")
     # Paths go as flags (never only in the config file): the sandbox maps mount paths in flags.
     if spec.mode == "train":
         trainer = ["python", "-m", TRAIN_ENTRY, "--config", CONFIG_PATH, "--data_dir", S.DATA_MOUNT]
@@ -205,7 +224,9 @@ def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, atte
 
 # Waits until a host name resolves (argv: host, timeout in seconds); exits non-zero after the timeout.
 _WAIT_FOR_DNS = """\
-import socket, sys, time
+import signal, socket, sys, time
+# PID 1 of its container: without a handler SIGTERM would be ignored until the grace period ends.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 host, timeout = sys.argv[1], float(sys.argv[2])
 deadline = time.monotonic() + timeout
 while True:
@@ -225,7 +246,7 @@ def wait_command(name: str, namespace: str, spec: S.JobSpec) -> list[str] | None
     if spec.nodes == 1:
         return None
     host = master_addr(name, namespace, spec.nodes)
-    return ["python", "-c", _WAIT_FOR_DNS, host, str(spec.cluster_timeout_seconds)]
+    return ["python", "-c", _WAIT_FOR_DNS, host, str(spec.cluster_timeout)]
 
 
 @dataclass(frozen=True)
@@ -345,11 +366,34 @@ def render_job(
     ascend = spec.accelerator.type == "ascend"
     resource_name = spec.accelerator.resource_name or defaults.resource_name
     if spec.accelerator.node_selector is not None:
-        node_selector = spec.accelerator.node_selector
+        node_selector = dict(spec.accelerator.node_selector)
     else:
-        node_selector = defaults.node_selector if ascend else {}
+        node_selector = dict(defaults.node_selector) if ascend else {}
+    chip = spec.accelerator.chip or defaults.chip
+    accelerator_type = defaults.accelerator_types.get(chip, "")
+    if ascend and accelerator_type:
+        # A selector that names the label itself wins (e.g. module-910b-16 servers).
+        node_selector.setdefault(S.ACCELERATOR_TYPE_LABEL, accelerator_type)
+    npu_plugin = ascend and (
+        defaults.volcano_npu_plugin
+        if spec.accelerator.volcano_npu_plugin is None
+        else spec.accelerator.volcano_npu_plugin
+    )
     gang = spec.scheduling.gang
-    scheduler_name = spec.scheduling.scheduler_name or ("volcano" if gang else None)
+    if npu_plugin and spec.scheduling.scheduler_name not in (None, "volcano"):
+        raise S.SpecError(
+            [
+                f"spec.scheduling.schedulerName: the Volcano NPU plugin (on by the operator's default) only "
+                f"annotates pods that volcano schedules, not {spec.scheduling.scheduler_name!r}; remove "
+                "schedulerName or set accelerator.volcanoNpuPlugin: false"
+            ]
+        )
+    scheduler_name = spec.scheduling.scheduler_name or ("volcano" if gang or npu_plugin else None)
+    ascend_context = {
+        "chip": chip,
+        "npu_plugin": npu_plugin,
+        "hw_hi_ai_user_gid": spec.accelerator.hw_hi_ai_user_gid or defaults.hw_hi_ai_user_gid,
+    }
 
     config, lr_note = training_config(spec)
     config_text = (
@@ -407,6 +451,8 @@ def render_job(
                 token_seconds=TOKEN_SECONDS,
                 ascend=ascend,
                 resource_name=resource_name,
+                process_log_path=f"{log_dir(spec, attempt)}/ascend/node-{index}",
+                **ascend_context,
                 image=spec.image or defaults.image,
                 scheduler_name=scheduler_name,
                 node_selector=node_selector,

@@ -57,6 +57,23 @@ SHORT_NAMES = ("mnv2job", "mnv2")
 DEFAULT_IMAGE = f"ghcr.io/mnv2-operator/mnv2-trainer:{__version__}"
 DEFAULT_RESOURCE_NAME = "huawei.com/Ascend910"
 DEFAULT_NODE_SELECTOR: dict[str, str] = {"accelerator": "huawei-Ascend910"}
+
+#: Ascend chip generations a job can ask for, and the value of MindCluster's node label
+#: ``accelerator-type`` on the servers that carry them: Atlas 800 training servers (Ascend 910) are
+#: labelled ``module``, Atlas 800T A2 servers (Ascend 910B, 8 NPUs) ``module-910b-8``. MindCluster's
+#: Volcano NPU plugin also picks its placement rules from this label in the pod's node selector (and
+#: falls back to the 910 rules without it), so a job's pods must name it.
+ACCELERATOR_TYPE_LABEL = "accelerator-type"
+ASCEND_CHIPS = ("Ascend910", "Ascend910B")
+DEFAULT_CHIP = "Ascend910"
+DEFAULT_ACCELERATOR_TYPES: dict[str, str] = {"Ascend910": "module", "Ascend910B": "module-910b-8"}
+#: GID of the NPU driver's run group HwHiAiUser (MindCluster's default, the same on every node). The
+#: device nodes /dev/davinci* belong to it (mode 0660); training pods get it as a supplemental group.
+DEFAULT_HWHIAIUSER_GID = 1000
+#: msrun's --cluster_time_out for one node, and for several (rank 0's window opens when its container
+#: starts, while other nodes may still be pulling a 10+ GB CANN image).
+DEFAULT_CLUSTER_TIMEOUT = 600
+DEFAULT_MULTI_NODE_CLUSTER_TIMEOUT = 1800
 DEFAULT_RECIPE = "mobilenet_v2_0.75_ascend"
 
 #: Where the pod mounts things. The trainer gets these paths as command-line flags (the sandbox's
@@ -66,8 +83,12 @@ OUTPUT_MOUNT = "/output"
 CONFIG_MOUNT = "/etc/mnv2"
 
 #: Devices one Ascend 910 pod may take: HCCL's rings inside an 8-NPU server are built from 1, 2, 4
-#: or all 8 chips (MindX DL rejects other counts).
+#: or all 8 chips (MindX DL rejects other counts). Atlas 800T A2 (910B) servers take any count up to 8.
 ASCEND_DEVICE_COUNTS = (1, 2, 4, 8)
+ASCEND_DEVICE_COUNTS_BY_CHIP: dict[str, tuple[int, ...]] = {
+    "Ascend910": ASCEND_DEVICE_COUNTS,
+    "Ascend910B": tuple(range(1, 9)),
+}
 MAX_DEVICES_PER_NODE = 8
 
 #: Config keys the spec owns: setting them under ``config`` would silently fight the spec's own field.
@@ -94,6 +115,7 @@ RESERVED_ENV: dict[str, str] = {
     "MNV2_NODE_RANK": "the pod's node rank",
     "MNV2_ATTEMPT": "the attempt number",
     "ASCEND_VISIBLE_DEVICES": "the NPUs the device plugin allocated",
+    "ASCEND_PROCESS_LOG_PATH": "CANN's process logs, under the attempt's log folder",
 }
 
 
@@ -391,6 +413,43 @@ class AcceleratorSpec(_Model):
             "allows (policy.tolerations of the operator's chart)."
         ),
     )
+    chip: Literal["Ascend910", "Ascend910B"] | None = Field(
+        default=None,
+        description=(
+            "Ascend chip generation: Ascend910 (Atlas 800 training server) or Ascend910B (Atlas 800T A2). "
+            "Adds MindCluster's node label accelerator-type (module, module-910b-8) to the node selector, "
+            "so every pod of a job lands on the same generation. Default: the operator's configured "
+            f"default ({DEFAULT_CHIP} unless changed)."
+        ),
+    )
+    volcano_npu_plugin: bool | None = Field(
+        default=None,
+        description=(
+            "true when the cluster runs MindCluster's Volcano with the NPU plugin (and its device plugin "
+            "with -volcanoType=true): the pods are scheduled by volcano and take ASCEND_VISIBLE_DEVICES "
+            "from the NPU annotation Volcano writes. false: the device plugin's own ASCEND_VISIBLE_DEVICES "
+            "is left alone (with any other scheduler that annotation is never written). Default: the "
+            "operator's configured default (false unless changed)."
+        ),
+    )
+    hw_hi_ai_user_gid: int | None = Field(
+        default=None,
+        ge=1,
+        le=2147483647,
+        description=(
+            "GID of the NPU driver's run group HwHiAiUser on the nodes (the same on every node). The "
+            "device nodes /dev/davinci* belong to it with mode 0660; the trainer gets it as a supplemental "
+            f"group and needs no capability. Default: the operator's configured default "
+            f"({DEFAULT_HWHIAIUSER_GID} unless changed)."
+        ),
+    )
+    bind_core: bool = Field(
+        default=True,
+        description=(
+            "Ascend: start msrun with --bind_core=True, which pins each worker process to the CPU cores "
+            "of its NPU's NUMA node (as MindCV's distributed launch commands do). false turns it off."
+        ),
+    )
 
     @field_validator("resource_name")
     @classmethod
@@ -614,11 +673,16 @@ class JobSpec(_Model):
             "CXX, ...) are refused. At most 32 KiB in total."
         ),
     )
-    cluster_timeout_seconds: int = Field(
-        default=600,
+    cluster_timeout_seconds: int | None = Field(
+        default=None,
         ge=30,
         le=86400,
-        description="How long msrun waits for every node's workers to join (msrun --cluster_time_out).",
+        description=(
+            "How long msrun waits for every node's workers to join (msrun --cluster_time_out). Rank 0's "
+            "window opens when its container starts, while other nodes may still be pulling the image. "
+            f"Default: {DEFAULT_CLUSTER_TIMEOUT} for one node, {DEFAULT_MULTI_NODE_CLUSTER_TIMEOUT} for "
+            "several (pre-pull the trainer image to need less)."
+        ),
     )
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, time limits and cleanup.")
     scheduling: SchedulingSpec = Field(
@@ -693,6 +757,13 @@ class JobSpec(_Model):
         if self.model.num_classes is not None:
             return self.model.num_classes
         return 10 if self.dataset.type == "digits" else 1000
+
+    @property
+    def cluster_timeout(self) -> int:
+        """msrun's --cluster_time_out: the spec's value, else the default for the node count."""
+        if self.cluster_timeout_seconds is not None:
+            return self.cluster_timeout_seconds
+        return DEFAULT_CLUSTER_TIMEOUT if self.nodes == 1 else DEFAULT_MULTI_NODE_CLUSTER_TIMEOUT
 
     @property
     def world_size(self) -> int:
@@ -834,36 +905,76 @@ class OperatorDefaults:
     resource_name: str = DEFAULT_RESOURCE_NAME
     node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NODE_SELECTOR))
     policy: OperatorPolicy = field(default_factory=OperatorPolicy)
+    chip: str = DEFAULT_CHIP
+    #: chip -> value of the accelerator-type node label; an empty value adds no label for that chip.
+    accelerator_types: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ACCELERATOR_TYPES))
+    volcano_npu_plugin: bool = False
+    hw_hi_ai_user_gid: int = DEFAULT_HWHIAIUSER_GID
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorDefaults:
-        """Read ``MNV2_DEFAULT_TRAINER_IMAGE``, ``MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME`` and
-        ``MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR`` (a JSON object); unset or empty keeps the built-in value.
-        The policy comes from ``MNV2_POLICY`` (``OperatorPolicy.from_env``).
+        """Read ``MNV2_DEFAULT_TRAINER_IMAGE``, ``MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME``,
+        ``MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR`` (a JSON object), ``MNV2_DEFAULT_ACCELERATOR_CHIP``,
+        ``MNV2_DEFAULT_ACCELERATOR_TYPES`` (a JSON object: chip -> accelerator-type label),
+        ``MNV2_DEFAULT_VOLCANO_NPU_PLUGIN`` (true/false) and ``MNV2_DEFAULT_HWHIAIUSER_GID``; unset or
+        empty keeps the built-in value. The policy comes from ``MNV2_POLICY`` (``OperatorPolicy.from_env``).
 
         Raises:
-            ValueError: when the node selector is not a JSON object of strings, or the policy is invalid.
+            ValueError: naming the variable, when one is malformed, or when the policy is invalid.
         """
         env = os.environ if environ is None else environ
         base = cls()
-        selector = base.node_selector
-        raw = env.get("MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR", "").strip()
-        if raw:
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        def string_map(name: str, default: dict[str, str], example: str) -> dict[str, str]:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
             try:
-                selector = json.loads(raw)
+                value = json.loads(raw)
             except json.JSONDecodeError as err:
-                raise ValueError(f"MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR is not JSON: {err}") from None
-            if not isinstance(selector, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+                raise ValueError(f"{name} is not JSON: {err}") from None
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             ):
-                raise ValueError(
-                    'MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR must be a JSON object of strings, e.g. {"accelerator": "huawei-Ascend910"}'
-                )
+                raise ValueError(f"{name} must be a JSON object of strings, e.g. {example}")
+            return value
+
+        selector = string_map(
+            "MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR",
+            base.node_selector,
+            '{"accelerator": "huawei-Ascend910"}',
+        )
+        types = string_map(
+            "MNV2_DEFAULT_ACCELERATOR_TYPES", base.accelerator_types, '{"Ascend910": "module"}'
+        )
+        chip = text("MNV2_DEFAULT_ACCELERATOR_CHIP", base.chip)
+        if chip not in ASCEND_CHIPS:
+            raise ValueError(
+                f"MNV2_DEFAULT_ACCELERATOR_CHIP: {chip!r} is not one of {', '.join(ASCEND_CHIPS)}"
+            )
+        unknown = sorted(set(types) - set(ASCEND_CHIPS))
+        if unknown:
+            raise ValueError(
+                f"MNV2_DEFAULT_ACCELERATOR_TYPES: unknown chip {', '.join(unknown)}; use {', '.join(ASCEND_CHIPS)}"
+            )
+        plugin = text("MNV2_DEFAULT_VOLCANO_NPU_PLUGIN", "false").lower()
+        if plugin not in ("true", "false"):
+            raise ValueError(f"MNV2_DEFAULT_VOLCANO_NPU_PLUGIN: {plugin!r} is not true or false")
+        gid_text = text("MNV2_DEFAULT_HWHIAIUSER_GID", str(base.hw_hi_ai_user_gid))
+        if not gid_text.isdigit() or int(gid_text) < 1:
+            raise ValueError(f"MNV2_DEFAULT_HWHIAIUSER_GID: {gid_text!r} is not a positive group id")
         return cls(
-            image=env.get("MNV2_DEFAULT_TRAINER_IMAGE", "").strip() or base.image,
-            resource_name=env.get("MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", "").strip() or base.resource_name,
+            image=text("MNV2_DEFAULT_TRAINER_IMAGE", base.image),
+            resource_name=text("MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", base.resource_name),
             node_selector=selector,
             policy=OperatorPolicy.from_env(env),
+            chip=chip,
+            accelerator_types={**base.accelerator_types, **types},
+            volcano_npu_plugin=plugin == "true",
+            hw_hi_ai_user_gid=int(gid_text),
         )
 
 
@@ -1004,14 +1115,31 @@ def _cross_checks(spec: JobSpec) -> list[str]:
             what = "auto, never, or a checkpoint path" if name == "resume" else "a checkpoint path"
             problems.append(f"spec.{name}: {value!r} is not inside a mounted volume; use {what} under {fix}")
     acc = spec.accelerator
-    if acc.type == "ascend" and spec.devices_per_node not in ASCEND_DEVICE_COUNTS:
+    # A job that names no chip is held to the 910's groups (valid on every generation).
+    counts = ASCEND_DEVICE_COUNTS_BY_CHIP[acc.chip or "Ascend910"]
+    if acc.type == "ascend" and spec.devices_per_node not in counts:
+        hint = "" if acc.chip else " (or set accelerator.chip: Ascend910B, which takes 1 to 8)"
         problems.append(
-            f"spec.devicesPerNode: {spec.devices_per_node} NPUs per node is not a valid Ascend 910 group; "
-            f"use one of {', '.join(map(str, ASCEND_DEVICE_COUNTS))}"
+            f"spec.devicesPerNode: {spec.devices_per_node} NPUs per node is not a valid "
+            f"{acc.chip or 'Ascend910'} group; use one of {', '.join(map(str, counts))}{hint}"
         )
     if acc.type == "cpu" and acc.resource_name is not None:
         problems.append(
             "spec.accelerator.resourceName: cpu jobs request no device resource; remove it or use type ascend"
+        )
+    if acc.type == "cpu":
+        for key, value in (
+            ("chip", acc.chip),
+            ("volcanoNpuPlugin", acc.volcano_npu_plugin or None),
+            ("hwHiAiUserGid", acc.hw_hi_ai_user_gid),
+        ):
+            if value is not None:
+                problems.append(f"spec.accelerator.{key}: cpu jobs use no NPU; remove it or use type ascend")
+    if acc.volcano_npu_plugin and spec.scheduling.scheduler_name not in (None, "volcano"):
+        problems.append(
+            f"spec.scheduling.schedulerName: the Volcano NPU plugin only annotates pods that volcano "
+            f"schedules, not {spec.scheduling.scheduler_name!r}; remove schedulerName or set "
+            "accelerator.volcanoNpuPlugin: false"
         )
     sched = spec.scheduling
     if sched.gang and sched.scheduler_name not in (None, "volcano"):

@@ -68,21 +68,48 @@ CASES: dict[str, dict[str, Any]] = {
             "resources": {"requests": {"cpu": 64, "memory": "256Gi"}, "limits": {"memory": "512Gi"}},
         },
     ),
-    "ascend-4x8": job(
-        "mnv2-075-4x8",
+    "ascend-1x8-910b": job(
+        "mnv2-075-910b",
         {
             "model": {"name": "mobilenet_v2_075"},
             "dataset": {"type": "imagefolder", "hostPath": {"path": "/mnt/imagenet"}},
+            "output": {"pvc": {"claimName": "runs", "subPath": "mnv2-075-910b"}},
+            "nodes": 1,
+            "devicesPerNode": 8,
+            "accelerator": {"chip": "Ascend910B", "hwHiAiUserGid": 1001},
+        },
+    ),
+    "ascend-2x8": job(
+        "mnv2-075-2x8",
+        {
+            "model": {"name": "mobilenet_v2_075"},
+            "dataset": {"type": "imagefolder", "pvc": {"claimName": "imagenet"}},
             "output": {"pvc": {"claimName": "runs-rwx"}},
-            "nodes": 4,
+            "nodes": 2,
             "devicesPerNode": 8,
             "image": "registry.local/mnv2-trainer:0.1.0",
             "accelerator": {
-                "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}]
+                "volcanoNpuPlugin": True,
+                "tolerations": [
+                    {"key": "huawei.com/Ascend910", "operator": "Exists", "effect": "NoSchedule"}
+                ],
             },
             "scheduling": {"gang": True, "queue": "research", "priorityClassName": "training-high"},
             "runPolicy": {"backoffLimit": 5},
             "env": {"GLOG_v": "2"},
+        },
+    ),
+    "ascend-2x8-910b": job(
+        "mnv2-075-2x8-910b",
+        {
+            "model": {"name": "mobilenet_v2_075"},
+            "dataset": {"type": "imagefolder", "pvc": {"claimName": "imagenet"}},
+            "output": {"pvc": {"claimName": "runs-rwx"}},
+            "nodes": 2,
+            "devicesPerNode": 8,
+            "accelerator": {"chip": "Ascend910B", "bindCore": False},
+            "scheduling": {"gang": True},
+            "clusterTimeoutSeconds": 3600,
         },
     ),
 }
@@ -196,33 +223,33 @@ def test_the_validator_is_strict() -> None:
 
 
 def test_children_and_names() -> None:
-    result = rendered_case("ascend-4x8")
+    result = rendered_case("ascend-2x8")
     assert [(o["kind"], o["metadata"]["name"]) for o in result.objects] == [
-        ("Service", "mnv2-075-4x8"),
-        ("ConfigMap", "mnv2-075-4x8-config"),
-        ("ServiceAccount", "mnv2-075-4x8-trainer"),
-        ("Role", "mnv2-075-4x8-trainer"),
-        ("RoleBinding", "mnv2-075-4x8-trainer"),
-        ("PodGroup", "mnv2-075-4x8"),
+        ("Service", "mnv2-075-2x8"),
+        ("ConfigMap", "mnv2-075-2x8-config"),
+        ("ServiceAccount", "mnv2-075-2x8-trainer"),
+        ("Role", "mnv2-075-2x8-trainer"),
+        ("RoleBinding", "mnv2-075-2x8-trainer"),
+        ("PodGroup", "mnv2-075-2x8"),
     ]
-    assert [p["metadata"]["name"] for p in result.pods] == [f"mnv2-075-4x8-worker-{i}" for i in range(4)]
+    assert [p["metadata"]["name"] for p in result.pods] == [f"mnv2-075-2x8-worker-{i}" for i in range(2)]
     for obj in result.all():
         assert obj["metadata"]["namespace"] == "ml"
         assert obj["metadata"]["ownerReferences"] == [
             {
                 "apiVersion": "training.mnv2.dev/v1alpha1",
                 "kind": "MobileNetV2TrainingJob",
-                "name": "mnv2-075-4x8",
+                "name": "mnv2-075-2x8",
                 "uid": UID,
                 "controller": True,
                 "blockOwnerDeletion": True,
             }
         ]
-        assert obj["metadata"]["labels"][render.LABEL_JOB] == "mnv2-075-4x8"
+        assert obj["metadata"]["labels"][render.LABEL_JOB] == "mnv2-075-2x8"
 
 
 def test_headless_service_selects_the_pods_and_gives_them_dns_names() -> None:
-    result = rendered_case("ascend-4x8")
+    result = rendered_case("ascend-2x8")
     (svc,) = of_kind(result.objects, "Service")
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
@@ -286,6 +313,9 @@ def test_msrun_line_of_the_imagenet_8card_example(capsys: pytest.CaptureFixture[
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     (pod,) = [d for d in docs if d["kind"] == "Pod"]
     assert container(pod)["command"] == [
+        "python",
+        "-m",
+        "mnv2_trainer.launch",
         "msrun",
         "--worker_num=8",
         "--local_worker_num=8",
@@ -295,6 +325,8 @@ def test_msrun_line_of_the_imagenet_8card_example(capsys: pytest.CaptureFixture[
         "--join=True",
         "--cluster_time_out=600",
         "--log_dir=/output/logs/0",
+        "--tail_worker_log=0",
+        "--bind_core=True",
         "python",
         "-m",
         "mnv2_trainer.train",
@@ -322,19 +354,27 @@ def test_msrun_line_of_the_imagenet_8card_example(capsys: pytest.CaptureFixture[
 
 
 def test_multi_node_msrun_lines() -> None:
-    result = rendered_case("ascend-4x8", attempt=2)
+    result = rendered_case("ascend-2x8", attempt=2)
     for i, pod in enumerate(result.pods):
         cmd = container(pod)["command"]
-        assert cmd[:9] == [
+        assert cmd[:15] == [
+            "python",
+            "-m",
+            "mnv2_trainer.launch",
             "msrun",
-            "--worker_num=32",
+            "--worker_num=16",
             "--local_worker_num=8",
             f"--node_rank={i}",
-            "--master_addr=mnv2-075-4x8-worker-0.mnv2-075-4x8.ml.svc",
+            "--master_addr=mnv2-075-2x8-worker-0.mnv2-075-2x8.ml.svc",
             "--master_port=8118",
             "--join=True",
-            "--cluster_time_out=600",
+            # Several nodes: rank 0's window also covers the other nodes' image pulls.
+            "--cluster_time_out=1800",
             "--log_dir=/output/logs/2",
+            # Each pod's log shows its node's first rank: rank 0 on worker 0, rank 8 on worker 1.
+            f"--tail_worker_log={8 * i}",
+            "--bind_core=True",
+            "python",
         ]
         assert pod["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
 
@@ -343,9 +383,9 @@ def test_multi_node_pods_wait_for_rank_0_dns(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    (init,) = rendered_case("ascend-4x8").pods[1]["spec"]["initContainers"]
+    (init,) = rendered_case("ascend-2x8").pods[1]["spec"]["initContainers"]
     assert init["command"][:2] == ["python", "-c"]
-    assert init["command"][3:] == ["mnv2-075-4x8-worker-0.mnv2-075-4x8.ml.svc", "600"]
+    assert init["command"][3:] == ["mnv2-075-2x8-worker-0.mnv2-075-2x8.ml.svc", "1800"]
     assert "initContainers" not in rendered_case("ascend-1x8").pods[0]["spec"]
     # The script itself: a name that resolves passes at once, one that never does fails after the timeout.
     script = init["command"][2]
@@ -362,45 +402,228 @@ def test_multi_node_pods_wait_for_rank_0_dns(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "did not resolve within 0s" in bad.stderr
 
 
-def test_ascend_pods_get_devices_driver_and_visible_devices() -> None:
+def test_ascend_pods_get_devices_driver_and_mounts() -> None:
     pod = rendered_case("ascend-1x8").pods[0]
     res = container(pod)["resources"]
     assert res["requests"]["huawei.com/Ascend910"] == res["limits"]["huawei.com/Ascend910"] == "8"
     assert res["requests"]["cpu"] == "64" and res["limits"]["memory"] == "512Gi"
-    assert pod["spec"]["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
-    env = env_of(pod)
-    assert env["ASCEND_VISIBLE_DEVICES"] == {
-        "fieldRef": {"fieldPath": "metadata.annotations['huawei.com/Ascend910']"}
-    }
+    assert pod["spec"]["nodeSelector"] == {"accelerator": "huawei-Ascend910", "accelerator-type": "module"}
     mounts = {m["mountPath"]: m for m in container(pod)["volumeMounts"]}
     assert mounts["/usr/local/Ascend/driver"]["readOnly"] is True
+    assert mounts["/etc/localtime"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["ascend-driver"]["hostPath"]["path"] == "/usr/local/Ascend/driver"
+    assert volumes["localtime"]["hostPath"] == {"path": "/etc/localtime", "type": "File"}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "imagenet", "readOnly": True}
     assert mounts["/data"]["readOnly"] is True and mounts["/output"]["subPath"] == "mnv2-075"
-    assert container(pod)["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("case", ["ascend-1x8", "ascend-1x8-910b", "ascend-2x8", "ascend-2x8-910b"])
+def test_ascend_device_access_is_a_group_not_a_capability(case: str) -> None:
+    """The device nodes are crw-rw---- HwHiAiUser:HwHiAiUser: the group opens them, no capability."""
+    result = rendered_case(case)
+    gid = CASES[case]["spec"].get("accelerator", {}).get("hwHiAiUserGid", S.DEFAULT_HWHIAIUSER_GID)
+    for pod in result.pods:
+        assert pod["spec"]["securityContext"]["supplementalGroups"] == [gid]
+        sc = container(pod)["securityContext"]
+        assert sc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        assert "privileged" not in json.dumps(pod)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_visible_devices_env_unless_the_volcano_npu_plugin_is_on(case: str) -> None:
+    """Only MindCluster's Volcano NPU plugin writes the NPU annotation; anywhere else an env entry read
+    from it would be empty and, coming after the device plugin's own, make the runtime mount no NPU."""
+    on = bool(CASES[case]["spec"].get("accelerator", {}).get("volcanoNpuPlugin"))
+    for pod in rendered_case(case).pods:
+        assert ("ASCEND_VISIBLE_DEVICES" in env_of(pod)) is on
+        if on:
+            assert env_of(pod)["ASCEND_VISIBLE_DEVICES"] == {
+                "fieldRef": {"fieldPath": "metadata.annotations['huawei.com/Ascend910']"}
+            }
+            assert pod["spec"]["schedulerName"] == "volcano"
+
+
+def test_volcano_npu_plugin_from_the_operator_default_and_per_job() -> None:
+    spec = S.parse_spec(CASES["ascend-1x8"]["spec"])
+    on = S.OperatorDefaults(volcano_npu_plugin=True, policy=POLICY)
+    pod = render.render_job("j", "ns", UID, spec, 0, on).pods[0]
+    assert "ASCEND_VISIBLE_DEVICES" in env_of(pod) and pod["spec"]["schedulerName"] == "volcano"
+    # A job can turn it off where the operator's default has it on...
+    off = S.parse_spec({**CASES["ascend-1x8"]["spec"], "accelerator": {"volcanoNpuPlugin": False}})
+    pod = render.render_job("j", "ns", UID, off, 0, on).pods[0]
+    assert "ASCEND_VISIBLE_DEVICES" not in env_of(pod) and "schedulerName" not in pod["spec"]
+    # ...and another scheduler with the plugin on is refused, naming both ways out.
+    other = S.parse_spec({**CASES["ascend-1x8"]["spec"], "scheduling": {"schedulerName": "kai"}})
+    kai_allowed = S.OperatorDefaults(
+        volcano_npu_plugin=True, policy=OperatorPolicy.from_mapping({"schedulerNames": ["volcano", "kai"]})
+    )
+    with pytest.raises(S.SpecError, match=r"schedulerName: .*volcanoNpuPlugin: false"):
+        render.render_job("j", "ns", UID, other, 0, kai_allowed)
+    with pytest.raises(S.SpecError, match=r"spec.scheduling.schedulerName: the Volcano NPU plugin"):
+        S.parse_spec(
+            {
+                **CASES["ascend-1x8"]["spec"],
+                "accelerator": {"volcanoNpuPlugin": True},
+                "scheduling": {"schedulerName": "kai"},
+            }
+        )
+    # CPU pods never get it.
+    cpu = S.parse_spec(CASES["cpu-1x1"]["spec"])
+    assert "ASCEND_VISIBLE_DEVICES" not in env_of(render.render_job("j", "ns", UID, cpu, 0, on).pods[0])
+
+
+@pytest.mark.parametrize(
+    ("case", "label"),
+    [("ascend-1x8", "module"), ("ascend-2x8", "module"), ("ascend-1x8-910b", "module-910b-8"),
+     ("ascend-2x8-910b", "module-910b-8")],
+)  # fmt: skip
+def test_chip_generation_selects_mindclusters_accelerator_type_label(case: str, label: str) -> None:
+    for pod in rendered_case(case).pods:
+        assert pod["spec"]["nodeSelector"]["accelerator-type"] == label
+
+
+def test_accelerator_type_label_defaults_and_overrides() -> None:
+    spec = S.parse_spec(CASES["ascend-1x8"]["spec"])
+    b_default = S.OperatorDefaults(chip="Ascend910B", policy=POLICY)
+    assert render.render_job("j", "ns", UID, spec, 0, b_default).pods[0]["spec"]["nodeSelector"] == {
+        "accelerator": "huawei-Ascend910",
+        "accelerator-type": "module-910b-8",
+    }
+    # A cluster without MindCluster's labels maps the chip to "" and gets no label.
+    unlabelled = S.OperatorDefaults(accelerator_types={"Ascend910": "", "Ascend910B": ""}, policy=POLICY)
+    assert (
+        "accelerator-type"
+        not in render.render_job("j", "ns", UID, spec, 0, unlabelled).pods[0]["spec"]["nodeSelector"]
+    )
+    # A selector naming the label itself wins (e.g. 16-NPU 910B servers).
+    own = S.parse_spec(
+        {
+            **CASES["ascend-1x8"]["spec"],
+            "accelerator": {"chip": "Ascend910B", "nodeSelector": {"accelerator-type": "module-910b-16"}},
+        }
+    )
+    # (Choosing the label is a node-selector choice: the admin's policy must allow the key.)
+    may_label = OperatorPolicy.from_mapping(
+        {"hostPath": {"datasetPrefixes": ["/mnt"]}, "nodeSelectorKeys": ["accelerator", "accelerator-type"]}
+    )
+    pods = render.render_job("j", "ns", UID, own, 0, S.OperatorDefaults(policy=may_label)).pods
+    assert pods[0]["spec"]["nodeSelector"] == {"accelerator-type": "module-910b-16"}
+
+
+def test_device_counts_per_chip() -> None:
+    base = CASES["ascend-1x8"]["spec"]
+    with pytest.raises(S.SpecError, match=r"3 NPUs per node is not a valid Ascend910 group; use one of 1, 2, 4, 8 "
+                       r"\(or set accelerator.chip: Ascend910B"):  # fmt: skip
+        S.parse_spec({**base, "devicesPerNode": 3})
+    assert (
+        S.parse_spec({**base, "devicesPerNode": 3, "accelerator": {"chip": "Ascend910B"}}).devices_per_node
+        == 3
+    )
+    with pytest.raises(S.SpecError, match=r"spec.accelerator.chip: cpu jobs use no NPU"):
+        S.parse_spec({**CASES["cpu-1x1"]["spec"], "accelerator": {"type": "cpu", "chip": "Ascend910B"}})
+
+
+def test_bind_core_for_ascend_only_and_switchable() -> None:
+    assert "--bind_core=True" in container(rendered_case("ascend-1x8").pods[0])["command"]
+    assert "--bind_core=True" not in container(rendered_case("ascend-2x8-910b").pods[0])["command"]
+    assert not any("bind_core" in a for a in container(rendered_case("cpu-1x1").pods[0])["command"])
+
+
+def test_cann_process_logs_go_to_the_attempts_log_folder() -> None:
+    for i, pod in enumerate(rendered_case("ascend-2x8", attempt=3).pods):
+        assert env_of(pod)["ASCEND_PROCESS_LOG_PATH"] == f"/output/logs/3/ascend/node-{i}"
+        assert "--log_dir=/output/logs/3" in container(pod)["command"]
+    assert "ASCEND_PROCESS_LOG_PATH" not in env_of(rendered_case("cpu-1x1").pods[0])
+
+
+@pytest.mark.parametrize(("nodes", "given", "expected"), [(1, None, 600), (2, None, 1800), (2, 300, 300)])
+def test_cluster_timeout_default_covers_other_nodes_image_pulls(
+    nodes: int, given: int | None, expected: int
+) -> None:
+    spec = {**CASES["ascend-1x8"]["spec"], "nodes": nodes}
+    if given is not None:
+        spec["clusterTimeoutSeconds"] = given
+    pods = render.render_job("j", "ns", UID, S.parse_spec(spec), 0).pods
+    assert all(f"--cluster_time_out={expected}" in container(p)["command"] for p in pods)
 
 
 def test_operator_defaults_fill_empty_fields() -> None:
     spec = S.parse_spec(CASES["ascend-1x8"]["spec"])
     defaults = S.OperatorDefaults(
-        image="r/t:9", resource_name="huawei.com/Ascend910B", node_selector={"npu": "b"}, policy=POLICY
+        image="r/t:9",
+        resource_name="huawei.com/Ascend910B",
+        node_selector={"npu": "b"},
+        volcano_npu_plugin=True,
+        hw_hi_ai_user_gid=2000,
+        policy=POLICY,
     )
     pod = render.render_job("j", "ns", UID, spec, 0, defaults).pods[0]
     assert container(pod)["image"] == "r/t:9"
     assert container(pod)["resources"]["limits"]["huawei.com/Ascend910B"] == "8"
-    assert pod["spec"]["nodeSelector"] == {"npu": "b"}
+    assert pod["spec"]["nodeSelector"] == {"npu": "b", "accelerator-type": "module"}
+    assert pod["spec"]["securityContext"]["supplementalGroups"] == [2000]
     assert (
         env_of(pod)["ASCEND_VISIBLE_DEVICES"]["fieldRef"]["fieldPath"]
         == "metadata.annotations['huawei.com/Ascend910B']"
     )
     # The job's own values win over the operator's.
     spec = S.parse_spec(
-        {**CASES["ascend-1x8"]["spec"], "image": "mine:1", "accelerator": {"nodeSelector": {}}}
+        {
+            **CASES["ascend-1x8"]["spec"],
+            "image": "mine:1",
+            "accelerator": {"nodeSelector": {}, "hwHiAiUserGid": 1001},
+        }
     )
     pod = render.render_job("j", "ns", UID, spec, 0, defaults).pods[0]
-    assert container(pod)["image"] == "mine:1" and "nodeSelector" not in pod["spec"]
+    assert container(pod)["image"] == "mine:1"
+    assert pod["spec"]["nodeSelector"] == {"accelerator-type": "module"}
+    assert pod["spec"]["securityContext"]["supplementalGroups"] == [1001]
+
+
+def test_operator_defaults_from_env() -> None:
+    env = {
+        "MNV2_DEFAULT_ACCELERATOR_CHIP": "Ascend910B",
+        "MNV2_DEFAULT_ACCELERATOR_TYPES": '{"Ascend910B": "module-910b-16"}',
+        "MNV2_DEFAULT_VOLCANO_NPU_PLUGIN": "true",
+        "MNV2_DEFAULT_HWHIAIUSER_GID": "1200",
+    }
+    d = S.OperatorDefaults.from_env(env)
+    assert (d.chip, d.accelerator_types, d.volcano_npu_plugin, d.hw_hi_ai_user_gid) == (
+        "Ascend910B",
+        {"Ascend910": "module", "Ascend910B": "module-910b-16"},
+        True,
+        1200,
+    )
+    assert S.OperatorDefaults.from_env({}) == S.OperatorDefaults()
+    for name, value, message in [
+        ("MNV2_DEFAULT_ACCELERATOR_CHIP", "Ascend310", "not one of Ascend910, Ascend910B"),
+        ("MNV2_DEFAULT_ACCELERATOR_TYPES", '{"A5": "x"}', "unknown chip A5"),
+        ("MNV2_DEFAULT_VOLCANO_NPU_PLUGIN", "yes", "not true or false"),
+        ("MNV2_DEFAULT_HWHIAIUSER_GID", "HwHiAiUser", "not a positive group id"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name}: .*{message}"):
+            S.OperatorDefaults.from_env({name: value})
+
+
+@pytest.mark.mindspore
+@pytest.mark.parametrize("case", ["ascend-1x8", "ascend-2x8", "ascend-2x8-910b", "cpu-1x1"])
+def test_msrun_accepts_the_rendered_flags(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """msrun's own parser (MindSpore 2.10) reads every rendered flag: names and value formats."""
+    pytest.importorskip("mindspore")
+    from mindspore.parallel.cluster import run as msrun
+
+    for pod in rendered_case(case).pods:
+        cmd = container(pod)["command"]
+        assert cmd[:4] == ["python", "-m", "mnv2_trainer.launch", "msrun"]
+        monkeypatch.setattr("sys.argv", cmd[3:])
+        args = msrun.get_args()
+        index = int(pod["metadata"]["labels"][render.LABEL_INDEX])
+        per_node = CASES[case]["spec"]["devicesPerNode"]
+        assert (args.join, args.node_rank, args.tail_worker_log) == (True, index, str(index * per_node))
+        assert (args.task_script, args.task_script_args[:2]) == ("python", ["-m", "mnv2_trainer.train"])
+        assert bool(args.bind_core) is ("--bind_core=True" in cmd)
 
 
 def test_cpu_pods_have_no_device_resources_selector_or_ascend_mounts() -> None:
@@ -415,17 +638,17 @@ def test_cpu_pods_have_no_device_resources_selector_or_ascend_mounts() -> None:
 
 
 def test_gang_scheduling() -> None:
-    result = rendered_case("ascend-4x8")
+    result = rendered_case("ascend-2x8")
     (group,) = of_kind(result.objects, "PodGroup")
     assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
     assert group["spec"] == {
-        "minMember": 4,
+        "minMember": 2,
         "queue": "research",
         "priorityClassName": "training-high",
-        "minResources": {"huawei.com/Ascend910": "32"},
+        "minResources": {"huawei.com/Ascend910": "16"},
     }
     for pod in result.pods:
-        assert pod["metadata"]["annotations"] == {"scheduling.k8s.io/group-name": "mnv2-075-4x8"}
+        assert pod["metadata"]["annotations"] == {"scheduling.k8s.io/group-name": "mnv2-075-2x8"}
         assert pod["spec"]["schedulerName"] == "volcano"
         assert pod["spec"]["priorityClassName"] == "training-high"
         assert pod["spec"]["tolerations"] == [
@@ -446,10 +669,10 @@ def test_validate_mode_runs_the_validator_on_the_checkpoint() -> None:
         }
     )
     cmd = container(render.render_job("v", "ns", UID, spec).pods[0])["command"]
-    trainer = cmd[cmd.index("python") :]
+    trainer = cmd[cmd.index("python", 1) :]
     assert trainer[:3] == ["python", "-m", "mnv2_trainer.validate"]
     assert trainer[trainer.index("--ckpt_path") + 1] == "/output/ckpt/best.ckpt"
-    assert "--distribute" not in trainer and cmd[1:3] == ["--worker_num=1", "--local_worker_num=1"]
+    assert "--distribute" not in trainer and cmd[4:6] == ["--worker_num=1", "--local_worker_num=1"]
 
 
 def test_config_map_holds_a_config_the_trainer_loads(tmp_path: Path) -> None:
@@ -557,16 +780,16 @@ def test_render_cli_json_and_header(
 ) -> None:
     monkeypatch.setenv("MNV2_POLICY", POLICY_JSON)
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(CASES["ascend-4x8"]))
+    path.write_text(yaml.safe_dump(CASES["ascend-2x8"]))
     assert cli.main(["render", "-f", str(path), "-o", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [i["kind"] for i in listed["items"]].count("Pod") == 4
+    assert [i["kind"] for i in listed["items"]].count("Pod") == 2
     assert cli.main(["render", "-f", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(
-        "# Objects the operator creates for MobileNetV2TrainingJob ml/mnv2-075-4x8 (attempt 0)."
+        "# Objects the operator creates for MobileNetV2TrainingJob ml/mnv2-075-2x8 (attempt 0)."
     )
-    assert sum(1 for d in yaml.safe_load_all(out) if d) == 10
+    assert sum(1 for d in yaml.safe_load_all(out) if d) == 8
 
 
 def test_render_cli_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,7 +52,7 @@ def test_minimal_job_gets_the_documented_defaults() -> None:
     assert spec.run_policy.clean_pod_policy == "Running"
     assert spec.run_policy.suspend is False
     assert spec.scheduling.gang is False
-    assert spec.cluster_timeout_seconds == 600
+    assert spec.cluster_timeout_seconds is None and spec.cluster_timeout == 600
     assert spec.warnings() == []
 
 
@@ -135,7 +135,7 @@ def test_quantities_accept_numbers_and_suffixes() -> None:
         ),
         pytest.param(
             with_(devicesPerNode=3),
-            ["spec.devicesPerNode: 3 NPUs per node is not a valid Ascend 910 group; use one of 1, 2, 4, 8"],
+            ["spec.devicesPerNode: 3 NPUs per node is not a valid Ascend910 group; use one of 1, 2, 4, 8"],
             id="ascend group",
         ),
         pytest.param(with_(nodes="two"), ['spec.nodes: "two" is invalid'], id="wrong type"),
