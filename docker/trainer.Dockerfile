@@ -31,9 +31,11 @@ RUN pip install ".[trainer]" && rm -rf /src
 RUN command -v msrun && command -v python \
  && python -c "import mindspore, mnv2_trainer.train; print('mindspore', mindspore.__version__)"
 
-# The operator starts `msrun` directly, without a shell, so CANN's environment (ASCEND_HOME_PATH,
-# LD_LIBRARY_PATH, PYTHONPATH for its Python modules, ...) must be set with ENV in the image, not only by
-# sourcing set_env.sh in a shell profile. CANN base images usually do this; warn when it looks unset.
+# The operator starts `python -m mnv2_trainer.launch msrun ...` directly, without a shell, so CANN's
+# environment (ASCEND_HOME_PATH, LD_LIBRARY_PATH, PYTHONPATH for its Python modules, ...) must be set with
+# ENV in the image, not only by sourcing set_env.sh in a shell profile. CANN base images usually do this;
+# warn when it looks unset. The launcher is PID 1: it relays the kubelet's SIGTERM to msrun as SIGINT, so
+# the image needs no init (tini) of its own.
 RUN if [ -z "${ASCEND_HOME_PATH:-}${ASCEND_TOOLKIT_HOME:-}" ]; then \
       echo "WARNING: ASCEND_HOME_PATH/ASCEND_TOOLKIT_HOME unset: add ENV lines equivalent to CANN's set_env.sh"; \
     fi

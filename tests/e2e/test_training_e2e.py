@@ -211,6 +211,64 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
     assert processes_mentioning(str(metrics.parent)) == []
 
 
+def test_deleted_worker_pod_stops_its_processes_within_seconds(cluster: demo.Cluster, tmp_path: Path) -> None:
+    """`kubectl delete pod` of a running worker: the kubelet's SIGTERM reaches msrun through
+    mnv2_trainer.launch, every process of the pod ends within seconds (not at the 60 s grace period),
+    and the gang restarts as a new attempt."""
+    ref = demo.JobRef("e2e-delete", "default")
+    manifest = shortened_example(tmp_path, ref.name, KILL_EPOCHS)
+    cluster.kubectl("apply", "-f", str(manifest))
+    # Every process of the job's pods names its output folder (msrun's --log_dir, the trainer's flags).
+    out_dir = str(cluster.state_dir / "volumes" / "pvc" / f"{ref.name}-output")
+
+    rank0_log = Path(out_dir) / "logs" / "0" / "worker_0.log"
+
+    def training(_: dict[str, Any]) -> bool:
+        # MindSpore is up, communication initialised, data pipeline and model built: the trainer
+        # logs its configuration right before the first step.
+        return rank0_log.exists() and "configuration (" in rank0_log.read_text(errors="replace")
+
+    wait_for(cluster, ref, training, JOB_TIMEOUT)
+    before = processes_mentioning(out_dir)
+    assert sum("mnv2_trainer.train" in p and "msrun" not in p for p in before) >= 2, before
+    # The next attempt's processes name the same folder: follow this attempt's by pid.
+    pids = {line.split(":", 1)[0] for line in before}
+
+    def left() -> list[str]:
+        return [line for line in processes_mentioning(out_dir) if line.split(":", 1)[0] in pids]
+
+    start = time.monotonic()
+    cluster.kubectl("delete", "pod", f"{ref.name}-worker-0", "--wait=false")
+    while left():
+        assert time.monotonic() - start < 30, left()
+        time.sleep(0.2)
+    stopped = time.monotonic() - start
+
+    def restarted(job: dict[str, Any]) -> bool:
+        pods = json.loads(
+            cluster.kubectl("get", "pods", "-l", f"training.mnv2.dev/job-name={ref.name}", "-o", "json")
+        )
+        return any(
+            p["metadata"]["labels"].get("training.mnv2.dev/attempt") == "1"
+            and p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+            for p in pods["items"]
+        )
+
+    wait_for(cluster, ref, restarted, JOB_TIMEOUT)
+    restart = time.monotonic() - start
+    print(
+        f"deleted worker pod: its {len(before)} processes ended {stopped:.1f} s after kubectl delete; "
+        f"gang restart (delete -> new attempt's pod Running) {restart:.1f} s"
+    )
+    assert stopped < 10, f"{stopped:.1f} s: the pod's processes waited for the grace period"
+    cluster.kubectl("delete", "mnv2", ref.name, "--wait=false")
+    deadline = time.monotonic() + 60
+    while processes_mentioning(out_dir):
+        assert time.monotonic() < deadline, processes_mentioning(out_dir)
+        time.sleep(0.5)
+
+
 def test_ctrl_c_on_the_demo_stops_every_process(tmp_path: Path) -> None:
     manifest = shortened_example(tmp_path, "e2e-sigint", E2E_EPOCHS)
     state = tmp_path / "state"

@@ -361,6 +361,35 @@ class _ArraySource:
         return len(self.labels)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. after msrun --bind_core), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, os.cpu_count() or cores))
+
+
+def clamp_parallel_workers(
+    cfg: dict[str, Any], cores: int | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """``cfg`` with ``num_parallel_workers`` at most the available cores, and a note when it was lowered.
+
+    MindSpore refuses more workers than the machine's cores ("num_parallel_workers exceeds the boundary
+    between 1 and N"), and more than the process's own cores only adds contention; a recipe written for
+    a large server (8 workers) must still run on a small one.
+    """
+    requested = int(cfg.get("num_parallel_workers") or 1)
+    cores = available_cores() if cores is None else cores
+    if requested <= cores:
+        return cfg, None
+    note = (
+        f"num_parallel_workers {requested} is more than the {cores} CPU core(s) available to this process: "
+        f"using {cores}"
+    )
+    return dict(cfg, num_parallel_workers=cores), note
+
+
 def create_loader(
     cfg: dict[str, Any],
     split: str,

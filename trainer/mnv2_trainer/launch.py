@@ -37,7 +37,8 @@ from types import FrameType
 
 import psutil
 
-#: Seconds msrun (and then what it leaves behind) gets to end after a signal before SIGKILL.
+#: Seconds msrun (and then what it leaves behind) gets to end after a signal before SIGKILL; the
+#: environment variable MNV2_LAUNCH_STOP_TIMEOUT changes it (keep it below the pod's grace period).
 STOP_TIMEOUT = 10.0
 #: How often the launcher checks its children while it waits.
 POLL_SECONDS = 0.1
@@ -189,7 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(__doc__.split("\n\n")[1])
         return 0 if args else 2
-    return Launcher(args).run()
+    raw = os.environ.get("MNV2_LAUNCH_STOP_TIMEOUT", "").strip()
+    try:
+        stop_timeout = float(raw) if raw else STOP_TIMEOUT
+    except ValueError:
+        _log(f"MNV2_LAUNCH_STOP_TIMEOUT={raw!r} is not a number of seconds; using {STOP_TIMEOUT:g}")
+        stop_timeout = STOP_TIMEOUT
+    return Launcher(args, stop_timeout).run()
 
 
 if __name__ == "__main__":

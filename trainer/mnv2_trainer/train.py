@@ -124,6 +124,23 @@ def _device_available(target: str) -> bool:
         return ms.get_context("device_target") == target
 
 
+#: Environment variables by which MindSpore's launchers tell a process its place in the cluster: msrun
+#: (dynamic networking), a rank table file, or OpenMPI's mpirun.
+LAUNCHER_ENV = ("MS_ROLE", "RANK_TABLE_FILE", "OMPI_COMM_WORLD_SIZE")
+
+
+def check_launched_distributed(environ: dict[str, str] | None = None) -> None:
+    """Raise a one-line TrainError when ``distribute`` is on but no launcher started this process
+    (MindSpore itself would fail with a long traceback about mpirun)."""
+    env = os.environ if environ is None else environ
+    if not any(env.get(name) for name in LAUNCHER_ENV):
+        raise TrainError(
+            "distribute is True but this process was not started by msrun: launch it with "
+            "`msrun --worker_num=N --local_worker_num=N --join=True python -m mnv2_trainer.train ...`, "
+            "or pass --distribute False to train on one device"
+        )
+
+
 def create_env(cfg: dict[str, Any]) -> Env:
     """Set MindSpore's context (mode, device, data parallel) and initialise communication."""
     import mindspore as ms
@@ -141,6 +158,8 @@ def create_env(cfg: dict[str, Any]) -> Env:
     env = Env(device=target)
     if cfg.get("distribute"):
         from mindspore.communication import get_group_size, get_rank, init
+
+        check_launched_distributed()
 
         init()
         env = Env(target, get_rank(), get_group_size(), True)
@@ -518,7 +537,9 @@ def run(cfg: dict[str, Any]) -> RunState:
     check_supported(cfg)
     env = create_env(cfg)
     save_dir = os.path.abspath(str(cfg.get("ckpt_save_dir", "./ckpt")))
-    cfg = dict(cfg, ckpt_save_dir=save_dir)
+    cfg, workers_note = data_lib.clamp_parallel_workers(dict(cfg, ckpt_save_dir=save_dir))
+    if workers_note:
+        env_notes.append(workers_note)
     create_logger(env.rank, save_dir)
     for note in env_notes:
         _logger.warning(note)

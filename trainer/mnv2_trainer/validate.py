@@ -26,7 +26,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     import mindspore as ms
 
     from .amp import apply_amp
-    from .data import create_loader
+    from .data import clamp_parallel_workers, create_loader
     from .evaluate import evaluate
     from .input_norm import wrap_network
     from .model import create_model
@@ -42,6 +42,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     ms.set_context(
         mode=ms.GRAPH_MODE if int(cfg.get("mode", 0)) == 0 else ms.PYNATIVE_MODE, device_target=target
     )
+    cfg, workers_note = clamp_parallel_workers(cfg)
+    if workers_note:
+        _logger.warning(workers_note)
     loader = create_loader(cfg, str(cfg.get("val_split", "val")), is_training=False)
     num_classes = int(cfg.get("num_classes") or loader.num_classes)
     network = create_model(

@@ -66,3 +66,33 @@ def test_validate_rejects_a_wrong_checkpoint_path(tmp_path: Path, term_log: Path
     assert proc.returncode == termination.EXIT_INVALID_INPUT, explain(proc)
     assert "nope.ckpt" in proc.stdout + proc.stderr  # never numbers from random weights
     assert term_log.read_text().startswith(termination.PREFIX) and "nope.ckpt" in term_log.read_text()
+
+
+@pytest.mark.mindspore
+def test_distribute_without_msrun_says_how_to_launch(tmp_path: Path, term_log: Path) -> None:
+    """The recipes set distribute: True; started without msrun, one line says what to do (MindSpore's
+    own error is a long traceback about mpirun)."""
+    config = write_config(tmp_path / "c.yaml", distribute=True)
+    proc, _ = train(config, tmp_path / "digits", tmp_path / "out", timeout=300)
+    assert proc.returncode == termination.EXIT_INVALID_INPUT, explain(proc)
+    said = proc.stdout + proc.stderr
+    assert "not started by msrun" in said and "--distribute False" in said, explain(proc)
+    assert "mpirun" not in said and "Traceback" not in said, explain(proc)
+    reason = term_log.read_text()
+    assert "launch it with `msrun" in reason and reason.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.mindspore
+def test_more_data_workers_than_cores_are_lowered_with_one_line(tmp_path: Path) -> None:
+    """A recipe for a big server (num_parallel_workers 8) runs on a small machine: MindSpore refuses
+    more workers than cores, so the trainer lowers the count and says so once."""
+    import os
+
+    too_many = (os.cpu_count() or 1) + 6
+    config = write_config(tmp_path / "c.yaml", num_parallel_workers=too_many, epoch_size=1, decay_epochs=1)
+    proc, _ = train(config, tmp_path / "digits", tmp_path / "out", "--num_samples", "256")
+    assert proc.returncode == 0, explain(proc)
+    said = proc.stdout + proc.stderr
+    assert said.count(f"num_parallel_workers {too_many} is more than the") == 1, explain(proc)
+    assert "exceeds the boundary" not in said
