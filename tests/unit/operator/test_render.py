@@ -280,7 +280,7 @@ def test_fixed_kinds_do_not_depend_on_the_spec() -> None:
         assert all(form == first for form in forms[kind]), f"{kind} follows the spec: it must be patched"
     # The comparison can tell: the ConfigMap (resolved config) differs between the specs.
     assert any(form != forms["ConfigMap"][0] for form in forms["ConfigMap"])
-    assert {o["kind"] for o in rendered_case("ascend-4x8").objects} - render.FIXED_KINDS == {
+    assert {o["kind"] for o in rendered_case("ascend-2x8").objects} - render.FIXED_KINDS == {
         "ConfigMap",
         "PodGroup",
     }
