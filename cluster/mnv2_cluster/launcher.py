@@ -368,8 +368,10 @@ class Cluster:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             "--authorization-mode=Node,RBAC",
             # The defaults (NamespaceLifecycle, LimitRanger, ServiceAccount, PodSecurity, ResourceQuota,
-            # the admission webhooks, ...) plus NodeRestriction, as kubeadm enables it.
-            "--enable-admission-plugins=NodeRestriction",
+            # the admission webhooks, ...) plus NodeRestriction, as kubeadm enables it, and
+            # ExtendedResourceToleration: a pod requesting an extended resource (huawei.com/Ascend910)
+            # tolerates the taint of that name on the nodes that have it, so other pods stay off them.
+            "--enable-admission-plugins=NodeRestriction,ExtendedResourceToleration",
             f"--service-account-issuer={ISSUER}",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",

@@ -23,7 +23,7 @@ Its inputs are those of a kubelet (``--kubeconfig``, ``--tls-cert-file``, ``--tl
 kubelet too. ``Node`` is the interface a launcher uses for either.
 
 How a container runs as a process (volumes as folders, path and port rewriting, the environment,
-termination messages, logs): docs/cluster.md and pods.py.
+termination messages, logs) and what a kubelet does that it does not: docs/node-agent.md.
 """
 
 from __future__ import annotations
@@ -77,8 +77,17 @@ class Node(Protocol):
 
 
 def ascend_node_options(devices: int = 8) -> dict[str, Any]:
-    """Labels and extra capacity of a node labelled as MindCluster labels Ascend training nodes."""
-    return {"labels": dict(ASCEND_LABELS), "extra_capacity": {ASCEND_RESOURCE: str(devices)}}
+    """Labels, extra capacity and taint of a node labelled as MindCluster labels Ascend training nodes.
+
+    The taint carries the device resource's name, as accelerator nodes are commonly tainted: with the
+    API server's ExtendedResourceToleration admission plugin, pods requesting the devices tolerate it
+    and other pods (CPU jobs, which must run as processes) are kept off the simulated node.
+    """
+    return {
+        "labels": dict(ASCEND_LABELS),
+        "extra_capacity": {ASCEND_RESOURCE: str(devices)},
+        "taints": [{"key": ASCEND_RESOURCE, "value": "present", "effect": "NoSchedule"}],
+    }
 
 
 class ApiError(Exception):

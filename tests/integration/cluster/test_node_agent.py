@@ -92,6 +92,7 @@ def test_nodes_register_ready_with_capacity_labels_and_lease(core, coordination,
     assert ascend.metadata.labels["accelerator-type"] == "module"
     assert ascend.status.capacity["huawei.com/Ascend910"] == "8"
     assert ascend.status.allocatable["huawei.com/Ascend910"] == "8"
+    assert [(t.key, t.effect) for t in ascend.spec.taints] == [("huawei.com/Ascend910", "NoSchedule")]
     lease = coordination.read_namespaced_lease("node-process", "kube-node-lease")
     assert lease.spec.holder_identity == "node-process" and lease.spec.lease_duration_seconds == 40
 
@@ -105,6 +106,7 @@ def test_pod_is_scheduled_runs_and_fails_with_exit_code_and_message(core, ns: st
         sys.exit(3)
     """
     p = python_pod("fail", code, env=[{"name": "MSG_FILE", "value": "/dev/termination-log"}])
+    del p["spec"]["nodeSelector"]  # the scheduler's choice: the Ascend node is tainted for pods without NPUs
     core.create_namespaced_pod(ns, p)
     wait_for("pod phase Failed", lambda: phase(core, ns, "fail") == "Failed", 60)
     pod = core.read_namespaced_pod("fail", ns)
@@ -297,7 +299,10 @@ def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -
                    resources={"requests": {"huawei.com/Ascend910": "8"}, "limits": {"huawei.com/Ascend910": "8"}})  # fmt: skip
     core.create_namespaced_pod(ns, p)
     wait_for("pod phase Running", lambda: phase(core, ns, "npu") == "Running", 60)
-    assert core.read_namespaced_pod("npu", ns).spec.node_name == "node-ascend"
+    npu = core.read_namespaced_pod("npu", ns)
+    assert npu.spec.node_name == "node-ascend"
+    # Added by the ExtendedResourceToleration admission plugin for the device request.
+    assert any(t.key == "huawei.com/Ascend910" and t.operator == "Exists" for t in npu.spec.tolerations)
     # All 8 devices are taken: a second pod asking for one stays Pending (the real scheduler counts them).
     p2 = python_pod("npu2", "unused", node_selector={"accelerator": "huawei-Ascend910"},
                     resources={"limits": {"huawei.com/Ascend910": "1"}})  # fmt: skip
