@@ -145,10 +145,22 @@ class Cluster:
         binaries = self._binaries()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
+        for attempt in (1, 2):
+            try:
+                return self._start_all(str(binaries["kube"]), str(binaries["etcd"]))
+            except ClusterError as e:
+                # A free port picked here can be taken by another process before a component binds
+                # it: once, start again on other ports.
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_all(self, kube: str, etcd: str) -> Cluster:
         self._started_at = time.monotonic()
+        self.components.clear()
+        self.timings.clear()
         self._pick_ports()
         self._write_pki_and_configs()
-        kube, etcd = str(binaries["kube"]), str(binaries["etcd"])
         try:
             self._start(Component("etcd", self._etcd_args(etcd), self.logs_dir / "etcd.log"))
             self._wait("etcd", lambda: self._get(f"http://127.0.0.1:{self.ports.etcd_client}/health"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -113,3 +114,30 @@ def _processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_start_picks_other_ports_once_when_one_was_taken_meanwhile(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = cluster.need_local("uses the local control plane's binaries")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    second = LocalCluster(tmp_path / "state", bin_dir=local._binaries()["kube"].parent)
+    pick = second._pick_ports
+    apiserver_ports: list[int] = []
+
+    def pick_a_taken_port_first() -> None:
+        pick()
+        if not apiserver_ports:
+            second.ports.apiserver = taken.getsockname()[1]
+        apiserver_ports.append(second.ports.apiserver)
+
+    monkeypatch.setattr(second, "_pick_ports", pick_a_taken_port_first)
+    try:
+        second.start()
+        assert len(apiserver_ports) == 2 and apiserver_ports[1] != taken.getsockname()[1]
+        assert "address already in use" in (tmp_path / "state" / "logs" / "apiserver.log").read_text()
+    finally:
+        second.stop()
+        taken.close()
