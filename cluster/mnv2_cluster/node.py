@@ -543,6 +543,8 @@ class NodeAgent:
             "kind": "Node",
             "metadata": {"name": self.name, "labels": self.labels},
             "spec": {"taints": self.taints} if self.taints else {},
+            # Ready from the start: a Node without the condition gets the not-ready taint meanwhile.
+            "status": self._node_status(),
         }
         try:
             await self._api.request("POST", "/api/v1/nodes", node)
@@ -550,7 +552,7 @@ class NodeAgent:
             if e.status != 409:
                 raise
             await self._api.merge_patch(f"/api/v1/nodes/{self.name}", {"metadata": {"labels": self.labels}})
-        await self._api.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": self._node_status()})
+            await self._api.merge_patch(f"/api/v1/nodes/{self.name}/status", {"status": self._node_status()})
         await self._renew_lease()
         self.registered_at = time.monotonic()
 

@@ -92,7 +92,16 @@ def test_nodes_register_ready_with_capacity_labels_and_lease(core, coordination,
     assert ascend.metadata.labels["accelerator-type"] == "module"
     assert ascend.status.capacity["huawei.com/Ascend910"] == "8"
     assert ascend.status.allocatable["huawei.com/Ascend910"] == "8"
-    assert [(t.key, t.effect) for t in ascend.spec.taints] == [("huawei.com/Ascend910", "NoSchedule")]
+    # Its own taint only (the node lifecycle controller's not-ready taint, if it came, is gone once Ready).
+    taints = wait_for(
+        "the Ascend node's taints to settle",
+        lambda: (
+            (t := [(x.key, x.effect) for x in core.read_node("node-ascend").spec.taints or []])
+            and all(k.startswith("huawei.com/") for k, _ in t)
+            and t
+        ),
+    )
+    assert taints == [("huawei.com/Ascend910", "NoSchedule")]
     lease = coordination.read_namespaced_lease("node-process", "kube-node-lease")
     assert lease.spec.holder_identity == "node-process" and lease.spec.lease_duration_seconds == 40
 
