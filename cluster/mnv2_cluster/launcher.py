@@ -396,7 +396,7 @@ class Cluster:
             f"--audit-policy-file={self.state_dir / 'audit-policy.yaml'}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-maxsize=200",
-            "--audit-log-maxbackup=2",
+            "--audit-log-maxbackup=10",
             "--profiling=false",
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
         ]
@@ -549,11 +549,14 @@ class Cluster:
         return proc
 
     def audit_events(self) -> Iterator[dict[str, Any]]:
-        """The API server's audit events so far (one JSON object per line of the audit log)."""
-        with contextlib.suppress(FileNotFoundError), self.audit_log.open() as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
+        """The API server's audit events so far, oldest first (one JSON object per line), rotated
+        files included: the API server moves `audit.log` to `audit-<time>.log` every 200 MB."""
+        rotated = sorted(self.audit_log.parent.glob(f"{self.audit_log.stem}-*{self.audit_log.suffix}"))
+        for path in [*rotated, self.audit_log]:
+            with contextlib.suppress(FileNotFoundError), path.open() as f:
+                for line in f:
+                    if line.strip():
+                        yield json.loads(line)
 
     # ---- measurements ----------------------------------------------------------------------------
 

@@ -90,3 +90,13 @@ def test_pki_client_and_serving_certificates(tmp_path: Path) -> None:
     # a second PKI on the same folder reuses the CA and the service-account key
     again = PKI(tmp_path / "pki")
     assert again.ca.cert_pem() == pki.ca.cert_pem() and again.sa_key.read_bytes() == pki.sa_key.read_bytes()
+
+
+def test_audit_events_read_rotated_files_first(tmp_path: Path) -> None:
+    from mnv2_cluster.launcher import Cluster
+
+    cluster = Cluster(tmp_path)
+    (tmp_path / "audit-2026-11-30T04-19-11.123.log").write_text('{"n": 1}\n{"n": 2}\n')
+    (tmp_path / "audit-2026-11-30T05-00-00.000.log").write_text('{"n": 3}\n')
+    (tmp_path / "audit.log").write_text('{"n": 4}\n\n')
+    assert [e["n"] for e in cluster.audit_events()] == [1, 2, 3, 4]
