@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
 import textwrap
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
+from mnv2_cluster.launcher import kubectl_binary
 
 pytestmark = pytest.mark.cluster
 T = TypeVar("T")
@@ -130,8 +132,22 @@ def test_pod_is_scheduled_runs_and_fails_with_exit_code_and_message(core, ns: st
     assert "hello out" in logs and "hello err" in logs
 
 
-def test_pod_succeeds_through_running_with_conditions(core, ns: str) -> None:
-    core.create_namespaced_pod(ns, python_pod("ok", "import time; time.sleep(2); print('done')"))
+def gated_pod(name: str, before: str, after: str) -> dict:
+    """A pod that runs `before`, waits until the test opens its gate (open_gate), then runs `after`."""
+    code = (
+        f"{before}\nimport os, time\nwhile not os.path.exists('/gate/open'):\n    time.sleep(0.05)\n{after}"
+    )
+    p = python_pod(name, code, volumeMounts=[{"name": "gate", "mountPath": "/gate"}])
+    p["spec"]["volumes"] = [{"name": "gate", "emptyDir": {}}]
+    return p
+
+
+def open_gate(agent: Any, ns: str, name: str) -> None:
+    (agent.pod_dir(ns, name) / "volumes" / "gate" / "open").touch()
+
+
+def test_pod_succeeds_through_running_with_conditions(core, ns: str, nodes) -> None:
+    core.create_namespaced_pod(ns, gated_pod("ok", "", "print('done')"))
     wait_for("pod phase Running", lambda: phase(core, ns, "ok") == "Running", 60)
     st = core.read_namespaced_pod("ok", ns).status
     assert st.container_statuses[0].state.running is not None and st.container_statuses[0].ready
@@ -139,6 +155,7 @@ def test_pod_succeeds_through_running_with_conditions(core, ns: str) -> None:
         "PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "True",
         "ContainersReady": "True", "PodScheduled": "True",
     }  # fmt: skip
+    open_gate(nodes["node-process"], ns, "ok")
     wait_for("pod phase Succeeded", lambda: phase(core, ns, "ok") == "Succeeded", 60)
     term = core.read_namespaced_pod("ok", ns).status.container_statuses[0].state.terminated
     assert (term.exit_code, term.reason) == (0, "Completed")
@@ -191,20 +208,21 @@ def test_deletion_sigkills_after_grace_period(core, ns: str, nodes) -> None:
     assert not _alive(pid)
 
 
-def test_kubectl_logs_through_the_api_server(kubectl, core, ns: str) -> None:
-    code = """
-        import time
-        for i in range(5):
-            print("line", i, flush=True)
-        time.sleep(3)
-        print("last", flush=True)
-    """
-    core.create_namespaced_pod(ns, python_pod("talk", code))
+def test_kubectl_logs_through_the_api_server(local, kubectl, core, ns: str, nodes) -> None:
+    before = "for i in range(5):\n    print('line', i, flush=True)"
+    core.create_namespaced_pod(ns, gated_pod("talk", before, "print('last', flush=True)"))
     wait_for("the first lines", lambda: "line 4" in kubectl("logs", "-n", ns, "talk").stdout, 60)
     assert kubectl("logs", "-n", ns, "talk", "--tail=2").stdout == "line 3\nline 4\n"
-    followed = kubectl("logs", "-n", ns, "talk", "-f", timeout=30).stdout  # returns when the process ends
-    assert followed.endswith("line 4\nlast\n")
-    assert phase(core, ns, "talk") in ("Running", "Succeeded")
+    assert kubectl("logs", "-n", ns, "talk", "--limit-bytes=7").stdout == "line 0\n"
+    # Followed: what the process writes later arrives, and the stream ends when the process does.
+    follow = subprocess.Popen(
+        [kubectl_binary(), "--kubeconfig", str(local.kubeconfig), "logs", "-n", ns, "talk", "-f"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert follow.stdout is not None and follow.stdout.readline() == "line 0\n"
+    open_gate(nodes["node-process"], ns, "talk")
+    out = follow.stdout.read()  # to the end of the stream (pytest-timeout stops a hang)
+    assert out == "line 1\nline 2\nline 3\nline 4\nlast\n" and follow.wait(10) == 0
 
 
 def test_previous_container_logs_after_restart(kubectl, core, ns: str) -> None:
