@@ -77,6 +77,9 @@ class OperatorPolicy:
     node_selector_keys: tuple[str, ...] = ()
     #: Secrets a job may name in imagePullSecrets.
     image_pull_secrets: tuple[str, ...] = ()
+    #: GIDs a job's accelerator.hwHiAiUserGid may name besides the operator's default (a supplemental
+    #: group of the pods: it opens whatever that group may open on the node).
+    hw_hi_ai_user_gids: tuple[int, ...] = ()
     #: Where the policy came from, for messages.
     source: str = field(default="the operator's built-in policy", compare=False)
 
@@ -98,6 +101,7 @@ class OperatorPolicy:
             "tolerations",
             "nodeSelectorKeys",
             "imagePullSecrets",
+            "hwHiAiUserGids",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -118,6 +122,13 @@ class OperatorPolicy:
                 f"{ENV_POLICY}: tolerations must be a list of {{key, operator, value, effect}} objects of "
                 f"strings, not {tolerations!r}"
             )
+        gids = raw.get("hwHiAiUserGids", [])
+        if not isinstance(gids, list) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 2147483647 for g in gids
+        ):
+            raise PolicyError(
+                f"{ENV_POLICY}: hwHiAiUserGids must be a list of group ids (1 and up), not {gids!r}"
+            )
         return cls(
             host_path_dataset_prefixes=_strings(host, "datasetPrefixes", _prefix),
             host_path_output_prefixes=_strings(host, "outputPrefixes", _prefix),
@@ -128,6 +139,7 @@ class OperatorPolicy:
             tolerations=tuple(dict(t) for t in tolerations),
             node_selector_keys=_strings(raw, "nodeSelectorKeys"),
             image_pull_secrets=_strings(raw, "imagePullSecrets"),
+            hw_hi_ai_user_gids=tuple(gids),
             source=source or "the operator's policy",
         )
 
@@ -173,7 +185,11 @@ class OperatorPolicy:
         )
 
     def check(
-        self, spec: JobSpec, default_image: str, default_node_selector: Mapping[str, str] | None = None
+        self,
+        spec: JobSpec,
+        default_image: str,
+        default_node_selector: Mapping[str, str] | None = None,
+        default_hw_hi_ai_user_gid: int | None = None,
     ) -> list[str]:
         """Every way ``spec`` goes beyond this policy, as ``spec.<field>: <problem>; <fix>`` lines.
 
@@ -182,6 +198,7 @@ class OperatorPolicy:
             default_image: the operator's default trainer image (always allowed).
             default_node_selector: the operator's default node selector of Ascend jobs; its keys stay in
                 a job's selector unless the policy lets jobs change them.
+            default_hw_hi_ai_user_gid: the operator's default HwHiAiUser GID (always allowed).
         """
         problems: list[str] = []
         ds, out = spec.dataset, spec.output
@@ -276,6 +293,17 @@ class OperatorPolicy:
                             "policy.nodeSelectorKeys",
                         )
                     )
+        gid = spec.accelerator.hw_hi_ai_user_gid
+        if gid is not None and gid != default_hw_hi_ai_user_gid and gid not in self.hw_hi_ai_user_gids:
+            problems.append(
+                self._refused(
+                    "spec.accelerator.hwHiAiUserGid",
+                    f"supplemental group {gid}",
+                    tuple(str(g) for g in (default_hw_hi_ai_user_gid, *self.hw_hi_ai_user_gids) if g),
+                    "policy.hwHiAiUserGids",
+                )
+                + " (or remove it for the cluster's jobDefaults.hwHiAiUserGid)"
+            )
         for i, secret in enumerate(spec.image_pull_secrets):
             if secret not in self.image_pull_secrets:
                 problems.append(

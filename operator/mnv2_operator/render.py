@@ -360,7 +360,7 @@ def render_job(
     """
     check_job_name(name)
     defaults = defaults or S.OperatorDefaults()
-    refused = defaults.policy.check(spec, defaults.image, defaults.node_selector)
+    refused = defaults.policy.check(spec, defaults.image, defaults.node_selector, defaults.hw_hi_ai_user_gid)
     if refused:
         raise S.SpecError(refused)
     ascend = spec.accelerator.type == "ascend"

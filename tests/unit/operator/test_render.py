@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mnv2_operator import cli, render
 from mnv2_operator import spec as S
-from mnv2_operator.policy import OperatorPolicy
+from mnv2_operator.policy import OperatorPolicy, PolicyError
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -124,6 +124,7 @@ POLICY = OperatorPolicy.from_mapping(
         "queueNames": ["default", "research"],
         "tolerations": [{"key": "huawei.com/Ascend910", "operator": "Exists"}],
         "nodeSelectorKeys": ["accelerator", "npu"],
+        "hwHiAiUserGids": [1001],
     }
 )
 DEFAULTS = S.OperatorDefaults(policy=POLICY)
@@ -510,6 +511,19 @@ def test_accelerator_type_label_defaults_and_overrides() -> None:
     )
     pods = render.render_job("j", "ns", UID, own, 0, S.OperatorDefaults(policy=may_label)).pods
     assert pods[0]["spec"]["nodeSelector"] == {"accelerator-type": "module-910b-16"}
+
+
+def test_a_jobs_hwhiaiuser_gid_is_limited_by_the_policy() -> None:
+    """The GID becomes a supplemental group of the pods: a job may only name the default or an allowed one."""
+    spec = S.parse_spec({**CASES["ascend-1x8"]["spec"], "accelerator": {"hwHiAiUserGid": 0o777}})
+    with pytest.raises(S.SpecError, match=r"spec.accelerator.hwHiAiUserGid: supplemental group 511 .*"
+                       r"policy.hwHiAiUserGids"):  # fmt: skip
+        render.render_job("j", "ns", UID, spec, 0, DEFAULTS)
+    same = S.parse_spec({**CASES["ascend-1x8"]["spec"], "accelerator": {"hwHiAiUserGid": 1000}})
+    pod = render.render_job("j", "ns", UID, same, 0, S.OperatorDefaults()).pods[0]
+    assert pod["spec"]["securityContext"]["supplementalGroups"] == [1000]
+    with pytest.raises(PolicyError, match="hwHiAiUserGids must be a list of group ids"):
+        OperatorPolicy.from_mapping({"hwHiAiUserGids": ["1000"]})
 
 
 def test_device_counts_per_chip() -> None:
