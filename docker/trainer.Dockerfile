@@ -36,6 +36,9 @@ RUN command -v msrun && command -v python \
 # ENV in the image, not only by sourcing set_env.sh in a shell profile. CANN base images usually do this;
 # warn when it looks unset. The launcher is PID 1: it relays the kubelet's SIGTERM to msrun as SIGINT, so
 # the image needs no init (tini) of its own.
+# msrun --bind_core=True (the default of Ascend jobs) needs taskset, and lspci for NUMA-affine binding.
+RUN command -v taskset >/dev/null || echo "WARNING: no taskset (util-linux): msrun --bind_core has no effect"; \
+    command -v lspci >/dev/null || echo "WARNING: no lspci (pciutils): msrun --bind_core ignores NUMA affinity"
 RUN if [ -z "${ASCEND_HOME_PATH:-}${ASCEND_TOOLKIT_HOME:-}" ]; then \
       echo "WARNING: ASCEND_HOME_PATH/ASCEND_TOOLKIT_HOME unset: add ENV lines equivalent to CANN's set_env.sh"; \
     fi

@@ -446,8 +446,9 @@ class AcceleratorSpec(_Model):
     bind_core: bool = Field(
         default=True,
         description=(
-            "Ascend: start msrun with --bind_core=True, which pins each worker process to the CPU cores "
-            "of its NPU's NUMA node (as MindCV's distributed launch commands do). false turns it off."
+            "Ascend: start msrun with --bind_core=True, which pins each worker process to CPU cores, those "
+            "of its NPU's NUMA node where the image has npu-smi and lspci (as MindCV's distributed launch "
+            "commands do). false turns it off."
         ),
     )
 
