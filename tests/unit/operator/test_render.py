@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +381,12 @@ def test_multi_node_msrun_lines() -> None:
         assert pod["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
 
 
+def _catches_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (15 - 1)))
+
+
 def test_multi_node_pods_wait_for_rank_0_dns(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -401,6 +408,14 @@ def test_multi_node_pods_wait_for_rank_0_dns(tmp_path: Path) -> None:
         timeout=30,
     )
     assert bad.returncode == 1 and "did not resolve within 0s" in bad.stderr
+    # PID 1 of its container: it must handle SIGTERM itself (the default would be ignored there).
+    waiting = subprocess.Popen([sys.executable, "-c", script, "no-such-host.invalid", "600"])
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(waiting.pid):  # the handler is installed (SigCgt in /proc)
+        assert waiting.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    waiting.terminate()
+    assert waiting.wait(timeout=10) == 143  # the handler's exit, not death by the default action (-15)
 
 
 def test_ascend_pods_get_devices_driver_and_mounts() -> None:
