@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -429,16 +430,31 @@ class NodeAgent:
         known = self._call(lambda: self._by_name.get((namespace, name)))
         return known is not None and (uid is None or known == uid)
 
+    def _await_pod(self, namespace: str, name: str, wait: float) -> None:
+        """Give the watch up to `wait` seconds to bring a pod just created (from another thread)."""
+        if self._loop is None or threading.get_ident() == getattr(self._thread, "ident", None):
+            return
+        deadline = time.monotonic() + wait
+        while not self.has_pod(namespace, name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def finish(
-        self, namespace: str, name: str, exit_code: int, reason: str | None = None, message: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        exit_code: int,
+        reason: str | None = None,
+        message: str | None = None,
+        wait: float = 10.0,
     ) -> None:
         """Simulated mode: end a pod now, Succeeded (exit 0) or Failed, with that exit code.
 
         `message` becomes the container's `state.terminated.message` (what a process would have
-        written to its terminationMessagePath), cut to 4096 bytes as a kubelet does.
+        written to its terminationMessagePath), cut to 4096 bytes as a kubelet does. A pod created a
+        moment ago may not be bound and seen yet: up to `wait` seconds are given for that.
 
         Raises:
-            LookupError: no such pod is running on this node.
+            LookupError: no such pod is running on this node (after `wait`).
             RuntimeError: in process mode (end the real process instead, e.g. with kill()).
         """
         if self.mode != "simulated":
@@ -455,10 +471,15 @@ class NodeAgent:
                     run.termination_message = P.cut(message.encode(), P.MAX_TERMINATION_MESSAGE_BYTES)
                 run.outcome.set_result((exit_code, reason))
 
+        self._await_pod(namespace, name, wait)
         self._call(do)
 
-    def kill(self, namespace: str, name: str) -> None:
-        """Simulate a fault: SIGKILL the pod's processes; the pod fails with exit code 137."""
+    def kill(self, namespace: str, name: str, wait: float = 10.0) -> None:
+        """Simulate a fault: SIGKILL the pod's processes; the pod fails with exit code 137.
+
+        Raises:
+            LookupError: no such pod is running on this node (after `wait` seconds, as for finish()).
+        """
 
         def do() -> None:
             run = self._run_named(namespace, name)
@@ -469,6 +490,7 @@ class NodeAgent:
             else:
                 self._signal(run, signal.SIGKILL)
 
+        self._await_pod(namespace, name, wait)
         self._call(do)
 
     def logs(self, namespace: str, name: str) -> str:
@@ -533,8 +555,6 @@ class NodeAgent:
 
     async def _register(self) -> None:
         assert self._api is not None
-        import time
-
         version = await self._api.request("GET", "/version")
         self._version = version.get("gitVersion", "")
         self._ready_since = P.now()

@@ -334,6 +334,8 @@ def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -
     p2 = python_pod("npu2", "unused", node_selector={"accelerator": "huawei-Ascend910"},
                     resources={"limits": {"huawei.com/Ascend910": "1"}})  # fmt: skip
     core.create_namespaced_pod(ns, p2)
+    with pytest.raises(LookupError, match="no pod .*/npu2 runs on node node-ascend"):
+        nodes["node-ascend"].finish(ns, "npu2", exit_code=0, wait=1.0)  # not bound: no room for it
     nodes["node-ascend"].finish(ns, "npu", exit_code=1, message="hccl timeout")
     wait_for("pod phase Failed", lambda: phase(core, ns, "npu") == "Failed", 30)
     term = core.read_namespaced_pod("npu", ns).status.container_statuses[0].state.terminated
@@ -341,6 +343,11 @@ def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -
     wait_for(
         "the second pod to run once the devices are free", lambda: phase(core, ns, "npu2") == "Running", 60
     )
+    quick = python_pod("quick", "unused", node_selector={"accelerator": "huawei-Ascend910"},
+                       resources={"limits": {"huawei.com/Ascend910": "1"}})  # fmt: skip
+    core.create_namespaced_pod(ns, quick)
+    nodes["node-ascend"].finish(ns, "quick", exit_code=0)  # right after the create: waits to see it bound
+    wait_for("pod phase Succeeded", lambda: phase(core, ns, "quick") == "Succeeded", 30)
 
 
 def test_kill_fails_a_pod_with_137(core, ns: str, nodes) -> None:
