@@ -272,7 +272,7 @@ class NodeAgent:
             "kubernetes.io/arch": _arch(),
             **(labels or {}),
         }
-        base = SIMULATED_CAPACITY if mode == "simulated" else _machine_capacity()
+        base = SIMULATED_CAPACITY if mode == "simulated" else _machine_capacity(self.state_dir)
         self.capacity = {**base, **(capacity or {}), **(extra_capacity or {})}
         self.taints = list(taints or [])
         self.port = port
@@ -1409,15 +1409,19 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def _machine_capacity() -> dict[str, str]:
+def _machine_capacity(folder: Path) -> dict[str, str]:
+    """This machine's CPUs, memory and the size of the disk holding `folder`, and 110 pods."""
     memory_kib = 0
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemTotal:"):
                 memory_kib = int(line.split()[1])
+    disk = folder
+    while not disk.exists() and disk != disk.parent:
+        disk = disk.parent
     return {
         "cpu": str(os.cpu_count() or 1),
         "memory": f"{memory_kib}Ki",
         "pods": "110",
-        "ephemeral-storage": "100Gi",
+        "ephemeral-storage": f"{shutil.disk_usage(disk).total // 1024}Ki",
     }
