@@ -3,8 +3,9 @@
 The local control plane (etcd, kube-apiserver, controller manager, scheduler built from upstream) gets
 two simulated node agents: the scheduler binds each pod to one of them, the pod goes Running by
 itself and ends when a test calls `cluster.finish(ns, pod, exit_code)`, which lets each test drive the
-gang through every transition in seconds. The operator runs as its own user, so the API server's audit
-log tells its requests from the test's. Tests that only need the API (invalid spec, garbage
+gang through every transition in seconds. The operator runs as its own user, with exactly the rules the
+chart grants the operator (the real authorizer refuses whatever it would refuse the installed operator),
+and the API server's audit log tells its requests from the test's. Tests that only need the API (invalid spec, garbage
 collection) also run against another cluster with `--kubeconfig`; the others need the local nodes to
 decide pod outcomes.
 """
@@ -176,6 +177,30 @@ def install_crd(c: Cluster) -> None:
     wait_for("the CRD to be served", served)
 
 
+def grant_chart_rbac(admin: Any, user: str) -> None:
+    """Give `user` exactly the rules the chart grants the operator, so the API server's authorizer
+    refuses whatever it would refuse the installed operator.
+
+    The tests run kopf with `--namespace`, as the chart's namespaced mode does: its ClusterRole of
+    cluster-scoped reads (CRDs, and namespaces, which kopf lists to follow the ones it serves), and its
+    per-namespace rules, bound here cluster-wide because every test makes its own namespace.
+    """
+    import kubernetes
+    from mnv2_operator.manifests import render_chart
+
+    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
+    roles = [o for o in render_chart({"watchNamespaces": ["any"]}) if o["kind"] in ("ClusterRole", "Role")]
+    assert len(roles) == 2, [r["metadata"]["name"] for r in roles]
+    for i, role in enumerate(roles):
+        name = f"{user}-chart-rules-{i}"
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": role["rules"]})
+        rbac.create_cluster_role_binding({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        })  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
     with pytest.MonkeyPatch.context() as mp:
@@ -196,11 +221,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | N
             for i in range(2):
                 agent = NodeAgent.for_cluster(local, f"sim-{i}", mode="simulated")
                 nodes[agent.name] = agent.start()
-            operator_kubeconfig = local.kubeconfig_for_user(OPERATOR_USER, ["system:masters"])
+            operator_kubeconfig = local.kubeconfig_for_user(OPERATOR_USER)
+            grant_chart_rbac(local.api_client(), OPERATOR_USER)
             mp.setenv("KUBECONFIG", str(operator_kubeconfig))
             c = Cluster(str(operator_kubeconfig), str(local.kubeconfig), local, nodes)
             install_crd(c)
             yield c
+            # Every request the operator made in the module's tests was allowed by the chart's rules.
+            refused = [
+                f"{e['verb']} {e.get('objectRef') or e.get('requestURI')}"
+                for e in local.audit_events()
+                if (e.get("user") or {}).get("username") == OPERATOR_USER
+                and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
+            ]
+            assert not refused, "the API server's authorizer refused the operator:\n" + "\n".join(refused)
         finally:
             for agent in nodes.values():
                 agent.stop()
