@@ -292,6 +292,7 @@ class NodeAgent:
         self._ca_data: str | None = None
         self._bind_mounts: bool | None = None
         self._ready_since: str | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._version = ""
 
     @classmethod
@@ -392,6 +393,7 @@ class NodeAgent:
             for t in run.token_tasks:
                 t.cancel()
         tasks = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+        tasks += list(self._background)
         for t in tasks:
             t.cancel()
         if tasks or self._tasks:
@@ -671,9 +673,7 @@ class NodeAgent:
             if phase in ("Succeeded", "Failed"):
                 # Ended before this agent knew it (an earlier agent ran it): only the final delete is left.
                 if meta.get("deletionTimestamp"):
-                    asyncio.get_running_loop().create_task(
-                        self._final_delete_pod(meta["namespace"], meta["name"], uid)
-                    )
+                    self._spawn(self._final_delete_pod(meta["namespace"], meta["name"], uid))
                 return
             run = PodRun(meta["namespace"], meta["name"], uid, pod)
             self._runs[uid] = run
@@ -688,6 +688,19 @@ class NodeAgent:
             grace = meta.get("deletionGracePeriodSeconds")
             self._begin_delete(run, float(30 if grace is None else grace))
 
+    def _spawn(self, coro: Any) -> None:
+        """Run `coro` in the background, holding it until done (the loop keeps only weak references)
+        and logging its failure."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("node %s: %s", self.name, t.exception())
+
+        task.add_done_callback(done)
+
     def _forget(self, run: PodRun) -> None:
         self._runs.pop(run.uid, None)
         if self._by_name.get((run.namespace, run.name)) == run.uid:
@@ -701,9 +714,7 @@ class NodeAgent:
         run.deleting = True
         if run.task is not None and run.task.done():  # its containers ended already
             if first:
-                asyncio.get_running_loop().create_task(
-                    self._final_delete_pod(run.namespace, run.name, run.uid)
-                )
+                self._spawn(self._final_delete_pod(run.namespace, run.name, run.uid))
                 self._forget(run)
             return
         if run.outcome is not None and not run.outcome.done():
@@ -862,7 +873,7 @@ class NodeAgent:
             with contextlib.suppress(Exception):  # e.g. the namespace is being deleted
                 await self._api.request("POST", f"/api/v1/namespaces/{run.namespace}/events", event)
 
-        asyncio.get_running_loop().create_task(post())
+        self._spawn(post())
 
     # ---- simulated -------------------------------------------------------------------------------
 
