@@ -348,6 +348,16 @@ def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -
     core.create_namespaced_pod(ns, quick)
     nodes["node-ascend"].finish(ns, "quick", exit_code=0)  # right after the create: waits to see it bound
     wait_for("pod phase Succeeded", lambda: phase(core, ns, "quick") == "Succeeded", 30)
+    # Without a finish(): pods end by themselves after default_outcome's seconds, with its exit code.
+    nodes["node-ascend"].default_outcome = (0.5, 2)
+    try:
+        auto = python_pod("auto", "unused", node_selector={"accelerator": "huawei-Ascend910"},
+                          resources={"limits": {"huawei.com/Ascend910": "1"}})  # fmt: skip
+        core.create_namespaced_pod(ns, auto)
+        wait_for("pod phase Failed", lambda: phase(core, ns, "auto") == "Failed", 30)
+    finally:
+        nodes["node-ascend"].default_outcome = None
+    assert core.read_namespaced_pod("auto", ns).status.container_statuses[0].state.terminated.exit_code == 2
 
 
 def test_kill_fails_a_pod_with_137(core, ns: str, nodes) -> None:
