@@ -395,9 +395,16 @@ def test_the_namespaced_operator_is_refused_outside_its_namespaces(
 ) -> None:
     _, namespace, _, account = NAMESPACED
     client = control_plane.api_client(control_plane.kubeconfig_for_service_account(namespace, account))
-    cm = {"metadata": {"name": f"{job_name}-config"}, "data": {"a": "b"}}
-    expect(201, send(client, "POST", f"/api/v1/namespaces/{TEAM_A}/configmaps", cm), "ConfigMap in team-a")
-    forbidden(send(client, "POST", f"/api/v1/namespaces/{TEAM_B}/configmaps", cm), "ConfigMap in team-b")
+    # In its namespace, a job's children (the trainer Role passes the escalation check with the
+    # per-namespace Role's rules); the same objects in team-b are refused.
+    jobs = {}
+    for ns in (TEAM_A, TEAM_B):
+        jobs[ns] = expect(201, send(admin, "POST", job_path(ns), job_manifest(job_name, ns)), f"job in {ns}")
+    result = create_children(client, jobs[TEAM_A], pods=True)
+    assert {o["kind"] for o in result.objects} >= {"Role", "RoleBinding"}
+    for obj in rendered_children(jobs[TEAM_B]).all()[:6]:
+        forbidden(send(client, "POST", object_path(obj, TEAM_B), obj), f"{obj['kind']} in team-b")
+    forbidden(merge_patch(client, job_path(TEAM_B, job_name, "status"), {"status": {}}), "status in team-b")
     forbidden(send(client, "GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}"), "jobs of every namespace")
     expect(200, send(client, "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{TEAM_A}/{PLURAL}"), "team-a's jobs")
     expect(200, send(client, "GET", "/api/v1/namespaces"), "namespaces (kopf follows them)")
