@@ -35,7 +35,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -415,16 +415,11 @@ def create_loader(
         normalize: see :func:`create_transforms`; by default uint8 NHWC batches unless a
             float-space augmentation is on. ``Loader.normalize`` tells the network what to apply.
     """
-    import mindspore as ms
-    import mindspore.dataset as ds
-    from mindspore.dataset import transforms
-
     name = str(cfg.get("dataset", "imagenet")).lower()
     batch_size = int(cfg["batch_size"])
     workers = int(cfg.get("num_parallel_workers") or 1)
     seed = int(cfg.get("seed", 42) or 0)
     shuffle = is_training and bool(cfg.get("shuffle", True))
-    data_dir = cfg.get("data_dir")
 
     def sampler_for(count: int) -> Any:
         return _make_sampler(
@@ -440,36 +435,11 @@ def create_loader(
         )
 
     if name == "synthetic":
-        size = int(cfg.get("image_resize", 224))
-        num_classes = int(cfg.get("num_classes") or 1000)
-        # Enough for 20 training steps per rank (or 2 validation batches): a throughput smoke test.
         count = batch_size * num_shards * (20 if is_training else 2)
-        images, labels = _synthetic_source(count, size, num_classes, seed + (0 if is_training else 1))
-        sampler = sampler_for(count)
-        dataset = ds.GeneratorDataset(
-            _ArraySource(images, labels), column_names=["image", "label"], sampler=sampler
-        )
+        dataset, num_classes = _synthetic_split(cfg, count, seed + (0 if is_training else 1), sampler_for)
         decode = False
     else:
-        if not data_dir:
-            raise ValueError(f"dataset {name!r} needs --data_dir (the folder that holds {split}/<class>/...)")
-        if name == "digits":
-            ensure_digits(data_dir)
-        split_dir = os.path.join(os.fspath(data_dir), split)
-        samples, classes = list_image_folder(split_dir)  # clear errors for a wrong layout
-        # The sampler indexes MindSpore's own file list, so its count is the one that matters (it
-        # may differ from ours, e.g. for hidden files).
-        probe = ds.ImageFolderDataset(split_dir, shuffle=False)
-        count, num_classes = probe.get_dataset_size(), len(probe.get_class_indexing())
-        if count != len(samples):
-            _logger.warning(
-                "%s: MindSpore reads %d files, %d of them look like images; check for stray files",
-                split_dir,
-                count,
-                len(samples),
-            )
-        sampler = sampler_for(count)
-        dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, num_parallel_workers=workers)
+        dataset, count, num_classes = _image_folder_split(cfg, name, split, workers, sampler_for)
         decode = True
     if num_samples is not None and num_samples < count:
         count = num_samples
@@ -484,28 +454,12 @@ def create_loader(
         num_shards,
         shard_samples,
     )
-    dataset = dataset.map(
-        operations=transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers
-    )
     if normalize is None:
-        reasons = needs_float_pipeline(cfg, is_training)
-        normalize = bool(reasons)
-        if reasons:
-            _logger.info(
-                "%s split %r: the pipeline normalises (float32 CHW batches) for %s",
-                name,
-                split,
-                ", ".join(reasons),
-            )
-    dataset = dataset.map(
-        operations=create_transforms(cfg, is_training, decode=decode, normalize=normalize),
-        input_columns="image",
-        num_parallel_workers=workers,
-    )
+        normalize = _pipeline_normalises(cfg, is_training, f"{name} split {split!r}")
     # MindCV drops the last partial training batch by default (drop_remainder: True); validation
     # always keeps it so that every image is counted.
     drop = is_training and bool(cfg.get("drop_remainder", True))
-    dataset = dataset.batch(batch_size, drop_remainder=drop)
+    dataset = _transform_and_batch(cfg, dataset, is_training, decode, normalize, workers, drop)
     num_batches = shard_samples // batch_size if drop else math.ceil(shard_samples / batch_size)
     if is_training and num_batches == 0:
         raise ValueError(
@@ -515,6 +469,83 @@ def create_loader(
     return Loader(
         dataset, count, shard_samples, num_batches, num_classes, None if normalize else mean_std(cfg)
     )
+
+
+def _synthetic_split(
+    cfg: dict[str, Any], count: int, seed: int, sampler_for: Callable[[int], Any]
+) -> tuple[Any, int]:
+    """``count`` random images at ``image_resize`` (a throughput smoke test: 20 training steps per
+    rank, or 2 validation batches); returns the dataset and its number of classes."""
+    import mindspore.dataset as ds
+
+    size = int(cfg.get("image_resize", 224))
+    num_classes = int(cfg.get("num_classes") or 1000)
+    images, labels = _synthetic_source(count, size, num_classes, seed)
+    dataset = ds.GeneratorDataset(
+        _ArraySource(images, labels), column_names=["image", "label"], sampler=sampler_for(count)
+    )
+    return dataset, num_classes
+
+
+def _image_folder_split(
+    cfg: dict[str, Any], name: str, split: str, workers: int, sampler_for: Callable[[int], Any]
+) -> tuple[Any, int, int]:
+    """The split's folder of ``<class>/<image>`` files (written first for ``digits``); returns the
+    dataset, its number of files and of classes, as MindSpore counts them."""
+    import mindspore.dataset as ds
+
+    data_dir = cfg.get("data_dir")
+    if not data_dir:
+        raise ValueError(f"dataset {name!r} needs --data_dir (the folder that holds {split}/<class>/...)")
+    if name == "digits":
+        ensure_digits(data_dir)
+    split_dir = os.path.join(os.fspath(data_dir), split)
+    samples, classes = list_image_folder(split_dir)  # clear errors for a wrong layout
+    # The sampler indexes MindSpore's own file list, so its count is the one that matters (it
+    # may differ from ours, e.g. for hidden files).
+    probe = ds.ImageFolderDataset(split_dir, shuffle=False)
+    count, num_classes = probe.get_dataset_size(), len(probe.get_class_indexing())
+    if count != len(samples):
+        _logger.warning(
+            "%s: MindSpore reads %d files, %d of them look like images; check for stray files",
+            split_dir,
+            count,
+            len(samples),
+        )
+    dataset = ds.ImageFolderDataset(split_dir, sampler=sampler_for(count), num_parallel_workers=workers)
+    return dataset, count, num_classes
+
+
+def _pipeline_normalises(cfg: dict[str, Any], is_training: bool, what: str) -> bool:
+    """Whether the pipeline must normalise (float32 CHW batches): only for float-space augmentations."""
+    reasons = needs_float_pipeline(cfg, is_training)
+    if reasons:
+        _logger.info("%s: the pipeline normalises (float32 CHW batches) for %s", what, ", ".join(reasons))
+    return bool(reasons)
+
+
+def _transform_and_batch(
+    cfg: dict[str, Any],
+    dataset: Any,
+    is_training: bool,
+    decode: bool,
+    normalize: bool,
+    workers: int,
+    drop: bool,
+) -> Any:
+    """Labels to int32, the split's image transforms, batches of ``batch_size``."""
+    import mindspore as ms
+    from mindspore.dataset import transforms
+
+    dataset = dataset.map(
+        operations=transforms.TypeCast(ms.int32), input_columns="label", num_parallel_workers=workers
+    )
+    dataset = dataset.map(
+        operations=create_transforms(cfg, is_training, decode=decode, normalize=normalize),
+        input_columns="image",
+        num_parallel_workers=workers,
+    )
+    return dataset.batch(int(cfg["batch_size"]), drop_remainder=drop)
 
 
 def describe_transforms(ops: Sequence[Any]) -> str:
