@@ -8,8 +8,8 @@ recipe's per-step cosine lr list), in float32 (the CPU backend has no float16 ke
 trains at O0 on CPU; MindCV is given O0 too):
 
 * ``ours``: ``mnv2_trainer.model.create_model`` (on CPU its depthwise convolutions run on the C++
-  kernel of ``mnv2_trainer.cpu_depthwise``) + the train cell that ``mnv2_trainer.train`` builds
-  (``create_loss``, ``create_optimizer``, ``create_train_cell``), graph mode.
+  kernel of ``mnv2_trainer.cpu_depthwise``) + the train cell ``mnv2_trainer.train`` builds
+  (``loss.create_loss``, ``optim.create_optimizer``, ``train_step.create_train_cell``), graph mode.
 * ``mindcv``: ``mindcv.models.create_model`` + ``mindcv.loss.create_loss`` +
   ``mindcv.optim.create_optimizer`` + ``mindcv.utils.create_trainer`` (a ``mindspore.Model``); its
   ``train_network`` is the cell MindCV trains with; graph mode.
@@ -87,7 +87,10 @@ def setup_ours(
     import mindspore as ms
     from mnv2_trainer import cpu_depthwise, schedule
     from mnv2_trainer import train as ours
+    from mnv2_trainer.loss import create_loss
     from mnv2_trainer.model import create_model
+    from mnv2_trainer.optim import create_optimizer
+    from mnv2_trainer.train_step import create_train_cell
 
     cfg = recipe_settings(batch, size)
     _ms_context()
@@ -103,8 +106,8 @@ def setup_ours(
     lrs = schedule.create_lr_schedule(cfg, STEPS_PER_EPOCH, int(cfg["epoch_size"]))
     amp, _ = ours.effective_amp(cfg, "CPU")
     kind, scale, drop, _ = ours.effective_loss_scale(cfg, "CPU")
-    opt = ours.create_optimizer(cfg, net, lrs, scale if kind == "fixed" and not drop else 1.0)
-    cell = ours.create_train_cell(net, ours.create_loss(cfg), opt, amp, (kind, scale, drop))
+    opt = create_optimizer(cfg, net, lrs, scale if kind == "fixed" and not drop else 1.0)
+    cell = create_train_cell(net, create_loss(cfg), opt, amp, (kind, scale, drop))
     cell.set_train(True)
     x, y = batch_arrays(batch, size)
     depthwise = "native" if mindcv_net or cpu_depthwise.library() is None else "C++ kernel"

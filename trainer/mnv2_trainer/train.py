@@ -1,8 +1,10 @@
 """Train MobileNetV2 with MindCV's recipe: ``python -m mnv2_trainer.train --config ... --data_dir ...``.
 
-The entry point only wires the factories: :mod:`.config` (recipe + flags), :mod:`.data` (datasets,
-transforms, shards), :mod:`.model`, :mod:`.schedule` (per-step lr, resume mapping),
-:mod:`.checkpoint`, :mod:`.evaluate`, :mod:`.report`, :mod:`.logger`.
+The entry point only wires the factories, laid out as MindCV lays out its own: :mod:`.config`
+(recipe + flags), :mod:`.data` (datasets, transforms, shards), :mod:`.model`, :mod:`.loss`,
+:mod:`.optim`, :mod:`.schedule` (per-step lr, resume mapping), :mod:`.train_step` (the train cell),
+:mod:`.resume`, :mod:`.callbacks` (the epoch-end callback), :mod:`.checkpoint`, :mod:`.evaluate`,
+:mod:`.report`, :mod:`.logger`.
 
 What it does, in MindCV's terms: graph mode, ``CrossEntropySmooth``, ``Momentum`` with weight decay
 and a per-step cosine schedule with warmup, AMP with a fixed loss scale, validation every
@@ -44,7 +46,21 @@ from typing import Any
 from . import checkpoint as ckpt_lib
 from . import data as data_lib
 from . import schedule as schedule_lib
+from .errors import TrainError
 from .logger import create_logger
+from .resume import create_resume_state
+
+__all__ = [
+    "Env",
+    "RunState",
+    "TrainError",
+    "check_supported",
+    "create_env",
+    "effective_amp",
+    "effective_loss_scale",
+    "main",
+    "run",
+]
 
 _logger = logging.getLogger("mnv2_trainer")
 
@@ -65,18 +81,19 @@ _UNSUPPORTED_OFF = (
 )
 
 
-class TrainError(RuntimeError):
-    """A problem with the run's inputs; the message names the key or path and the fix."""
-
-
 @dataclass
 class Env:
-    """Where this process runs."""
+    """Where this process runs.
+
+    ``notes`` are warnings found while setting it up, before the logger exists; the run logs them
+    once it does.
+    """
 
     device: str
     rank: int = 0
     group_size: int = 1
     distributed: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -93,7 +110,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- factories
+# --------------------------------------------------------------------------- settings
 def check_supported(cfg: dict[str, Any]) -> None:
     """Reject MindCV options this trainer would otherwise ignore silently."""
     for key, off in _UNSUPPORTED_OFF:
@@ -110,9 +127,6 @@ def check_supported(cfg: dict[str, Any]) -> None:
         raise TrainError(f"config key loss: {cfg.get('loss')!r} is not supported; use 'CE'")
     if str(cfg.get("reduction", "mean")) != "mean":
         raise TrainError(f"config key reduction: {cfg.get('reduction')!r} is not supported; use 'mean'")
-
-
-env_notes: list[str] = []  # warnings found before the logger exists; logged once it does
 
 
 def _device_available(target: str) -> bool:
@@ -155,14 +169,14 @@ def create_env(cfg: dict[str, Any]) -> Env:
     )
     if target == "Ascend" and int(cfg.get("mode", 0)) == 0:
         ms.set_context(jit_config={"jit_level": "O2"})  # MindCV's graph-mode setting on Ascend
-    env = Env(device=target)
+    env = Env(device=target, notes=notes)
     if cfg.get("distribute"):
         from mindspore.communication import get_group_size, get_rank, init
 
         check_launched_distributed()
 
         init()
-        env = Env(target, get_rank(), get_group_size(), True)
+        env = Env(target, get_rank(), get_group_size(), True, notes)
         ms.reset_auto_parallel_context()
         ms.set_auto_parallel_context(
             parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=env.group_size
@@ -170,7 +184,6 @@ def create_env(cfg: dict[str, Any]) -> Env:
     seed = int(cfg.get("seed", 42) or 0)
     ms.set_seed(seed)  # the same initial weights on every rank
     ms.dataset.config.set_seed(seed + env.rank)  # augmentation: a different stream per rank
-    env_notes.extend(notes)
     return env
 
 
@@ -204,160 +217,6 @@ def effective_loss_scale(cfg: dict[str, Any], device: str) -> tuple[str, float, 
     return kind, scale, drop, []
 
 
-def create_loss(cfg: dict[str, Any]) -> Any:
-    """MindCV's CrossEntropySmooth (mean reduction) is ``nn.CrossEntropyLoss`` with label smoothing."""
-    from mindspore import nn
-
-    return nn.CrossEntropyLoss(label_smoothing=float(cfg.get("label_smoothing", 0.0) or 0.0))
-
-
-def param_groups(params: list[Any], weight_decay: float, weight_decay_filter: str) -> list[dict[str, Any]]:
-    """MindCV's ``init_group_params``: ``disable`` decays everything; ``norm_and_bias`` spares BN and biases."""
-    if weight_decay_filter == "norm_and_bias":
-        decay = [p for p in params if not any(t in p.name for t in ("beta", "gamma", "bias"))]
-        no_decay = [p for p in params if any(t in p.name for t in ("beta", "gamma", "bias"))]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [{"params": params, "weight_decay": weight_decay}]
-
-
-def create_optimizer(cfg: dict[str, Any], network: Any, lrs: list[float], loss_scale: float) -> Any:
-    """Momentum (or SGD) over the per-step lr list; ``global_step`` indexes the list."""
-    import mindspore as ms
-    from mindspore import nn
-
-    wd = float(cfg.get("weight_decay", 0.0) or 0.0)
-    wd_filter = str(cfg.get("weight_decay_filter", "disable"))
-    params = network.trainable_params()
-    lr = ms.Tensor(lrs, ms.float32)
-    if wd_filter == "auto":  # MindSpore's own filter (norm parameters excluded)
-        groups: Any = params
-    else:
-        groups, wd = param_groups(params, wd, wd_filter), 0.0
-    opt = str(cfg.get("opt", "momentum")).lower()
-    nesterov = bool(cfg.get("use_nesterov", False)) or opt == "nesterov"
-    if opt == "sgd":
-        return nn.SGD(
-            groups,
-            learning_rate=lr,
-            momentum=float(cfg.get("momentum", 0.0)),
-            weight_decay=wd,
-            nesterov=nesterov,
-            loss_scale=loss_scale,
-        )
-    return nn.Momentum(
-        groups,
-        learning_rate=lr,
-        momentum=float(cfg.get("momentum", 0.9)),
-        weight_decay=wd,
-        use_nesterov=nesterov,
-        loss_scale=loss_scale,
-    )
-
-
-def create_train_cell(
-    network: Any,
-    loss: Any,
-    optimizer: Any,
-    amp_level: str,
-    scale: tuple,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-    cast_list: str | None = None,
-) -> Any:
-    """Network + loss + optimizer step, as MindSpore's ``build_train_network`` makes it for MindCV.
-
-    AMP is applied to ``network`` in place (:func:`.amp.apply_amp`, ``cast_list`` is the config's
-    ``amp_cast_list``), so the optimizer's parameters stay the ones the graph trains.
-
-    ``normalize`` is the training loader's ``Loader.normalize``: with uint8 NHWC batches the network
-    is wrapped in the (parameterless, float32) input normalisation after AMP has been applied to it,
-    so the network sees exactly the float32 images MindCV's pipeline would have fed it.
-
-    Fixed loss scale without overflow skipping: gradients are computed on ``loss * scale`` and the
-    optimizer (created with ``loss_scale=scale``) divides them back. Otherwise the update cell of a
-    dynamic/fixed loss-scale manager skips overflowing steps (Ascend/GPU only).
-    """
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    from .amp import apply_amp
-    from .input_norm import wrap_network
-
-    apply_amp(network, amp_level, cast_list)
-
-    class WithLossCell(nn.Cell):
-        """Loss in float32 whatever the network's output type (MindCV's add_loss_network)."""
-
-        def __init__(self, backbone: Any, loss_fn: Any) -> None:
-            super().__init__(auto_prefix=False)
-            self._backbone, self._loss_fn = backbone, loss_fn
-
-        def construct(self, data: Any, label: Any) -> Any:
-            return self._loss_fn(ops.cast(self._backbone(data), ms.float32), label)
-
-    with_loss = WithLossCell(wrap_network(network, normalize), loss)
-    kind, value, drop = scale
-    if kind == "fixed" and not drop:
-        return nn.TrainOneStepCell(with_loss, optimizer, sens=value)
-    from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager
-
-    manager = (
-        DynamicLossScaleManager(init_loss_scale=value, scale_factor=2, scale_window=2000)
-        if kind == "dynamic"
-        else FixedLossScaleManager(loss_scale=value, drop_overflow_update=True)
-    )
-    return nn.TrainOneStepWithLossScaleCell(with_loss, optimizer, scale_sense=manager.get_update_cell())
-
-
-def load_train_state(train_cell: Any, optimizer: Any, state: ckpt_lib.TrainState, global_step: int) -> None:
-    """Load network weights and optimizer state, then place the optimizer at ``global_step``.
-
-    The stored ``learning_rate`` list and ``momentum`` are dropped: they come from the new config.
-
-    Raises:
-        TrainError: when network or optimizer parameters are missing from the checkpoint.
-    """
-    import mindspore as ms
-    import numpy as np
-
-    # Hyperparameters come from the new config, not the checkpoint: the lr list is rebuilt and the
-    # momentum coefficient may have been changed on purpose.
-    derived = ("learning_rate", "momentum")
-    params = {k: v for k, v in state.params.items() if k not in derived}
-    not_loaded, _unused = ms.load_param_into_net(train_cell, params, strict_load=True)
-    # Loss-scale bookkeeping of a TrainOneStepWithLossScaleCell may be absent in older files.
-    missing = [n for n in not_loaded if n not in (*derived, "scale_sense", "global_step")]
-    if missing:
-        raise TrainError(
-            f"checkpoint {state.path} does not fit this model/optimizer: {len(missing)} parameters missing "
-            f"(e.g. {', '.join(missing[:4])}); was it written for another model or optimizer? "
-            "Use another ckpt_save_dir or --resume never"
-        )
-    optimizer.global_step.set_data(ms.Tensor(np.array([global_step], np.int32)))
-
-
-def create_resume_state(cfg: dict[str, Any], model_name: str) -> ckpt_lib.TrainState | None:
-    """The checkpoint to resume from according to ``resume`` (and MindCV's ``ckpt_path``+``resume_opt``)."""
-    resume = str(cfg.get("resume", "auto") or "auto")
-    save_dir = str(cfg.get("ckpt_save_dir", "./ckpt"))
-    if resume == "never":
-        return None
-    if resume == "auto":
-        state = ckpt_lib.find_resume_checkpoint(save_dir, model_name)
-        if state is None and cfg.get("resume_opt") and cfg.get("ckpt_path"):
-            return _read_strict(str(cfg["ckpt_path"]), "ckpt_path (with resume_opt)")
-        return state
-    return _read_strict(resume, "resume")
-
-
-def _read_strict(path: str, key: str) -> ckpt_lib.TrainState:
-    if not os.path.isfile(path):
-        raise TrainError(f"config key {key}: checkpoint {path!r} does not exist")
-    try:
-        return ckpt_lib.read_train_state(path)
-    except ckpt_lib.InvalidCheckpoint as exc:
-        raise TrainError(f"config key {key}: {exc}") from exc
-
-
 def agree_across_ranks(value: float, env: Env) -> tuple[float, float]:
     """``(min, max)`` of ``value`` over all ranks."""
     if not env.distributed:
@@ -379,191 +238,70 @@ def weights_digest(network: Any) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- the epoch callback
-def create_callback(**kwargs: Any) -> Any:
-    """The per-step/per-epoch callback (defined lazily: it subclasses MindSpore's ``Callback``)."""
-    from mindspore.train import Callback
+# --------------------------------------------------------------------------- the run, step by step
+@dataclass
+class Plan:
+    """What the data and the config decide before anything is built."""
 
-    class EpochEnd(Callback):
-        """Validation, checkpoints, logging and reporting at the end of each epoch."""
-
-        def __init__(self, k: dict[str, Any]) -> None:
-            super().__init__()
-            self.__dict__.update(k)
-            self.losses: list[float] = []
-            self.epoch_start = time.time()
-            self.steps_in_epoch = 0
-
-        def on_train_epoch_begin(self, run_context: Any) -> None:
-            self.epoch_start = time.time()
-            self.losses = []
-            self.steps_in_epoch = 0
-
-        def on_train_step_end(self, run_context: Any) -> None:
-            cb = run_context.original_args()
-            loss = float(cb.net_outputs.asnumpy()) if hasattr(cb.net_outputs, "asnumpy") else float("nan")
-            self.losses.append(loss)
-            self.steps_in_epoch = self.spe if self.sink else self.steps_in_epoch + 1
-            step = self.state.global_step + self.steps_in_epoch
-            if self.reporter is not None:
-                elapsed = max(time.time() - self.epoch_start, 1e-9)
-                # progress.epoch counts completed epochs (the CRD's column), so a running epoch
-                # shows as the one before it until its last step.
-                completed = cb.cur_epoch_num if self.steps_in_epoch >= self.spe else cb.cur_epoch_num - 1
-                self.reporter.step(
-                    epoch=completed,
-                    step=step,
-                    loss=loss,
-                    lr=self.lrs[min(step, len(self.lrs)) - 1],
-                    images_per_second=self.steps_in_epoch * self.global_batch / elapsed,
-                )
-            if not self.sink and self.log_interval and self.steps_in_epoch % self.log_interval == 0:
-                _logger.info(
-                    "epoch %d/%d step %d/%d loss %.4f lr %.6f",
-                    cb.cur_epoch_num,
-                    self.epochs,
-                    self.steps_in_epoch,
-                    self.spe,
-                    loss,
-                    self.lrs[step - 1],
-                )
-
-        def on_train_epoch_end(self, run_context: Any) -> None:
-            from .distributed import average_parameters, batchnorm_statistics
-            from .evaluate import evaluate
-            from .report import metrics_line
-
-            cb = run_context.original_args()
-            epoch = int(cb.cur_epoch_num)
-            seconds = time.time() - self.epoch_start
-            state = self.state
-            state.global_step = epoch * self.spe
-            last_lr = self.lrs[state.global_step - 1]
-            loss = sum(self.losses) / len(self.losses) if self.losses else float("nan")
-            ips = self.spe * self.global_batch / seconds if seconds > 0 else None
-            result = None
-            if self.allreduce is not None:  # every rank validates and saves the same model
-                average_parameters(batchnorm_statistics(self.network), self.env.group_size, self.allreduce)
-            if self.val_loader is not None and (epoch % self.val_interval == 0 or epoch == self.epochs):
-                t0 = time.time()
-                result = evaluate(
-                    self.eval_network, self.val_loader.dataset, self.label_smoothing, self.allreduce
-                )
-                self.train_cell.set_train(True)
-                state.last_eval = result
-                _logger.debug("validation took %.1fs", time.time() - t0)
-            improved = result is not None and result.top1 > state.best_top1
-            if improved:
-                state.best_top1, state.best_epoch = result.top1, epoch
-            meta = {
-                "epoch_num": epoch,
-                "step_num": state.global_step,
-                "mnv2_steps_per_epoch": self.spe,
-                "mnv2_global_batch_size": self.global_batch,
-                "mnv2_num_epochs": self.epochs,
-                "mnv2_best_top1": float(state.best_top1),
-                "mnv2_best_epoch": int(state.best_epoch or 0),
-            }
-            model = self.model_name
-            if self.env.rank == 0:
-                if epoch % self.save_interval == 0 or epoch == self.epochs:
-                    path = os.path.join(self.save_dir, ckpt_lib.checkpoint_name(model, epoch, self.spe))
-                    state.latest_path = ckpt_lib.save_checkpoint(self.train_cell, path, meta)
-                    for old in ckpt_lib.prune_checkpoints(self.save_dir, model, self.keep):
-                        _logger.debug("removed old checkpoint %s", old)
-                if improved:
-                    best = os.path.join(self.save_dir, ckpt_lib.best_name(model))
-                    state.best_path = ckpt_lib.save_checkpoint(self.train_cell, best, meta)
-            elif epoch == self.epochs:
-                rank_dir = os.path.join(self.save_dir, f"rank_{self.env.rank}")
-                path = os.path.join(rank_dir, ckpt_lib.checkpoint_name(model, epoch, self.spe))
-                state.latest_path = ckpt_lib.save_checkpoint(self.train_cell, path, meta)
-                ckpt_lib.prune_checkpoints(rank_dir, model, 1)
-            acc = (
-                f" val top1 {result.top1:.4f} top5 {result.top5:.4f} loss {result.loss:.4f}"
-                if result is not None
-                else ""
-            )
-            _logger.info(
-                "epoch %d/%d step %d loss %.4f lr %.6f%s | %.1fs %.1f img/s%s",
-                epoch,
-                self.epochs,
-                state.global_step,
-                loss,
-                last_lr,
-                acc,
-                seconds,
-                ips or 0.0,
-                f" | saved {os.path.basename(state.latest_path)}" if state.latest_path else "",
-            )
-            record = metrics_line(
-                epoch=epoch,
-                total_epochs=self.epochs,
-                step=state.global_step,
-                loss=loss,
-                lr=last_lr,
-                top1=result.top1 if result else None,
-                top5=result.top5 if result else None,
-                val_loss=result.loss if result else None,
-                images_per_second=ips,
-                epoch_seconds=seconds,
-                latest=state.latest_path,
-                best=state.best_path,
-                best_top1=state.best_top1 if state.best_epoch is not None else None,
-                best_epoch=state.best_epoch,
-            )
-            state.history.append(record)
-            if self.reporter is not None:
-                self.reporter.epoch_end(record)
-
-    return EpochEnd(kwargs)
+    model_name: str
+    epochs: int
+    save_dir: str
+    resume_from: ckpt_lib.TrainState | None
+    train_loader: data_lib.Loader
+    val_loader: data_lib.Loader | None
+    steps_per_epoch: int
+    global_batch: int
+    position: schedule_lib.ResumePosition
+    lrs: list[float]
+    num_classes: int
 
 
-# --------------------------------------------------------------------------- the run
-def _summary(lines: dict[str, Any]) -> str:
-    width = max(len(k) for k in lines)
-    return "\n".join(f"  {k:<{width}} : {v}" for k, v in lines.items())
+@dataclass
+class Built:
+    """The network and what trains it."""
+
+    network: Any
+    optimizer: Any
+    train_cell: Any
+    eval_network: Any
+    allreduce: Any
+    amp_level: str
+    loss_scale: tuple[str, float, bool]
 
 
-def run(cfg: dict[str, Any]) -> RunState:
-    """Train according to the resolved config; returns the final state (for tests and main)."""
-    import mindspore as ms
-
-    from .distributed import broadcast_parameters, create_allreduce
-    from .input_norm import wrap_network
-    from .model import create_model, param_count
-    from .report import create_reporter
-
+def _start(cfg: dict[str, Any]) -> tuple[dict[str, Any], Env]:
+    """Check the config, set up the device and the log; ``ckpt_save_dir`` becomes absolute."""
     check_supported(cfg)
     env = create_env(cfg)
     save_dir = os.path.abspath(str(cfg.get("ckpt_save_dir", "./ckpt")))
     cfg, workers_note = data_lib.clamp_parallel_workers(dict(cfg, ckpt_save_dir=save_dir))
     if workers_note:
-        env_notes.append(workers_note)
+        env.notes.append(workers_note)
     create_logger(env.rank, save_dir)
-    for note in env_notes:
+    for note in env.notes:
         _logger.warning(note)
-    env_notes.clear()
     if env.rank == 0:
         ckpt_lib.remove_temporaries(save_dir)
-    model_name = str(cfg["model"])
-    epochs = int(cfg["epoch_size"])
     if cfg.get("ckpt_save_policy") == "top_k":
         _logger.warning(
             "ckpt_save_policy top_k is treated as latest_k (resume needs the newest checkpoints); "
             "the best one is always kept as %s",
-            ckpt_lib.best_name(model_name),
+            ckpt_lib.best_name(str(cfg["model"])),
         )
+    return cfg, env
 
-    state_ckpt = create_resume_state(cfg, model_name)
-    completed = state_ckpt.epoch if state_ckpt else 0
+
+def _plan(cfg: dict[str, Any], env: Env) -> Plan:
+    """The resume point all ranks agree on, the loaders, the schedule and the number of classes."""
+    model_name, epochs, save_dir = str(cfg["model"]), int(cfg["epoch_size"]), str(cfg["ckpt_save_dir"])
+    resume_from = create_resume_state(cfg, model_name)
+    completed = resume_from.epoch if resume_from else 0
     low, high = agree_across_ranks(float(completed), env)
     if low != high:
         raise TrainError(
             f"ranks found different resume points in {save_dir} (epochs {low:.0f}..{high:.0f}); ckpt_save_dir "
             "must be one volume shared by all nodes"
         )
-
     train_loader = data_lib.create_loader(
         cfg,
         str(cfg.get("train_split", "train")),
@@ -583,143 +321,202 @@ def run(cfg: dict[str, Any]) -> RunState:
             shard_id=env.rank,
         )
     spe = train_loader.num_batches
-    global_batch = int(cfg["batch_size"]) * env.group_size
+    num_classes = int(cfg.get("num_classes") or train_loader.num_classes)
     position = schedule_lib.resume_position(completed, spe, epochs)
     lrs = schedule_lib.create_lr_schedule(cfg, spe, epochs)
-
-    num_classes = int(cfg.get("num_classes") or train_loader.num_classes)
     if num_classes < train_loader.num_classes:
         raise TrainError(
             f"config key num_classes: {num_classes} but the training split has {train_loader.num_classes} classes"
         )
-    init_ckpt = None if state_ckpt else (cfg.get("ckpt_path") or None)
-    network = create_model(
+    return Plan(
         model_name,
-        num_classes=num_classes,
+        epochs,
+        save_dir,
+        resume_from,
+        train_loader,
+        val_loader,
+        spe,
+        int(cfg["batch_size"]) * env.group_size,
+        position,
+        lrs,
+        num_classes,
+    )
+
+
+def _build(cfg: dict[str, Any], env: Env, plan: Plan) -> Built:
+    """Model, loss, optimizer and train cell; the resumed state loaded; replicas made equal."""
+    from .distributed import broadcast_parameters, create_allreduce
+    from .input_norm import wrap_network
+    from .loss import create_loss
+    from .model import create_model
+    from .optim import create_optimizer
+    from .resume import load_train_state
+    from .train_step import create_train_cell
+
+    network = create_model(
+        plan.model_name,
+        num_classes=plan.num_classes,
         drop_rate=cfg.get("drop_rate"),
-        checkpoint_path=init_ckpt,
+        checkpoint_path=None if plan.resume_from else (cfg.get("ckpt_path") or None),
         ignore_classifier=bool(cfg.get("ignore_classifier")),
     )
     amp_level, amp_notes = effective_amp(cfg, env.device)
     kind, scale, drop, scale_notes = effective_loss_scale(cfg, env.device)
     for note in amp_notes + scale_notes:
         _logger.warning(note)
-    opt_scale = scale if kind == "fixed" and not drop else 1.0
-    optimizer = create_optimizer(cfg, network, lrs, opt_scale)
+    optimizer = create_optimizer(cfg, network, plan.lrs, scale if kind == "fixed" and not drop else 1.0)
     train_cell = create_train_cell(
         network,
         create_loss(cfg),
         optimizer,
         amp_level,
         (kind, scale, drop),
-        train_loader.normalize,
+        plan.train_loader.normalize,
         cfg.get("amp_cast_list"),
     )
     # validation batches may be laid out differently from training ones (float-space augmentations)
-    eval_network = wrap_network(network, val_loader.normalize) if val_loader is not None else None
-    if state_ckpt is not None and not position.finished:
-        load_train_state(train_cell, optimizer, state_ckpt, position.global_step)
+    eval_network = wrap_network(network, plan.val_loader.normalize) if plan.val_loader is not None else None
+    if plan.resume_from is not None and not plan.position.finished:
+        load_train_state(train_cell, optimizer, plan.resume_from, plan.position.global_step)
     allreduce = create_allreduce() if env.distributed else None
     if allreduce is not None:  # replicas must start equal (initialisers differ per rank)
         broadcast_parameters(network.get_parameters(), env.rank, allreduce)
-    n_tensors, n_values = param_count(network)
+    return Built(network, optimizer, train_cell, eval_network, allreduce, amp_level, (kind, scale, drop))
 
+
+def _summary(lines: dict[str, Any]) -> str:
+    width = max(len(k) for k in lines)
+    return "\n".join(f"  {k:<{width}} : {v}" for k, v in lines.items())
+
+
+def _log_configuration(cfg: dict[str, Any], env: Env, plan: Plan, built: Built) -> None:
+    """One block in the log that says what this run trains, how, and from where."""
+    from .model import param_count
+
+    n_tensors, n_values = param_count(built.network)
+    ckpt, position, lrs = plan.resume_from, plan.position, plan.lrs
     resume_text = (
         "no checkpoint: from scratch"
-        if state_ckpt is None
+        if ckpt is None
         else (
-            f"{state_ckpt.path} (epoch {state_ckpt.epoch}, step {state_ckpt.global_step}"
-            + (f", {state_ckpt.steps_per_epoch} steps/epoch" if state_ckpt.steps_per_epoch else "")
+            f"{ckpt.path} (epoch {ckpt.epoch}, step {ckpt.global_step}"
+            + (f", {ckpt.steps_per_epoch} steps/epoch" if ckpt.steps_per_epoch else "")
             + f") -> epoch {position.start_epoch + 1}, global step {position.global_step}"
             + (f", lr {lrs[position.global_step]:.6g}" if not position.finished else "")
         )
     )
+    train_loader, val_loader = plan.train_loader, plan.val_loader
+    kind, scale, drop = built.loss_scale
     _logger.info(
         "configuration (%s):\n%s",
         cfg.get("config") or "defaults + flags",
         _summary(
             {
-                "model": f"{model_name}, {num_classes} classes, {n_tensors} tensors / {n_values:,} values",
+                "model": f"{plan.model_name}, {plan.num_classes} classes, {n_tensors} tensors / {n_values:,} values",
                 "data": f"{cfg.get('dataset')} at {cfg.get('data_dir')}: {train_loader.num_samples} train"
                 + (f" / {val_loader.num_samples} val" if val_loader else "")
                 + f" images, {cfg.get('image_resize')}px, "
                 + (
                     "uint8 batches normalised in the network" if train_loader.normalize else "float32 batches"
                 ),
-                "batch": f"{cfg['batch_size']} per card x {env.group_size} card(s) = {global_batch}, "
-                f"{spe} steps/epoch",
-                "epochs": f"{epochs}, validate every {cfg.get('val_interval', 1)}"
+                "batch": f"{cfg['batch_size']} per card x {env.group_size} card(s) = {plan.global_batch}, "
+                f"{plan.steps_per_epoch} steps/epoch",
+                "epochs": f"{plan.epochs}, validate every {cfg.get('val_interval', 1)}"
                 if val_loader
-                else f"{epochs}, no validation",
+                else f"{plan.epochs}, no validation",
                 "lr": f"{cfg.get('scheduler')} peak {cfg.get('lr')} min {cfg.get('min_lr')}, warmup "
                 f"{cfg.get('warmup_epochs')} epochs from x{cfg.get('warmup_factor')}, decay {cfg.get('decay_epochs')}",
                 "optimizer": f"{cfg.get('opt')} momentum {cfg.get('momentum')} weight_decay "
                 f"{cfg.get('weight_decay')} ({cfg.get('weight_decay_filter')}), label_smoothing "
                 f"{cfg.get('label_smoothing')}",
-                "precision": f"amp {amp_level}"
-                + (f" (recipe {cfg.get('amp_level')})" if amp_level != cfg.get("amp_level") else "")
+                "precision": f"amp {built.amp_level}"
+                + (f" (recipe {cfg.get('amp_level')})" if built.amp_level != cfg.get("amp_level") else "")
                 + f", loss scale {kind} {scale}"
                 + (" drop overflow" if drop else ""),
                 "device": f"{env.device}, {'graph' if int(cfg.get('mode', 0)) == 0 else 'pynative'} mode, "
                 f"rank {env.rank}/{env.group_size}, sink {bool(cfg.get('dataset_sink_mode'))}",
                 "resume": resume_text,
-                "output": f"{save_dir} (keep {cfg.get('keep_checkpoint_max')})",
+                "output": f"{plan.save_dir} (keep {cfg.get('keep_checkpoint_max')})",
             }
         ),
     )
-    state = RunState(position.start_epoch, position.global_step)
-    if state_ckpt is not None and state_ckpt.best_epoch:
-        best_file = os.path.join(save_dir, ckpt_lib.best_name(model_name))
-        state.best_top1, state.best_epoch = state_ckpt.best_top1, state_ckpt.best_epoch
-        state.best_path = best_file if os.path.isfile(best_file) else None
-    if position.finished:
-        _logger.info("the checkpoint already covers all %d epochs: nothing to train", epochs)
-        return state
 
-    reporter = create_reporter(save_dir, epochs, env.rank)
+
+def _initial_state(plan: Plan) -> RunState:
+    """Where training starts, with the best result so far when resuming."""
+    state = RunState(plan.position.start_epoch, plan.position.global_step)
+    ckpt = plan.resume_from
+    if ckpt is not None and ckpt.best_epoch:
+        best_file = os.path.join(plan.save_dir, ckpt_lib.best_name(plan.model_name))
+        state.best_top1, state.best_epoch = ckpt.best_top1, ckpt.best_epoch
+        state.best_path = best_file if os.path.isfile(best_file) else None
+    return state
+
+
+def _train(cfg: dict[str, Any], env: Env, plan: Plan, built: Built, state: RunState) -> None:
+    """Run ``Model.train`` from the start epoch with the epoch-end callback; report to the job."""
+    import mindspore as ms
+
+    from .callbacks import EpochEnd
+    from .report import create_reporter
+
+    reporter = create_reporter(plan.save_dir, plan.epochs, env.rank)
     sink = bool(cfg.get("dataset_sink_mode", False))
-    callback = create_callback(
+    callback = EpochEnd(
         state=state,
         env=env,
-        spe=spe,
+        steps_per_epoch=plan.steps_per_epoch,
         sink=sink,
-        epochs=epochs,
-        lrs=lrs,
-        global_batch=global_batch,
-        network=network,
-        eval_network=eval_network,
-        train_cell=train_cell,
-        val_loader=val_loader,
+        epochs=plan.epochs,
+        lrs=plan.lrs,
+        global_batch=plan.global_batch,
+        network=built.network,
+        eval_network=built.eval_network,
+        train_cell=built.train_cell,
+        val_loader=plan.val_loader,
         val_interval=int(cfg.get("val_interval", 1) or 1),
         label_smoothing=float(cfg.get("label_smoothing", 0.0) or 0.0),
-        allreduce=allreduce,
+        allreduce=built.allreduce,
         reporter=reporter,
-        model_name=model_name,
-        save_dir=save_dir,
+        model_name=plan.model_name,
+        save_dir=plan.save_dir,
         save_interval=int(cfg.get("ckpt_save_interval", 1) or 1),
         keep=int(cfg.get("keep_checkpoint_max", 10) or 0),
         log_interval=int(cfg.get("log_interval", 100) or 0),
     )
-    model = ms.train.Model(train_cell)
+    model = ms.train.Model(built.train_cell)
     t0 = time.time()
     try:
         model.train(
-            epochs,
-            train_loader.dataset,
+            plan.epochs,
+            plan.train_loader.dataset,
             callbacks=[callback],
             dataset_sink_mode=sink,
-            initial_epoch=position.start_epoch,
+            initial_epoch=plan.position.start_epoch,
         )
     finally:
         if reporter is not None:
             reporter.close()
     _logger.info(
         "finished %d epochs in %.1fs; weights %s; best top1 %s",
-        epochs - position.start_epoch,
+        plan.epochs - plan.position.start_epoch,
         time.time() - t0,
-        weights_digest(network),
+        weights_digest(built.network),
         f"{state.best_top1:.4f} (epoch {state.best_epoch})" if state.best_epoch else "n/a",
     )
+
+
+def run(cfg: dict[str, Any]) -> RunState:
+    """Train according to the resolved config; returns the final state (for tests and main)."""
+    cfg, env = _start(cfg)
+    plan = _plan(cfg, env)
+    built = _build(cfg, env, plan)
+    _log_configuration(cfg, env, plan, built)
+    state = _initial_state(plan)
+    if plan.position.finished:
+        _logger.info("the checkpoint already covers all %d epochs: nothing to train", plan.epochs)
+        return state
+    _train(cfg, env, plan, built, state)
     return state
 
 

@@ -212,15 +212,17 @@ def test_wrap_network_keeps_names_and_passes_through_without_normalisation() -> 
 
 def _train_cell(normalize, model: str = SMALL, num_classes: int = 10):
     import mindspore as ms
-    from mnv2_trainer import train
+    from mnv2_trainer.loss import create_loss
     from mnv2_trainer.model import create_model
+    from mnv2_trainer.optim import create_optimizer
+    from mnv2_trainer.train_step import create_train_cell
 
     ms.set_seed(5)
     net = create_model(model, num_classes=num_classes)
     cfg = {"opt": "momentum", "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_filter": "disable"}
-    opt = train.create_optimizer(cfg, net, [0.05, 0.05, 0.05], 8.0)
-    loss = train.create_loss({"label_smoothing": 0.1})
-    return net, train.create_train_cell(net, loss, opt, "O0", ("fixed", 8.0, False), normalize)
+    opt = create_optimizer(cfg, net, [0.05, 0.05, 0.05], 8.0)
+    loss = create_loss({"label_smoothing": 0.1})
+    return net, create_train_cell(net, loss, opt, "O0", ("fixed", 8.0, False), normalize)
 
 
 def test_train_checkpoint_entries_are_unchanged_and_mindcvs(tmp_path: Path) -> None:

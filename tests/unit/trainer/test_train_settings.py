@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from mnv2_trainer import train
+from mnv2_trainer import optim, train
 
 
 def test_unsupported_options_are_named() -> None:
@@ -43,8 +43,8 @@ def test_weight_decay_groups_follow_mindcv() -> None:
         SimpleNamespace(name=n)
         for n in ("features.0.weight", "features.1.gamma", "features.1.beta", "classifier.1.bias")
     ]
-    everything = train.param_groups(params, 3e-5, "disable")  # the recipe: BN and biases decayed too
+    everything = optim.param_groups(params, 3e-5, "disable")  # the recipe: BN and biases decayed too
     assert everything == [{"params": params, "weight_decay": 3e-5}]
-    split = train.param_groups(params, 3e-5, "norm_and_bias")
+    split = optim.param_groups(params, 3e-5, "norm_and_bias")
     assert [p.name for p in split[0]["params"]] == ["features.0.weight"]
     assert split[1]["weight_decay"] == 0.0 and len(split[1]["params"]) == 3
