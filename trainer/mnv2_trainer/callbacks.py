@@ -103,6 +103,7 @@ class EpochEnd(Callback):
         self.losses: list[float] = []
         self.epoch_start = time.time()
         self.steps_in_epoch = 0
+        self.verified = ckpt_lib.VerifiedCheckpoints()
 
     # ---- steps -----------------------------------------------------------------------------------
     def on_train_epoch_begin(self, run_context: Any) -> None:
@@ -203,7 +204,7 @@ class EpochEnd(Callback):
             if epoch % self.save_interval == 0 or epoch == self.epochs:
                 path = os.path.join(self.save_dir, ckpt_lib.checkpoint_name(model, epoch, self.spe))
                 state.latest_path = ckpt_lib.save_checkpoint(self.train_cell, path, meta)
-                for old in ckpt_lib.prune_checkpoints(self.save_dir, model, self.keep):
+                for old in ckpt_lib.prune_checkpoints(self.save_dir, model, self.keep, self.verified):
                     _logger.debug("removed old checkpoint %s", old)
             if improved:
                 best = os.path.join(self.save_dir, ckpt_lib.best_name(model))
@@ -212,7 +213,7 @@ class EpochEnd(Callback):
             rank_dir = os.path.join(self.save_dir, f"rank_{self.env.rank}")
             path = os.path.join(rank_dir, ckpt_lib.checkpoint_name(model, epoch, self.spe))
             state.latest_path = ckpt_lib.save_checkpoint(self.train_cell, path, meta)
-            ckpt_lib.prune_checkpoints(rank_dir, model, 1)
+            ckpt_lib.prune_checkpoints(rank_dir, model, 1, self.verified)
 
     def _log_epoch(
         self, epoch: int, loss: float, result: EvalResult | None, seconds: float, ips: float | None

@@ -74,9 +74,25 @@ def list_checkpoints(folder: str, model: str) -> list[str]:
 
 #: Suffix of quarantined (damaged) checkpoints.
 CORRUPT_SUFFIX = ".corrupt"
-# Checkpoints already found valid, by path -> (size, mtime_ns): pruning after every epoch does not
-# load the same files again.
-_verified: dict[str, tuple[int, int]] = {}
+
+
+class VerifiedCheckpoints:
+    """Checkpoints already found valid, by path -> (size, mtime_ns), so that pruning after every epoch
+    does not load the same files again. A run keeps one (the epoch-end callback); a changed file
+    (other size or modification time) is checked again."""
+
+    def __init__(self) -> None:
+        self._stamps: dict[str, tuple[int, int]] = {}
+
+    def holds(self, path: str, stamp: tuple[int, int] | None) -> bool:
+        return stamp is not None and self._stamps.get(path) == stamp
+
+    def add(self, path: str, stamp: tuple[int, int] | None) -> None:
+        if stamp is not None:
+            self._stamps[path] = stamp
+
+    def forget(self, path: str) -> None:
+        self._stamps.pop(path, None)
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
@@ -87,21 +103,22 @@ def _stamp(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def check_checkpoint(path: str) -> None:
-    """Check that ``path`` can be resumed from (results of earlier checks of the unchanged file are reused).
+def check_checkpoint(path: str, verified: VerifiedCheckpoints | None = None) -> None:
+    """Check that ``path`` can be resumed from; with ``verified``, a file found valid before and
+    unchanged since is not read again.
 
     Raises:
         InvalidCheckpoint: as :func:`read_train_state` (``CorruptCheckpoint`` for a damaged file).
     """
     stamp = _stamp(path)
-    if stamp is not None and _verified.get(path) == stamp:
+    if verified is not None and verified.holds(path, stamp):
         return
     read_train_state(path)
-    if stamp is not None:
-        _verified[path] = stamp
+    if verified is not None:
+        verified.add(path, stamp)
 
 
-def quarantine(path: str, reason: str) -> str | None:
+def quarantine(path: str, reason: str, verified: VerifiedCheckpoints | None = None) -> str | None:
     """Rename a damaged checkpoint to ``<path>.corrupt`` (``<path>.<n>.corrupt`` if taken); returns the new name."""
     target = path + CORRUPT_SUFFIX
     n = 1
@@ -113,18 +130,22 @@ def quarantine(path: str, reason: str) -> str | None:
     except OSError as exc:
         _logger.warning("could not set damaged checkpoint %s aside: %s", path, exc)
         return None
-    _verified.pop(path, None)
+    if verified is not None:
+        verified.forget(path)
     _logger.warning("set damaged checkpoint aside as %s: %s", target, reason)
     return target
 
 
-def prune_checkpoints(folder: str, model: str, keep: int) -> list[str]:
+def prune_checkpoints(
+    folder: str, model: str, keep: int, verified: VerifiedCheckpoints | None = None
+) -> list[str]:
     """Keep the newest ``keep`` valid epoch checkpoints; returns the paths deleted.
 
     Newest first, each file is checked until ``keep`` valid ones are found: a damaged file is renamed
     to ``<name>.corrupt`` and does not count, a readable file that cannot be resumed from (weights
     only) is left alone and does not count. Only valid checkpoints older than those are deleted, so
     damaged files never cost a valid one. The best checkpoint is never touched; ``keep <= 0`` keeps all.
+    ``verified`` (see :class:`VerifiedCheckpoints`) spares reading files checked at an earlier call.
     """
     if keep <= 0:
         return []
@@ -132,9 +153,9 @@ def prune_checkpoints(folder: str, model: str, keep: int) -> list[str]:
     valid = 0
     for path in list_checkpoints(folder, model):
         try:
-            check_checkpoint(path)
+            check_checkpoint(path, verified)
         except CorruptCheckpoint as exc:
-            quarantine(path, str(exc))
+            quarantine(path, str(exc), verified)
             continue
         except InvalidCheckpoint as exc:
             _logger.warning("keeping %s, which is not counted as a checkpoint to resume from: %s", path, exc)
@@ -145,7 +166,8 @@ def prune_checkpoints(folder: str, model: str, keep: int) -> list[str]:
         try:
             os.remove(path)
             removed.append(path)
-            _verified.pop(path, None)
+            if verified is not None:
+                verified.forget(path)
         except OSError as exc:  # a missing file is fine; anything else is worth a line
             _logger.warning("could not delete old checkpoint %s: %s", path, exc)
     return removed

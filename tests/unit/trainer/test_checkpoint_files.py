@@ -184,3 +184,24 @@ def test_an_unreadable_file_is_not_called_corrupt(tmp_path: Path) -> None:
         assert C.prune_checkpoints(str(tmp_path), M, keep=1) == [] and path.exists()  # not set aside
     finally:
         path.chmod(0o644)
+
+
+def test_pruning_with_a_run_s_memory_reads_each_unchanged_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's VerifiedCheckpoints spares re-reading valid files at every epoch end; a changed file,
+    another run (another memory) and a call without memory read again."""
+    reads: list[str] = []
+    monkeypatch.setattr(C, "read_train_state", lambda path: reads.append(os.path.basename(path)))
+    files = [_touch(tmp_path, C.checkpoint_name(M, epoch, 7), age=100 - epoch) for epoch in (1, 2, 3)]
+    verified = C.VerifiedCheckpoints()
+    assert C.prune_checkpoints(str(tmp_path), M, keep=3, verified=verified) == []
+    assert C.prune_checkpoints(str(tmp_path), M, keep=3, verified=verified) == []
+    assert sorted(reads) == sorted(f.name for f in files)  # each read once
+    files[2].write_bytes(b"xy")  # changed: read again
+    removed = C.prune_checkpoints(str(tmp_path), M, keep=2, verified=verified)
+    assert reads[3:] == [files[2].name] and removed == [str(files[0])]
+    reads.clear()
+    C.prune_checkpoints(str(tmp_path), M, keep=2, verified=C.VerifiedCheckpoints())
+    C.prune_checkpoints(str(tmp_path), M, keep=2)
+    assert len(reads) == 4  # a fresh memory and no memory read both files
