@@ -152,6 +152,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[demo.Cluster]:
     assert processes_mentioning(str(state)) == []
 
 
+def workers_started(state: Path, job: str, workers: int) -> bool:
+    """Whether msrun has started all `workers` training processes of `job`: each has written to the log
+    file msrun gives it in the job's output volume."""
+    logs = list(state.glob(f"volumes/pvc/{job}-output/logs/*/worker_*.log"))
+    return len(logs) >= workers and all(log.stat().st_size > 0 for log in logs)
+
+
 def wait_for(cluster: demo.Cluster, ref: demo.JobRef, done: Any, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -182,8 +189,13 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
 
     job = wait_for(cluster, ref, checkpointed, JOB_TIMEOUT)
     assert job["status"]["phase"] == "Running" and (job["status"].get("restarts") or 0) == 0
+    attempt = {line.split(":", 1)[0] for line in processes_mentioning(str(metrics.parent))}
     cluster.sandbox.kubelet.kill(ref.namespace, f"{ref.name}-worker-0")
-    time.sleep(1.0)  # the killed processes can no longer write; the first attempt's record is final
+    # Once the first attempt's processes are gone they can no longer write: its record is final.
+    deadline = time.monotonic() + 60
+    while left := attempt & {line.split(":", 1)[0] for line in processes_mentioning(str(metrics.parent))}:
+        assert time.monotonic() < deadline, f"the killed attempt's processes are still alive: {left}"
+        time.sleep(0.2)
     before = epochs_in(metrics)
     assert before and before[0] == 1 and before[-1] < KILL_EPOCHS, before
     # The kill may land between saving epoch k+1's checkpoint and writing its metrics line (then the
@@ -271,18 +283,20 @@ def test_deleted_worker_pod_stops_its_processes_within_seconds(cluster: demo.Clu
 
 def test_ctrl_c_on_the_demo_stops_every_process(tmp_path: Path) -> None:
     manifest = shortened_example(tmp_path, "e2e-sigint", E2E_EPOCHS)
+    job = next(d for d in yaml.safe_load_all(manifest.read_text()) if d)
+    workers = job["spec"]["nodes"] * job["spec"]["devicesPerNode"]
     state = tmp_path / "state"
     # Started with SIGINT ignored, as a non-interactive shell starts background jobs (CI runners,
     # `cmd &`): Ctrl-C must still stop the demo, so it has to install its own handler.
     proc = mnv2_demo(manifest, state, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        # Interrupt once the trainer runs, which is when orphans could be left behind.
+        # Interrupt once msrun has started its training workers, which is when orphans could be left
+        # behind.
         deadline = time.monotonic() + 180
-        while not any("mnv2_trainer.train" in p for p in processes_mentioning(str(state))):
+        while not workers_started(state, "e2e-sigint", workers):
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline, "the trainer never started"
             time.sleep(0.5)
-        time.sleep(3)  # let msrun spawn its workers too
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=90)
     finally:
