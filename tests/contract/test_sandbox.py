@@ -124,13 +124,19 @@ def test_create_throughput(sim: Sandbox) -> None:
     """The operator benchmark needs 1000 jobs x several objects: measured through the real client."""
     core = kubernetes.client.CoreV1Api(sim.api_client())
     n = 1200
-    t0 = time.perf_counter()
+    # CPU time of this process, which runs both the client and the sandbox's server: the wall clock
+    # measured the machine's load as much as the sandbox (57 creates/s at load 12 on 2 cores). Measured:
+    # 1057 creates per CPU-second (325 per second) at load 8.
+    t0, w0 = time.process_time(), time.perf_counter()
     for i in range(n):
         body = {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}, "data": {"k": "v" * 100}}
         core.create_namespaced_config_map("default", body)
-    rate = n / (time.perf_counter() - t0)
-    print(f"sandbox create throughput: {rate:.0f} creates/s ({n} configmaps through the kubernetes client)")
-    assert rate > 150, f"{rate:.0f} creates/s"
+    rate, wall = n / (time.process_time() - t0), n / (time.perf_counter() - w0)
+    print(
+        f"sandbox create throughput: {rate:.0f} creates per CPU-second, {wall:.0f} per second"
+        f" ({n} configmaps through the kubernetes client)"
+    )
+    assert rate > 300, f"{rate:.0f} creates per CPU-second"
     assert len(core.list_namespaced_config_map("default", label_selector="job=j7").items) == n // 50
 
 
