@@ -126,7 +126,7 @@ def test_create_throughput(sim: Sandbox) -> None:
     n = 1200
     # CPU time of this process, which runs both the client and the sandbox's server: the wall clock
     # measured the machine's load as much as the sandbox (57 creates/s at load 12 on 2 cores). Measured:
-    # 1057 creates per CPU-second (325 per second) at load 8.
+    # 1057 creates per CPU-second (325 per second) at load 8, 498 (48 per second) at load 12.
     t0, w0 = time.process_time(), time.perf_counter()
     for i in range(n):
         body = {"metadata": {"name": f"cm-{i}", "labels": {"job": f"j{i % 50}"}}, "data": {"k": "v" * 100}}
@@ -136,7 +136,7 @@ def test_create_throughput(sim: Sandbox) -> None:
         f"sandbox create throughput: {rate:.0f} creates per CPU-second, {wall:.0f} per second"
         f" ({n} configmaps through the kubernetes client)"
     )
-    assert rate > 300, f"{rate:.0f} creates per CPU-second"
+    assert rate > 150, f"{rate:.0f} creates per CPU-second"
     assert len(core.list_namespaced_config_map("default", label_selector="job=j7").items) == n // 50
 
 
