@@ -1039,7 +1039,10 @@ class NodeAgent:
         mounts.setdefault(term_path, str(pod_dir / "termination-log"))
         rewrite_paths = P.path_rewriter(mounts)
         declared = {int(p["containerPort"]) for p in c.get("ports") or [] if p.get("containerPort")}
-        rewrite_ports = P.port_rewriter({port: P.free_local_port() for port in declared})
+        # Pods behind one headless Service (same subdomain) share the local ports: rank 0 listens on
+        # the port that the other ranks, on any node of this machine, connect to.
+        group = f"{ns}/{spec.get('subdomain') or meta['name']}"
+        rewrite_ports = P.port_rewriter({port: self._local_port(group, port) for port in declared})
 
         def rewrite(value: str) -> str:
             return rewrite_ports(rewrite_paths(value))
@@ -1069,7 +1072,7 @@ class NodeAgent:
         env[P.POD_MARKER] = meta["uid"]  # every process of the pod, whatever session it moves to
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         token_mount = next((path for path in mounts if path.startswith(SA_MOUNT_PREFIX)), None)
-        if token_mount is not None and not binds:
+        if token_mount is not None and not self._can_bind_mount():
             # No mount namespace here: the fixed in-cluster paths cannot be provided, so the same
             # ServiceAccount credentials go through a kubeconfig instead.
             env["KUBECONFIG"] = str(self._service_account_kubeconfig(pod_dir, Path(mounts[token_mount])))
@@ -1083,9 +1086,38 @@ class NodeAgent:
         argv = [rewrite(P.expand_vars(str(a), pod_env)) for a in command + list(c.get("args") or [])]
         cwd = rewrite(c["workingDir"]) if c.get("workingDir") else str(pod_dir)
         Path(cwd).mkdir(parents=True, exist_ok=True)
-        if binds:
+        if self._can_bind_mount():
+            # No cluster DNS: the Service names the pod uses (`<pod>.<service>.<ns>.svc`) and its own
+            # resolve to 127.0.0.1, where every pod of this machine listens.
+            names = P.service_names([*argv, *env.values()])
+            if spec.get("subdomain"):
+                fqdn = f"{env['HOSTNAME']}.{spec['subdomain']}.{ns}.svc"
+                names += [fqdn, f"{fqdn}.cluster.local"]
+            hosts = pod_dir / "hosts"
+            _write_atomic(hosts, P.hosts_file(Path("/etc/hosts"), env["HOSTNAME"], names).encode())
+            binds.append((str(hosts), "/etc/hosts"))
             argv = _in_mount_namespace(binds, argv)
         return argv, env, cwd
+
+    def _local_port(self, group: str, port: int) -> int:
+        """The local port standing for `port` of the pods in `group` (one Service), shared by the
+        node agents of this machine through a file each: the first pod to ask picks a free port."""
+        folder = self.volumes_dir.parent / "ports" / group
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / str(port)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            for _ in range(50):  # written just now by another agent: its number is on its way
+                text = path.read_text().strip()
+                if text:
+                    return int(text)
+                time.sleep(0.01)
+            raise
+        local = P.free_local_port()
+        with os.fdopen(fd, "w") as f:
+            f.write(str(local))
+        return local
 
     def _service_account_kubeconfig(self, pod_dir: Path, token_dir: Path) -> Path:
         path = pod_dir / "serviceaccount.kubeconfig"
@@ -1405,8 +1437,9 @@ def _in_mount_namespace(binds: list[tuple[str, str]], argv: list[str]) -> list[s
     The mount points are created empty on the host (as a node has them); the binds are the pod's own.
     """
     script = []
-    for i, (_, target) in enumerate(binds):
-        Path(target).mkdir(parents=True, exist_ok=True)
+    for i, (source, target) in enumerate(binds):
+        if Path(source).is_dir():  # a file is bound over a file that is there (/etc/hosts)
+            Path(target).mkdir(parents=True, exist_ok=True)
         script.append(f'mount --bind "$BIND_SRC_{i}" "$BIND_DST_{i}"')
     script.append('exec "$@"')
     env_args = [f"BIND_SRC_{i}={src}" for i, (src, _) in enumerate(binds)]

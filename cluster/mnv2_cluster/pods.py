@@ -222,3 +222,29 @@ def container_statuses(
             base["state"] = {"waiting": {"reason": unsupported_reason, "message": unsupported_message}}
         out.append(base)
     return out
+
+
+# `<service>.<namespace>.svc` with any names before it, not inside a longer word.
+SERVICE_NAME = re.compile(
+    r"(?<![\w.-])((?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?\.){2,}svc(?:\.cluster\.local)?)(?![\w-])"
+)
+
+
+def service_names(values: list[str]) -> list[str]:
+    """The cluster DNS names (`<name>.<service>.<namespace>.svc[.cluster.local]`) in these strings."""
+    found: dict[str, None] = {}
+    for value in values:
+        for m in SERVICE_NAME.finditer(value):
+            found[m.group(1)] = None
+    return list(found)
+
+
+def hosts_file(base: Path, hostname: str, names: list[str]) -> str:
+    """The machine's hosts file with the pod's hostname and these names on 127.0.0.1."""
+    try:
+        text = base.read_text()
+    except OSError:
+        text = "127.0.0.1 localhost\n"
+    lines = [text.rstrip("\n"), "# the pod's names (no cluster DNS here: every pod listens on the loopback)"]
+    lines += [f"{POD_IP} {name}" for name in [hostname, *names]]
+    return "\n".join(lines) + "\n"

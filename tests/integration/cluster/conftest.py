@@ -1,5 +1,5 @@
 """The local control plane (etcd, kube-apiserver, controller manager, scheduler built from upstream)
-with two node agents: `node-process` runs pods as local processes; `node-ascend` is labelled and sized
+with node agents: `node-process` and `node-process-2` run pods as local processes; `node-ascend` is labelled and sized
 as MindCluster labels an Ascend training server (8 `huawei.com/Ascend910`) and simulates its pods."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def local(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | Non
 def nodes(local: Cluster) -> Iterator[dict[str, NodeAgent]]:
     agents = {
         "node-process": NodeAgent.for_cluster(local, "node-process"),
+        "node-process-2": NodeAgent.for_cluster(local, "node-process-2"),
         "node-ascend": NodeAgent.for_cluster(local, "node-ascend", mode="simulated", **ascend_node_options()),
     }
     try:

@@ -360,6 +360,48 @@ def test_simulated_node_runs_device_pods_ended_by_finish(core, ns: str, nodes) -
     assert core.read_namespaced_pod("auto", ns).status.container_statuses[0].state.terminated.exit_code == 2
 
 
+def test_pods_of_one_service_reach_each_other_by_name_across_nodes(core, ns: str, nodes) -> None:
+    """No cluster DNS or pod network: `<pod>.<service>.<ns>.svc` resolves to the loopback and pods of
+    one Service share the local port standing for a containerPort, so msrun's ranks meet."""
+    server = """
+        import socket, sys
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", int(sys.argv[1])))
+        s.listen()
+        print("listening", flush=True)
+        conn, _ = s.accept()
+        conn.sendall(b"hello from rank 0")
+        conn.close()
+    """
+    client = """
+        import socket, sys, time
+        for _ in range(600):
+            try:
+                c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        print("got", c.recv(100).decode(), flush=True)
+    """
+    ports = [{"name": "master", "containerPort": 8118}]
+    a = python_pod("rank-0", server, args=["8118"], ports=ports)
+    b = python_pod("rank-1", client, args=[f"rank-0.grp.{ns}.svc", "8118"], ports=ports,
+                   node_selector={"kubernetes.io/hostname": "node-process-2"})  # fmt: skip
+    for p, host in ((a, "rank-0"), (b, "rank-1")):
+        p["spec"]["hostname"], p["spec"]["subdomain"] = host, "grp"
+    core.create_namespaced_pod(ns, a)
+    core.create_namespaced_pod(ns, b)
+    wait_for(
+        "both pods to end",
+        lambda: {phase(core, ns, n) for n in ("rank-0", "rank-1")} <= {"Succeeded", "Failed"},
+        60,
+    )
+    logs = nodes["node-process-2"].logs(ns, "rank-1")
+    assert phase(core, ns, "rank-1") == "Succeeded" and "got hello from rank 0" in logs, logs
+    assert phase(core, ns, "rank-0") == "Succeeded", nodes["node-process"].logs(ns, "rank-0")
+
+
 def test_kill_fails_a_pod_with_137(core, ns: str, nodes) -> None:
     core.create_namespaced_pod(
         ns, python_pod("victim", "import time; print('up', flush=True); time.sleep(120)")

@@ -10,8 +10,10 @@ from mnv2_cluster.pods import (
     container_statuses,
     expand_vars,
     field_ref,
+    hosts_file,
     path_rewriter,
     port_rewriter,
+    service_names,
     termination_message,
 )
 
@@ -83,7 +85,43 @@ def test_container_statuses_report_containers_not_run() -> None:
 
 def test_mount_namespace_command_passes_paths_as_data(tmp_path: Path) -> None:
     target = tmp_path / "mnt point"
-    argv = _in_mount_namespace([("/src dir/$(x)", str(target))], ["python", "-c", "print(1)"])
+    (tmp_path / "src dir" / "$(x)").mkdir(parents=True)
+    argv = _in_mount_namespace([(f"{tmp_path}/src dir/$(x)", str(target))], ["python", "-c", "print(1)"])
     assert argv[:4] == ["unshare", "--mount", "--propagation", "private"]
-    assert "BIND_SRC_0=/src dir/$(x)" in argv and f"BIND_DST_0={target}" in argv  # never in the script
+    assert (
+        f"BIND_SRC_0={tmp_path}/src dir/$(x)" in argv and f"BIND_DST_0={target}" in argv
+    )  # never in the script
     assert argv[-3:] == ["python", "-c", "print(1)"] and target.is_dir()
+
+
+def test_service_names_found_in_values_resolve_in_the_pods_hosts_file(tmp_path: Path) -> None:
+    values = [
+        "--master_addr=j-worker-0.j.team-a.svc",
+        "http://web.team-a.svc.cluster.local:80/x",
+        "a.svcx",
+        "/x.svc/y",
+    ]
+    assert service_names(values) == ["j-worker-0.j.team-a.svc", "web.team-a.svc.cluster.local"]
+    base = tmp_path / "hosts"
+    base.write_text("127.0.0.1 localhost\n")
+    text = hosts_file(base, "j-worker-1", ["j-worker-0.j.team-a.svc"])
+    assert text.splitlines()[0] == "127.0.0.1 localhost"
+    assert (
+        "127.0.0.1 j-worker-1" in text.splitlines()
+        and "127.0.0.1 j-worker-0.j.team-a.svc" in text.splitlines()
+    )
+
+
+def test_pods_of_one_service_share_a_local_port_across_nodes(tmp_path: Path) -> None:
+    from mnv2_cluster.node import NodeAgent
+
+    def agent(name: str) -> NodeAgent:
+        x = tmp_path / "x"
+        return NodeAgent(
+            name, x, x, x, x, tmp_path / name, volumes_dir=tmp_path / "volumes", mode="simulated"
+        )
+
+    a, b = agent("a"), agent("b")
+    first = a._local_port("ns/job", 8118)
+    assert b._local_port("ns/job", 8118) == first  # rank 1 on node b connects where rank 0 listens
+    assert a._local_port("ns/other-job", 8118) != first
