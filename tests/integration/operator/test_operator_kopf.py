@@ -863,12 +863,14 @@ def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, names
         ext.create_custom_resource_definition(PODGROUP_CRD)
         try:
             # Retried with backoff (0.5 s doubling): the job goes on once the CRD is there.
+            # (The retries' backoff grows while the CRD is missing; a busy machine adds to it.)
             wait_for(
-                "pods after Volcano's CRD appeared", lambda: len(cluster.pods(ns, name)) == 2, timeout=30
+                "pods after Volcano's CRD appeared", lambda: len(cluster.pods(ns, name)) == 2, timeout=60
             )
             s = wait_for(
                 "Created",
                 lambda: (x := cluster.status(ns, name)) and condition(x, "Created")["status"] == "True" and x,
+                timeout=60,
             )
             assert "Volcano" not in s["message"]
             assert events_of(cluster, ns, name).count("CreateFailed") == 1
