@@ -19,6 +19,7 @@ if [ $# -eq 0 ]; then
     set -- \
         tests/unit/trainer/test_cpu_depthwise.py \
         tests/unit/operator/test_status_scheduling.py \
+        tests/contract/test_sandbox.py::test_create_throughput \
         tests/contract/test_pods.py::test_pod_succeeds_and_goes_through_running
 fi
 python=${PYTHON:-}
