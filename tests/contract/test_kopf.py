@@ -72,21 +72,21 @@ def test_kopf_operator_sees_events_and_patches_status(
         except ApiException as e:
             return e.status == 404
 
-    with KopfRunner(["run", "--standalone", "-n", ns, "--verbose", str(script)], timeout=60) as runner:
+    with KopfRunner(["run", "--standalone", "-n", ns, "--verbose", str(script)], timeout=120) as runner:
         co.create_namespaced_custom_object(GROUP, "v1", ns, "widgets", widget("k1", 2))
         wait_for(
             lambda: (get().get("status") or {}).get("created") == {"size": 2},
-            20,
+            90,
             "kopf's create handler result in status",
         )
         co.patch_namespaced_custom_object(GROUP, "v1", ns, "widgets", "k1", {"spec": {"size": 3}})
         wait_for(
             lambda: (get().get("status") or {}).get("phase") == "Resized",
-            20,
+            90,
             "kopf's update handler's status patch",
         )
         co.delete_namespaced_custom_object(GROUP, "v1", ns, "widgets", "k1")
-        wait_for(deleted, 20, "the object to go after kopf released its finalizer")
+        wait_for(deleted, 90, "the object to go after kopf released its finalizer")
     assert runner.exception is None, runner.output
     assert runner.exit_code == 0, runner.output
     for marker in ("SAW-CREATE size=2", "SAW-UPDATE size=3", "SAW-DELETE k1"):
@@ -111,7 +111,7 @@ def created(spec, **_):
 def gadget_crd(cluster: Cluster) -> str:
     """A CRD whose status schema lists its fields (no x-kubernetes-preserve-unknown-fields)."""
     cluster.kubectl("apply", "-f", "-", input=GADGET_CRD)
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/gadgets.{GROUP}", "--timeout=30s")
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/gadgets.{GROUP}", "--timeout=90s")
     return f"gadgets.{GROUP}"
 
 
@@ -129,9 +129,9 @@ def test_real_server_prunes_kopf_results_from_a_strict_status(
         got = co.get_namespaced_custom_object(GROUP, "v1", ns, "gadgets", "g1")
         return "kopf.zalando.org/last-handled-configuration" in got["metadata"].get("annotations", {})
 
-    with KopfRunner(["run", "--standalone", "-n", ns, str(script)], timeout=60) as runner:
+    with KopfRunner(["run", "--standalone", "-n", ns, str(script)], timeout=120) as runner:
         co.create_namespaced_custom_object(GROUP, "v1", ns, "gadgets", body)
-        wait_for(handled, 30, "kopf to finish the create handler")
+        wait_for(handled, 90, "kopf to finish the create handler")
         got = co.get_namespaced_custom_object(GROUP, "v1", ns, "gadgets", "g1")
         co.delete_namespaced_custom_object(GROUP, "v1", ns, "gadgets", "g1")
         wait_for(
@@ -153,7 +153,7 @@ def test_operator_keeps_kopf_state_out_of_the_job_status(
         "wait",
         "--for=condition=Established",
         "crd/mobilenetv2trainingjobs.training.mnv2.dev",
-        "--timeout=30s",
+        "--timeout=90s",
     )
     co = kubernetes.client.CustomObjectsApi(api)
     job = {
@@ -176,12 +176,12 @@ def test_operator_keeps_kopf_state_out_of_the_job_status(
         return got.get("status") or {}
 
     args = ["run", "--standalone", "--namespace", ns, "-m", "mnv2_operator.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    with KopfRunner(args, timeout=120) as runner:
         co.create_namespaced_custom_object(
             "training.mnv2.dev", "v1alpha1", ns, "mobilenetv2trainingjobs", job
         )
-        wait_for(lambda: status().get("phase"), 30, "the operator to write the job's phase")
-        wait_for(lambda: status().get("observedGeneration") == 1, 30, "the operator's observedGeneration")
+        wait_for(lambda: status().get("phase"), 90, "the operator to write the job's phase")
+        wait_for(lambda: status().get("observedGeneration") == 1, 90, "the operator's observedGeneration")
     assert runner.exception is None, runner.output
     assert "Traceback" not in runner.output, runner.output
     assert "inconsistencies" not in runner.output, runner.output
