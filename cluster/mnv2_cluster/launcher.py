@@ -548,6 +548,43 @@ class Cluster:
             raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
 
+    def create_local_claim(self, namespace: str, claim: str, size: str = "10Gi") -> Path:
+        """A PersistentVolumeClaim `namespace/claim` bound to a volume of its own; its folder.
+
+        The cluster has no storage provisioner: the volume is made here, a hostPath PersistentVolume
+        pre-bound to the claim (`claimRef`), with the claim naming it (`volumeName`), so the
+        controller manager binds the two at once and the scheduler places the claim's pods. The folder
+        is `<state>/volumes/pvc/<claim>`, where a node agent of this cluster (`NodeAgent.for_cluster`)
+        mounts the claim. An existing claim or volume is left as it is.
+
+        Raises:
+            ClusterError: the API server refused the volume or the claim.
+        """
+        folder = self.state_dir / "volumes" / "pvc" / claim
+        folder.mkdir(parents=True, exist_ok=True)
+        volume = f"{namespace}-{claim}"
+        access = ["ReadWriteMany"]
+        objects = [
+            ("/api/v1/persistentvolumes", {
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+                "spec": {"capacity": {"storage": size}, "accessModes": access, "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(folder)},
+                         "claimRef": {"namespace": namespace, "name": claim}},
+            }),
+            (f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+                "spec": {"accessModes": access, "storageClassName": "", "volumeName": volume,
+                         "resources": {"requests": {"storage": size}}},
+            }),
+        ]  # fmt: skip
+        for path, body in objects:
+            status, reply = self._request("POST", path, body)
+            if status not in (201, 409):
+                raise ClusterError(
+                    f"creating {body['kind']} {body['metadata']['name']} failed ({status}): {reply}"
+                )
+        return folder
+
     def audit_events(self) -> Iterator[dict[str, Any]]:
         """The API server's audit events so far, oldest first (one JSON object per line), rotated
         files included: the API server moves `audit.log` to `audit-<time>.log` every 200 MB."""

@@ -1,7 +1,7 @@
 """The `mnv2` command: `mnv2 operator | demo | render | crd | status | plot | cluster`.
 
 Each subcommand parses its flags here and hands over to the module that owns the work, imported
-lazily so that `mnv2 crd` does not pay for kopf or the sandbox.
+lazily so that `mnv2 crd` does not pay for kopf or the cluster launcher.
 """
 
 from __future__ import annotations
@@ -91,12 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
     p.set_defaults(run=_cmd_operator)
 
-    p = sub.add_parser("demo", help="train MobileNetV2 on digits through the operator on an embedded cluster")
-    p.add_argument(
-        "--keep", action="store_true", help="keep the sandbox running afterwards and print its kubeconfig"
+    p = sub.add_parser(
+        "demo", help="train MobileNetV2 on digits through the operator on a local Kubernetes control plane"
     )
     p.add_argument(
-        "--state-dir", default=".sandbox", help="where the sandbox keeps volumes, logs, kubeconfig"
+        "--keep", action="store_true", help="keep the cluster running afterwards and print its kubeconfig"
+    )
+    p.add_argument(
+        "--state-dir", default=".demo", help="where the cluster keeps etcd's data, volumes, logs, kubeconfig"
     )
     p.add_argument("-f", "--filename", default=None, help="job manifest (default: the digits CPU example)")
     p.set_defaults(run=_cmd_demo)

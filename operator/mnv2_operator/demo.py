@@ -1,15 +1,18 @@
 """`mnv2 demo`: the whole system on one machine, as a user would drive it.
 
-It starts the embedded cluster (the sandbox, with the process kubelet that runs pods as local
-processes), installs the CRD, starts the operator as a child process (`mnv2 operator --standalone`
-with the sandbox's kubeconfig), applies the example job with the real kubectl, follows the job's
-status with a one-line progress bar, then prints what `kubectl get mnv2` shows, where the checkpoints
-are, and a PNG of the curves. Exit status 0 only when the job Succeeded.
+It builds the local control plane if it is not built yet (`mnv2_cluster.build`, with progress; the
+first build compiles Kubernetes), starts it (etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler, `mnv2_cluster.Cluster`) with the CRD, joins one process node agent (a Node whose pods
+run as local processes), makes the PersistentVolumeClaims the job names (the cluster has no storage
+provisioner), starts the operator as a child process (`mnv2 operator --standalone` with the cluster's
+kubeconfig), applies the example job with the real kubectl, follows the job's status with a one-line
+progress bar, then prints what `kubectl get mnv2` shows, where the checkpoints are, and a PNG of the
+curves. Exit status 0 only when the job Succeeded.
 
 Stopping: Ctrl-C at any point stops the operator first (so it does not restart the pods being
-killed), then the sandbox, which kills every pod's process tree. The operator runs in its own
-process group for that reason: the terminal's SIGINT reaches only this process, which then stops
-the others in order.
+killed), then the node agent, which kills every pod's processes, then the control plane in order.
+The operator runs in its own process group for that reason: the terminal's SIGINT reaches only this
+process, which then stops the others in order.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -98,15 +102,20 @@ def is_finished(job: Mapping[str, Any]) -> bool:
     return ((job.get("status") or {}).get("phase")) in show.FINISHED_PHASES
 
 
+# What a previous run leaves in the state folder that a new run must not find: etcd's data (the
+# finished job), the volumes (its checkpoints) and the node's pod folders.
+PREVIOUS_RUN = ("etcd", "volumes", "nodes")
+
+
 def prepare_state_dir(state_dir: Path) -> list[Path]:
     """Make `state_dir` ready for a fresh run; the folders removed from a previous run.
 
-    A previous demo's output volume still holds its checkpoints, and the job resumes from the
-    newest checkpoint it finds (`resume: auto`): a second demo would "finish" at once. So the
-    sandbox's volumes and pod folders are removed; nothing else is touched.
+    A previous demo's job is still in etcd and its output volume still holds its checkpoints (the job
+    resumes from the newest checkpoint it finds, `resume: auto`): a second demo would "finish" at
+    once. So etcd's data, the volumes and the node's folders are removed; nothing else is touched.
 
     Raises:
-        DemoError: the folder is not a sandbox state folder, or a sandbox still runs from it.
+        DemoError: the folder is not a demo state folder, or a cluster still runs from it.
     """
     if not state_dir.exists():
         return []
@@ -114,18 +123,18 @@ def prepare_state_dir(state_dir: Path) -> list[Path]:
     if not kubeconfig.is_file():
         if any(state_dir.iterdir()):
             raise DemoError(
-                f"--state-dir {state_dir} is not empty and holds no sandbox kubeconfig; "
+                f"--state-dir {state_dir} is not empty and holds no cluster kubeconfig; "
                 "choose an empty or new folder (the demo deletes its volumes when it starts)"
             )
         return []
     server = _kubeconfig_server(kubeconfig)
     if server and _answers(server):
         raise DemoError(
-            f"a sandbox started from {state_dir} still answers at {server} (another `mnv2 demo --keep`?): "
+            f"a cluster started from {state_dir} still answers at {server} (another `mnv2 demo --keep`?): "
             "stop it with Ctrl-C, or pass another --state-dir"
         )
     removed = []
-    for sub in ("volumes", "pods"):
+    for sub in PREVIOUS_RUN:
         if (state_dir / sub).exists():
             shutil.rmtree(state_dir / sub)
             removed.append(state_dir / sub)
@@ -141,8 +150,13 @@ def _kubeconfig_server(path: Path) -> str | None:
 
 
 def _answers(server: str) -> bool:
+    # The API server's certificate is signed by the cluster's own CA: whether it answers at all is
+    # the question, not whom it proves to be.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(server.rstrip("/") + "/version", timeout=1):
+        with urllib.request.urlopen(server.rstrip("/") + "/version", timeout=1, context=context):
             return True
     except urllib.error.HTTPError:
         return True  # it answered, even if with an error
@@ -163,7 +177,7 @@ def free_port() -> int:
 
 @dataclass
 class OperatorProcess:
-    """`mnv2 operator` running against the sandbox; its output goes to `log_path`."""
+    """`mnv2 operator` running against the local cluster; its output goes to `log_path`."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -217,7 +231,7 @@ class OperatorProcess:
 
 
 def start_operator(kubeconfig: str | os.PathLike[str], namespace: str, log_path: Path) -> OperatorProcess:
-    """Start `mnv2 operator --standalone -n <namespace>` with KUBECONFIG pointing at the sandbox."""
+    """Start `mnv2 operator --standalone -n <namespace>` with KUBECONFIG pointing at the cluster."""
     port = free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
@@ -245,55 +259,74 @@ def start_operator(kubeconfig: str | os.PathLike[str], namespace: str, log_path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sandbox + CRD + operator, for the demo and the end-to-end tests
+# Control plane + node + CRD + operator, for the demo and the end-to-end tests
 # --------------------------------------------------------------------------------------------------
+
+NODE_NAME = "node-1"
+
+
+def claims_of(documents: list[Any]) -> list[tuple[str, str]]:
+    """(namespace, claim name) of every PersistentVolumeClaim the manifest's jobs mount, in order."""
+    claims: list[tuple[str, str]] = []
+    for doc in documents:
+        if not isinstance(doc, Mapping) or doc.get("kind") != show.KIND:
+            continue
+        namespace = str((doc.get("metadata") or {}).get("namespace") or "default")
+        spec = doc.get("spec") or {}
+        for part in ("dataset", "output"):
+            claim = ((spec.get(part) or {}).get("pvc") or {}).get("claimName")
+            if claim and (namespace, str(claim)) not in claims:
+                claims.append((namespace, str(claim)))
+    return claims
 
 
 @dataclass
 class Cluster:
-    """A running sandbox with the CRD installed and the operator watching one namespace."""
+    """The running control plane with one process node, the CRD, and the operator watching a namespace."""
 
-    sandbox: Any
+    control_plane: Any  # mnv2_cluster.launcher.Cluster
+    node: Any  # mnv2_cluster.node.NodeAgent
     operator: OperatorProcess
     api_client: Any
     state_dir: Path
 
     @property
     def kubeconfig(self) -> str:
-        return str(self.sandbox.kubeconfig_path)
+        return str(self.control_plane.kubeconfig)
 
     def kubectl(self, *args: str) -> str:
-        """Run the real kubectl against the sandbox; its stdout. Raises DemoError on failure."""
-        result = self.sandbox.kubectl(*args)
-        return _kubectl_stdout(result, args)
+        """Run the real kubectl against the cluster as its admin; its stdout. Raises DemoError on failure."""
+        return _kubectl_stdout(self.control_plane.kubectl(*args, check=False, timeout=120), args)
+
+    def apply(self, manifest: Path) -> str:
+        """`kubectl apply -f manifest`, after making the claims its jobs mount; kubectl's output."""
+        documents = list(yaml.safe_load_all(manifest.read_text(encoding="utf-8")))
+        for namespace, claim in claims_of(documents):
+            self.control_plane.create_local_claim(namespace, claim)
+        return self.kubectl("apply", "-f", str(manifest))
 
     def get_job(self, ref: JobRef) -> dict[str, Any]:
         return show.get_job(self.api_client, ref.name, ref.namespace)
 
-
-def _kubectl_stdout(result: Any, args: tuple[str, ...]) -> str:
-    """The sandbox's kubectl returns a CompletedProcess or a string; either way, text or an error."""
-    if isinstance(result, subprocess.CompletedProcess):
-        out = result.stdout.decode() if isinstance(result.stdout, bytes) else (result.stdout or "")
-        if result.returncode != 0:
-            err = result.stderr.decode() if isinstance(result.stderr, bytes) else (result.stderr or "")
-            raise DemoError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}): {err.strip() or out.strip()}"
-            )
-        return out
-    return str(result)
+    def volume(self, claim: str) -> Path:
+        """The folder of a claim made by `apply` (where the node mounts it)."""
+        return self.control_plane.state_dir / "volumes" / "pvc" / claim
 
 
-def install_crd(sandbox: Any, state_dir: Path, api_client: Any, timeout: float = 30.0) -> None:
-    """Apply the CRD generated from the spec models with kubectl; wait until its resource is served."""
+def _kubectl_stdout(result: subprocess.CompletedProcess[str], args: tuple[str, ...]) -> str:
+    if result.returncode != 0:
+        raise DemoError(
+            f"kubectl {' '.join(args)} failed ({result.returncode}): "
+            f"{(result.stderr or '').strip() or (result.stdout or '').strip()}"
+        )
+    return result.stdout or ""
+
+
+def wait_served(api_client: Any, timeout: float = 30.0) -> None:
+    """Wait until the API server serves the jobs' resource (the CRD is Established)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from mnv2_operator import crd
-
-    path = state_dir / "crd.yaml"
-    path.write_text(crd.crd_yaml(), encoding="utf-8")
-    _kubectl_stdout(sandbox.kubectl("apply", "-f", str(path)), ("apply", "-f", str(path)))
     api = client.CustomObjectsApi(api_client)
     deadline = time.monotonic() + timeout
     while True:
@@ -303,7 +336,7 @@ def install_crd(sandbox: Any, state_dir: Path, api_client: Any, timeout: float =
         except ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise DemoError(
-                    f"the CRD was applied but {show.PLURAL} is not served: HTTP {exc.status}"
+                    f"the CRD was created but {show.PLURAL} is not served: HTTP {exc.status}"
                 ) from exc
         time.sleep(0.3)
 
@@ -312,46 +345,86 @@ def install_crd(sandbox: Any, state_dir: Path, api_client: Any, timeout: float =
 def running_cluster(
     state_dir: Path, namespace: str = "default", log: TextIO = sys.stdout
 ) -> Iterator[Cluster]:
-    """Sandbox (process kubelet) + CRD + operator; everything stopped on exit, operator first.
+    """Control plane + process node + CRD + operator; everything stopped on exit, operator first.
 
     Cleanup ignores further Ctrl-C: every step has its own timeout, and an interrupted cleanup is
     exactly what leaves orphan processes behind.
+
+    Raises:
+        DemoError: the control plane cannot be built or started, or the node cannot join.
     """
-    from mnv2_operator.sandbox import Sandbox
+    try:
+        from mnv2_cluster import build
+        from mnv2_cluster.launcher import Cluster as ControlPlane
+        from mnv2_cluster.launcher import ClusterError
+        from mnv2_cluster.node import NodeAgent
+    except ImportError as exc:
+        raise DemoError(
+            f"the demo needs the cluster extra (pip install 'mnv2-operator[cluster]'): {exc}"
+        ) from exc
+
+    from mnv2_operator import crd
 
     state_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         stack.callback(
             _restore_signals, {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         )
-        sandbox = Sandbox(state_dir, kubelet="process")
+        try:
+            # Instant when built; the first time it compiles Kubernetes, printing progress.
+            build.build()
+        except build.BuildError as exc:
+            raise DemoError(f"building the control plane failed: {exc}") from exc
+        # The CRD exists before the controller manager starts, so garbage collection knows its kind.
+        control_plane = ControlPlane(state_dir, crds=[crd.crd_yaml()])
         # Registered before start(): a Ctrl-C during start-up must still stop what did start.
-        stack.callback(_kill_leftovers, Path(sandbox.kubeconfig_path), log)
-        stack.callback(_quietly, "stopping the sandbox (and every pod's processes)", sandbox.stop, log)
-        print(f"starting the sandbox in {state_dir} ...", file=log, flush=True)
-        sandbox.start()
-        api_client = sandbox.api_client()
-        install_crd(sandbox, state_dir, api_client)
+        stack.callback(_kill_leftovers, state_dir, log)
+        stack.callback(_quietly, "stopping the control plane", control_plane.stop, log)
+        print(f"starting the control plane in {state_dir} ...", file=log, flush=True)
+        try:
+            control_plane.start()
+        except ClusterError as exc:
+            raise DemoError(f"the control plane did not start: {exc}") from exc
         print(
-            f"CRD installed; starting the operator (log: {state_dir / 'operator.log'}) ...",
+            f"control plane ready in {control_plane.timings['ready']:.1f} s "
+            f"(logs: {control_plane.logs_dir}); joining node {NODE_NAME} ...",
             file=log,
             flush=True,
         )
-        operator = start_operator(sandbox.kubeconfig_path, namespace, state_dir / "operator.log")
+        node = NodeAgent.for_cluster(control_plane, NODE_NAME)
+        stack.callback(_quietly, f"stopping node {NODE_NAME} (and every pod's processes)", node.stop, log)
+        try:
+            node.start()
+        except (RuntimeError, TimeoutError) as exc:
+            raise DemoError(str(exc)) from exc
+        api_client = control_plane.api_client()
+        wait_served(api_client)
+        print(
+            f"node {NODE_NAME} Ready; starting the operator (log: {state_dir / 'operator.log'}) ...",
+            file=log,
+            flush=True,
+        )
+        operator = start_operator(control_plane.kubeconfig, namespace, state_dir / "operator.log")
         stack.callback(_quietly, "stopping the operator", operator.stop, log)
         operator.wait_ready()
-        yield Cluster(sandbox=sandbox, operator=operator, api_client=api_client, state_dir=state_dir)
+        yield Cluster(
+            control_plane=control_plane,
+            node=node,
+            operator=operator,
+            api_client=api_client,
+            state_dir=state_dir,
+        )
 
 
-def sandbox_processes(kubeconfig: Path) -> list[int]:
-    """Live processes started for this sandbox's pods: their environment names its kubeconfig.
+def pod_processes(state_dir: Path) -> list[int]:
+    """Live processes of this cluster's pods: they carry the node agent's pod marker and run in a
+    folder under `state_dir` (children inherit both, also those that left the pod's process group:
+    msrun starts its workers with setsid). Linux only (/proc); elsewhere none are found."""
+    from mnv2_cluster.pods import POD_MARKER
 
-    The process kubelet gives every pod `KUBECONFIG=<state_dir>/kubeconfig`, and children inherit it,
-    also those that left the pod's process group (msrun starts its workers with setsid). Linux only
-    (/proc); elsewhere none are found.
-    """
-    needle = f"KUBECONFIG={kubeconfig}".encode()
-    pids = []
+    marker = f"{POD_MARKER}=".encode()
+    root = str(state_dir.resolve())
+    pids: list[int] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return pids
@@ -359,17 +432,20 @@ def sandbox_processes(kubeconfig: Path) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
+            if not any(v.startswith(marker) for v in (entry / "environ").read_bytes().split(b"\0")):
+                continue
+            cwd = os.readlink(entry / "cwd")
         except OSError:  # gone, or not ours
             continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            pids.append(int(entry.name))
     return pids
 
 
-def _kill_leftovers(kubeconfig: Path, log: TextIO) -> None:
-    """After the sandbox stopped: SIGKILL pod processes that escaped it (a real node's container
-    runtime ends every process of a container; the sandbox only ends the pod's process group)."""
-    leftovers = sandbox_processes(kubeconfig)
+def _kill_leftovers(state_dir: Path, log: TextIO) -> None:
+    """After the node stopped: SIGKILL pod processes that escaped it (a real node's container
+    runtime ends every process of a container)."""
+    leftovers = pod_processes(state_dir)
     for pid in leftovers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -492,8 +568,13 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     previous_handlers = _signals_as_interrupt()
     try:
         with running_cluster(state_dir, ref.namespace, log=out) as cluster:
+            for namespace, claim in claims_of(list(yaml.safe_load_all(manifest.read_text(encoding="utf-8")))):
+                print(
+                    f"PersistentVolumeClaim {namespace}/{claim}: a local volume, {cluster.volume(claim)}",
+                    file=out,
+                )
             print(f"$ kubectl apply -f {manifest}", file=out)
-            print(cluster.kubectl("apply", "-f", str(manifest)).rstrip(), file=out, flush=True)
+            print(cluster.apply(manifest).rstrip(), file=out, flush=True)
             job = follow_job(lambda: cluster.get_job(ref), cluster.operator.alive, out=out)
             succeeded = job["status"]["phase"] == "Succeeded"
             report(cluster, ref, job, out, time.monotonic() - started)
@@ -572,11 +653,11 @@ def report(cluster: Cluster, ref: JobRef, job: Mapping[str, Any], out: TextIO, e
 
 
 def keep_running(cluster: Cluster, ref: JobRef, out: TextIO) -> None:
-    """`--keep`: leave the sandbox and operator up until Ctrl-C, telling the user how to reach them."""
+    """`--keep`: leave the cluster and operator up until Ctrl-C, telling the user how to reach them."""
     kubectl = Path(sys.executable).with_name("kubectl")
     path_hint = f'export PATH="{kubectl.parent}:$PATH"\n  ' if kubectl.is_file() else ""
     print(
-        "\nThe sandbox keeps running. In another terminal:\n"
+        "\nThe cluster keeps running. In another terminal:\n"
         f"  {path_hint}export KUBECONFIG={cluster.kubeconfig}\n"
         f"  kubectl get mnv2 -n {ref.namespace}\n"
         f"  kubectl get pods -n {ref.namespace}\n"

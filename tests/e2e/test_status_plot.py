@@ -1,4 +1,5 @@
-"""`mnv2 status` and `mnv2 plot` as a user runs them, against the sandbox with a hand-made job status.
+"""`mnv2 status` and `mnv2 plot` as a user runs them, against the local control plane (the real API
+server) with a hand-made job status.
 
 No operator and no training here: the job's status is written the way the operator and the trainer
 write it (merge patches of /status), then the commands read it back through a kubeconfig, as they
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-from mnv2_operator import demo, show
-from mnv2_operator.sandbox import Sandbox
+from mnv2_cluster.launcher import Cluster
+from mnv2_operator import crd, demo, show
+from support.cluster import local_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -37,11 +39,10 @@ JOB = {
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    state = tmp_path_factory.mktemp("sandbox")
-    with Sandbox(state, kubelet="simulated") as sb:
-        demo.install_crd(sb, state, sb.api_client())
-        yield sb
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with local_cluster(tmp_path_factory.mktemp("cluster"), crds=[crd.crd_yaml()]) as local:
+        demo.wait_served(local.control_plane.api_client())
+        yield local.control_plane
 
 
 def mnv2(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,13 +51,13 @@ def mnv2(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_status_and_plot_read_a_job_back(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_status_and_plot_read_a_job_back(cluster: Cluster, tmp_path: Path) -> None:
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(JOB), encoding="utf-8")
-    applied = sandbox.kubectl("apply", "-f", str(manifest))
+    applied = cluster.kubectl("apply", "-f", str(manifest))
     assert applied.returncode == 0, applied.stderr
 
-    # The trainer's metrics.jsonl, next to the checkpoints the status names (as on the sandbox's volumes).
+    # The trainer's metrics.jsonl, next to the checkpoints the status names (as on the job's output volume).
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     records = [
@@ -64,7 +65,7 @@ def test_status_and_plot_read_a_job_back(sandbox: Sandbox, tmp_path: Path) -> No
         for e in range(1, 6)
     ]
     (ckpt / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    api = client.CustomObjectsApi(sandbox.api_client())
+    api = client.CustomObjectsApi(cluster.api_client())
     for body in (
         {  # the operator's part
             "status": {
@@ -94,7 +95,7 @@ def test_status_and_plot_read_a_job_back(sandbox: Sandbox, tmp_path: Path) -> No
             show.GROUP, show.VERSION, "default", show.PLURAL, "hand-made", body
         )
 
-    status = mnv2("status", "hand-made", "--kubeconfig", str(sandbox.kubeconfig_path))
+    status = mnv2("status", "hand-made", "--kubeconfig", str(cluster.kubeconfig))
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0].split() == ["Job", "default/hand-made"]
@@ -104,7 +105,7 @@ def test_status_and_plot_read_a_job_back(sandbox: Sandbox, tmp_path: Path) -> No
     assert any(line.split()[:3] == ["Running", "True", "PodsRunning"] for line in lines)
 
     # kubectl's printer columns show the same numbers.
-    table = sandbox.kubectl("get", "mnv2", "hand-made").stdout.splitlines()
+    table = cluster.kubectl("get", "mnv2", "hand-made").stdout.splitlines()
     row = dict(zip(table[0].split(), table[1].split(), strict=False))
     assert (row["PHASE"], row["EPOCH"], row["EPOCHS"], row["TOP-1"], row["RESTARTS"]) == (
         "Running",
@@ -115,29 +116,29 @@ def test_status_and_plot_read_a_job_back(sandbox: Sandbox, tmp_path: Path) -> No
     )
 
     png = tmp_path / "curves.png"
-    plotted = mnv2("plot", "hand-made", "-o", str(png), "--kubeconfig", str(sandbox.kubeconfig_path))
+    plotted = mnv2("plot", "hand-made", "-o", str(png), "--kubeconfig", str(cluster.kubeconfig))
     assert plotted.returncode == 0, plotted.stderr
     assert plotted.stdout.strip() == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_job_is_a_clear_error(sandbox: Sandbox) -> None:
-    result = mnv2("status", "no-such-job", "-n", "default", "--kubeconfig", str(sandbox.kubeconfig_path))
+def test_missing_job_is_a_clear_error(cluster: Cluster) -> None:
+    result = mnv2("status", "no-such-job", "-n", "default", "--kubeconfig", str(cluster.kubeconfig))
     assert result.returncode == 1
     assert "job 'no-such-job' not found in namespace 'default'" in result.stderr
     assert "kubectl get mnv2 -n default" in result.stderr
-    result = mnv2("plot", "no-such-job", "--kubeconfig", str(sandbox.kubeconfig_path))
+    result = mnv2("plot", "no-such-job", "--kubeconfig", str(cluster.kubeconfig))
     assert result.returncode == 1 and "not found" in result.stderr
 
 
-def test_status_uses_kubeconfig_from_the_environment_at_run_time(sandbox: Sandbox) -> None:
+def test_status_uses_kubeconfig_from_the_environment_at_run_time(cluster: Cluster) -> None:
     # KUBECONFIG set for the command only: read when the command runs, not when the module was imported.
     result = subprocess.run(
         [sys.executable, "-m", "mnv2_operator.cli", "status", "no-such-job"],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "KUBECONFIG": str(sandbox.kubeconfig_path)},
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
     )
     assert result.returncode == 1
-    assert f"at {sandbox.url}" in result.stderr
+    assert f"at {cluster.server}" in result.stderr

@@ -1,8 +1,9 @@
 """The main job end to end, with real clients only and real training.
 
 What a user does: `kubectl apply` the digits example; the operator (a `mnv2 operator` process) creates
-the pods; the sandbox's process kubelet runs msrun with two CPU workers of the real trainer; the
-trainer's rank 0 patches the job's status; kubectl reads it back. Then the fault case: a worker pod's
+the pods through the real API server (the local control plane, `mnv2_cluster`); the real scheduler
+binds them to a process node agent, which runs msrun with two CPU workers of the real trainer; the
+trainer's rank 0 patches the job's status with its own ServiceAccount's token; kubectl reads it back. Then the fault case: a worker pod's
 processes are SIGKILLed mid-training (a node fault), and the job restarts once, resumes from its latest
 checkpoint rather than from epoch 1, and still succeeds. Finally Ctrl-C on `mnv2 demo` leaves no
 process behind.
@@ -10,8 +11,9 @@ process behind.
 The jobs train fewer epochs than the demo (whose own target, top-1 >= 0.90 in 15 epochs, is checked
 by running `make demo`), so the file takes a few minutes on 2 cores.
 
-These tests need the sandbox's process kubelet (the kill is a kubelet fault), so they run on the
-sandbox even when `--kubeconfig` points the cluster suites at a real cluster.
+These tests need the node agent (the kill is a node fault, and the job's output volume is a local
+folder the test reads), so they run on the local control plane even when `--kubeconfig` points the
+cluster suites at another cluster.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def test_demo_trains_through_the_operator_and_kubectl_shows_the_result(tmp_path:
     assert float(row["TOP-1"]) >= E2E_MIN_TOP1, row
     assert float(row["TOP-5"]) >= float(row["TOP-1"])
 
-    # The output volume (a folder of the sandbox): checkpoints, one metrics line per epoch, both ranks' logs.
+    # The output volume (a folder of the local cluster): checkpoints, one metrics line per epoch, both
+    # ranks' logs.
     output_dir = state / "volumes" / "pvc" / "e2e-digits-output"
     metrics = output_dir / "ckpt" / "metrics.jsonl"
     assert epochs_in(metrics) == list(range(1, E2E_EPOCHS + 1))
@@ -146,7 +149,7 @@ def test_demo_trains_through_the_operator_and_kubectl_shows_the_result(tmp_path:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[demo.Cluster]:
-    state = tmp_path_factory.mktemp("sandbox")
+    state = tmp_path_factory.mktemp("cluster")
     with demo.running_cluster(state, "default", log=sys.stderr) as running:
         yield running
     assert processes_mentioning(str(state)) == []
@@ -176,8 +179,8 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
 ) -> None:
     ref = demo.JobRef("e2e-kill", "default")
     manifest = shortened_example(tmp_path, ref.name, KILL_EPOCHS)
-    cluster.kubectl("apply", "-f", str(manifest))
-    metrics = cluster.state_dir / "volumes" / "pvc" / f"{ref.name}-output" / "ckpt" / "metrics.jsonl"
+    cluster.apply(manifest)
+    metrics = cluster.volume(f"{ref.name}-output") / "ckpt" / "metrics.jsonl"
 
     # Wait for a checkpointed epoch (the trainer reports the checkpoint with the epoch's metrics).
     def checkpointed(job: dict[str, Any]) -> bool:
@@ -190,7 +193,7 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
     job = wait_for(cluster, ref, checkpointed, JOB_TIMEOUT)
     assert job["status"]["phase"] == "Running" and (job["status"].get("restarts") or 0) == 0
     attempt = {line.split(":", 1)[0] for line in processes_mentioning(str(metrics.parent))}
-    cluster.sandbox.kubelet.kill(ref.namespace, f"{ref.name}-worker-0")
+    cluster.node.kill(ref.namespace, f"{ref.name}-worker-0")
     # Once the first attempt's processes are gone they can no longer write: its record is final.
     deadline = time.monotonic() + 60
     while left := attempt & {line.split(":", 1)[0] for line in processes_mentioning(str(metrics.parent))}:
@@ -311,9 +314,10 @@ def test_ctrl_c_on_the_demo_stops_every_process(tmp_path: Path) -> None:
 def test_missing_data_fails_the_job_at_once_with_the_trainers_reason(
     cluster: demo.Cluster, tmp_path: Path
 ) -> None:
-    """The real chain of a permanent input error: the trainer (under msrun, in the process kubelet)
-    finds no data, writes its reason to the termination-message file, msrun exits 1, the kubelet
-    puts the file into the pod's status, and the operator fails the job at once (no gang restart)."""
+    """The real chain of a permanent input error: the trainer (under msrun, on the process node)
+    finds no data (its claim is an empty volume), writes its reason to the termination-message file,
+    msrun exits 1, the node puts the file into the pod's status, and the operator fails the job at
+    once (no gang restart)."""
     from mnv2_trainer import termination
 
     ref = demo.JobRef("e2e-nodata", "default")
@@ -324,7 +328,7 @@ def test_missing_data_fails_the_job_at_once_with_the_trainers_reason(
     job["spec"]["runPolicy"] = {"backoffLimit": 3}
     manifest.write_text(yaml.safe_dump(job), encoding="utf-8")
     started = time.monotonic()
-    cluster.kubectl("apply", "-f", str(manifest))
+    cluster.apply(manifest)
     job = wait_for(cluster, ref, lambda j: demo.is_finished(j) and j, 120)
     elapsed = time.monotonic() - started
     status = job["status"]

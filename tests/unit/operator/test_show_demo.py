@@ -44,21 +44,41 @@ def test_the_default_example_is_a_single_job() -> None:
     assert ref.name
 
 
-def test_prepare_state_dir_removes_only_the_previous_volumes(tmp_path: Path) -> None:
+def test_prepare_state_dir_removes_only_the_previous_run(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert demo.prepare_state_dir(state) == []  # not there yet: nothing to do
     state.mkdir()
     (state / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(demo.DemoError, match="is not empty and holds no sandbox kubeconfig"):
+    with pytest.raises(demo.DemoError, match="is not empty and holds no cluster kubeconfig"):
         demo.prepare_state_dir(state)
-    # A stopped sandbox's folder: its server no longer answers.
+    # A stopped cluster's folder: its API server no longer answers.
     (state / "kubeconfig").write_text(
-        yaml.safe_dump({"clusters": [{"cluster": {"server": "http://127.0.0.1:9"}}]}), encoding="utf-8"
+        yaml.safe_dump({"clusters": [{"cluster": {"server": "https://127.0.0.1:9"}}]}), encoding="utf-8"
     )
+    (state / "etcd" / "member").mkdir(parents=True)
     (state / "volumes" / "pvc" / "out" / "ckpt").mkdir(parents=True)
-    (state / "pods" / "default").mkdir(parents=True)
-    assert demo.prepare_state_dir(state) == [state / "volumes", state / "pods"]
-    assert sorted(p.name for p in state.iterdir()) == ["kubeconfig", "notes.txt"]
+    (state / "nodes" / "node-1" / "pods").mkdir(parents=True)
+    (state / "pki").mkdir()
+    assert demo.prepare_state_dir(state) == [state / "etcd", state / "volumes", state / "nodes"]
+    assert sorted(p.name for p in state.iterdir()) == ["kubeconfig", "notes.txt", "pki"]
+
+
+def test_claims_of_the_jobs_in_a_manifest() -> None:
+    docs = [
+        {"kind": "PersistentVolumeClaim", "metadata": {"name": "ignored"}, "spec": {}},
+        {
+            "kind": "MobileNetV2TrainingJob",
+            "metadata": {"name": "a", "namespace": "ml"},
+            "spec": {"dataset": {"type": "imagefolder", "pvc": {"claimName": "data"}},
+                     "output": {"pvc": {"claimName": "runs"}}},
+        },
+        {"kind": "MobileNetV2TrainingJob", "metadata": {"name": "b"},
+         "spec": {"dataset": {"type": "digits"}, "output": {"pvc": {"claimName": "runs"}}}},
+        {"kind": "MobileNetV2TrainingJob", "metadata": {"name": "c", "namespace": "ml"},
+         "spec": {"output": {"pvc": {"claimName": "runs"}}}},
+        {"kind": "MobileNetV2TrainingJob", "metadata": {"name": "d"}, "spec": {"output": {"emptyDir": {}}}},
+    ]  # fmt: skip
+    assert demo.claims_of(docs) == [("ml", "data"), ("ml", "runs"), ("default", "runs")]
 
 
 @pytest.fixture
@@ -70,7 +90,7 @@ def answering_server() -> Iterator[str]:
     server.shutdown()
 
 
-def test_prepare_state_dir_refuses_a_running_sandbox(tmp_path: Path, answering_server: str) -> None:
+def test_prepare_state_dir_refuses_a_running_cluster(tmp_path: Path, answering_server: str) -> None:
     (tmp_path / "kubeconfig").write_text(
         yaml.safe_dump({"clusters": [{"cluster": {"server": answering_server}}]}), encoding="utf-8"
     )

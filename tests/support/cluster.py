@@ -1,0 +1,100 @@
+"""A local cluster for the tests: the upstream control plane (`mnv2_cluster.launcher.Cluster`: etcd,
+kube-apiserver with RBAC, admission and an audit log, kube-controller-manager, kube-scheduler) with
+node agents joined to it as real Nodes (`mnv2_cluster.node.NodeAgent`).
+
+    with local_cluster(tmp / "cluster", crds=[crd.crd_yaml()], simulated=["sim-0"]) as local:
+        local.control_plane.kubectl("apply", "-f", ...)
+        local.finish("ns", "job-worker-0", exit_code=0)   # a simulated pod ends now
+
+Simulated nodes run no process: their pods go Running and end when a test says (`finish`); process
+nodes run each pod's command as local processes. Everything started is stopped in order (nodes, then
+the control plane), also when a start fails half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mnv2_cluster.launcher import Cluster
+from mnv2_cluster.node import NodeAgent
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Poll `fn` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+@dataclass
+class LocalCluster:
+    """A started control plane and its started node agents (by node name)."""
+
+    control_plane: Cluster
+    nodes: dict[str, NodeAgent] = field(default_factory=dict)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    def node_of(self, namespace: str, pod: str, timeout: float = 30.0) -> NodeAgent:
+        """The agent running `pod`, once the scheduler has bound it and the agent has started it."""
+        core = self._core()
+
+        def bound() -> str | None:
+            return core.read_namespaced_pod(pod, namespace).spec.node_name  # type: ignore[no-any-return]
+
+        node = wait_for(f"pod {namespace}/{pod} bound to a node", bound, timeout)
+        agent = self.nodes[node]
+        wait_for(f"pod {namespace}/{pod} started by {node}", lambda: agent.has_pod(namespace, pod), timeout)
+        return agent
+
+    def finish(self, namespace: str, pod: str, exit_code: int, reason: str | None = None) -> None:
+        """End a pod of a simulated node with `exit_code` (reason `Error` when not 0, unless given)."""
+        reason = reason if reason is not None else ("Error" if exit_code else None)
+        self.node_of(namespace, pod).finish(namespace, pod, exit_code=exit_code, reason=reason)
+
+    def _core(self) -> Any:
+        import kubernetes
+
+        if not hasattr(self, "_core_api"):
+            self._core_api = kubernetes.client.CoreV1Api(self.control_plane.api_client())
+        return self._core_api
+
+
+@contextlib.contextmanager
+def local_cluster(
+    state_dir: Path,
+    *,
+    crds: Sequence[str] = (),
+    simulated: Sequence[str] = (),
+    process: Sequence[str] = (),
+) -> Iterator[LocalCluster]:
+    """Start the control plane (with `crds` created before the controller manager starts, so garbage
+    collection knows their kinds) and the named node agents; stop all of it on exit."""
+    control_plane = Cluster(state_dir, crds=list(crds))
+    local = LocalCluster(control_plane)
+    try:
+        control_plane.start()
+        for names, mode in ((simulated, "simulated"), (process, "process")):
+            for name in names:
+                agent = NodeAgent.for_cluster(control_plane, name, mode=mode)  # type: ignore[arg-type]
+                local.nodes[name] = agent
+                agent.start()
+        yield local
+    finally:
+        for agent in local.nodes.values():
+            agent.stop()
+        control_plane.stop()
