@@ -1,10 +1,10 @@
-"""`helm install` through the Helm SDK (helm-python-sdk: Helm v4's Go SDK) into the sandbox, checked with kubectl.
+"""`helm install` through the Helm SDK (helm-python-sdk: Helm v4's Go SDK) into the local control plane
+(the real API server), checked with kubectl.
 
-Against the sandbox the release is stored with Helm's `memory` storage driver: Helm's default `secret`
-driver writes the release Secret with client-go's protobuf encoding, which the sandbox does not decode
-(it answers 415). Everything else is the real `helm install` / `upgrade` / `uninstall` path: CRDs from
-crds/ first, then the templates with server-side apply. With `--kubeconfig` the same tests run against a
-real cluster with the default `secret` driver.
+The real `helm install` / `upgrade` / `uninstall` path with Helm's default `secret` storage driver:
+CRDs from crds/ first, then the templates with server-side apply. Helm acts as a user of its own
+(`helm-test`, in `system:masters`), so the API server's audit log tells its requests from everyone
+else's. With `--kubeconfig` the same tests run against another cluster (without the audit check).
 """
 
 from __future__ import annotations
@@ -14,31 +14,30 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
 import yaml
+from mnv2_cluster.launcher import kubectl_binary
 from mnv2_operator.manifests import CHART_DIR
-from mnv2_operator.sandbox.sandbox import kubectl_binary
+from support.cluster import LocalCluster, local_cluster
 
 pytestmark = pytest.mark.cluster
 
 CRD_NAME = "mobilenetv2trainingjobs.training.mnv2.dev"
+HELM_USER = "helm-test"
+WRITES = ("create", "patch", "update", "delete", "deletecollection")
 
 
 @dataclass
 class Target:
     kubeconfig: str
-    storage_driver: str
-    sandbox: Any = None
+    local: LocalCluster | None = None
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        if self.sandbox is not None:
-            return self.sandbox.kubectl(*args, input=input, check=check)
         return subprocess.run(
             [kubectl_binary(), "--kubeconfig", self.kubeconfig, *args],
             input=input,
@@ -49,14 +48,7 @@ class Target:
         )
 
     def create_namespace(self, name: str) -> None:
-        # `kubectl apply` rather than `kubectl create namespace`: the latter sends protobuf, which the
-        # sandbox does not decode.
-        self.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-        )
+        self.kubectl("create", "namespace", name)
 
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
@@ -65,20 +57,32 @@ class Target:
         return self.kubectl("get", *args, check=False).returncode == 0
 
     def config(self, namespace: str) -> helm.Config:
-        return helm.Config(
-            kubeconfig_path=self.kubeconfig, namespace=namespace, storage_driver=self.storage_driver
-        )
+        return helm.Config(kubeconfig_path=self.kubeconfig, namespace=namespace, storage_driver="secret")
+
+    def helm_writes(self) -> list[tuple[str, str, str, int]]:
+        """(verb, resource, name, response code) of every write Helm made so far, from the audit log."""
+        assert self.local is not None
+        out = []
+        for e in self.local.control_plane.audit_events():
+            ref = e.get("objectRef") or {}
+            if (
+                (e.get("user") or {}).get("username") == HELM_USER
+                and e.get("stage") == "ResponseComplete"
+                and e.get("verb") in WRITES
+            ):
+                code = int((e.get("responseStatus") or {}).get("code", 0))
+                out.append((e["verb"], ref.get("resource", ""), ref.get("name", ""), code))
+        return out
 
 
-@pytest.fixture
-def target(tmp_path: Path, kubeconfig_option: str | None) -> Iterator[Target]:
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Target]:
     if kubeconfig_option:
-        yield Target(kubeconfig_option, "secret")
+        yield Target(kubeconfig_option)
         return
-    from mnv2_operator.sandbox import Sandbox
-
-    with Sandbox(tmp_path / "sandbox", kubelet="simulated") as sb:
-        yield Target(str(sb.kubeconfig_path), "memory", sb)
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as local:
+        helm_kubeconfig = local.control_plane.kubeconfig_for_user(HELM_USER, ["system:masters"])
+        yield Target(str(helm_kubeconfig), local)
 
 
 def unique(prefix: str) -> str:
@@ -157,7 +161,7 @@ def test_helm_install_namespaced_mode(target: Target) -> None:
 
 def test_helm_install_refuses_a_misspelled_value(target: Target) -> None:
     release, namespace = unique("mnv2"), unique("mnv2-system")
-    before = len(target.sandbox.audit) if target.sandbox else None
+    before = len(target.helm_writes()) if target.local else 0
     with (
         target.config(namespace) as cfg,
         pytest.raises(helm.HelmError, match="additional properties 'creat'"),
@@ -170,10 +174,12 @@ def test_helm_install_refuses_a_misspelled_value(target: Target) -> None:
             timeout=60,
         )
     assert not target.exists("deployment", f"{release}-mnv2-operator", "-n", namespace)
-    if target.sandbox is not None:
-        # Helm applies crds/ before it renders (and schema-checks) the values, so the CRD is the only
-        # write of a refused install; nothing of the release is created.
-        writes = [
-            r for r in target.sandbox.audit[before:] if r.verb in ("create", "patch", "update", "delete")
-        ]
-        assert [(w.resource, w.name) for w in writes] == [("customresourcedefinitions", CRD_NAME)]
+    if target.local is not None:
+        # Helm applies crds/ (server-side apply) before it renders (and schema-checks) the values, so
+        # the CRD is the only write of a refused install; nothing of the release is created, not even
+        # its release Secret.
+        writes = target.helm_writes()[before:]
+        assert writes, "Helm made no write at all: is the audit log read?"
+        assert {(resource, name) for _, resource, name, _ in writes} == {
+            ("customresourcedefinitions", CRD_NAME)
+        }, writes

@@ -1,4 +1,5 @@
-"""The chart's Deployment command line, run as is (`mnv2 operator ...`) against the sandbox.
+"""The chart's Deployment command line, run as is (`mnv2 operator ...`) against the local control plane,
+as the chart's ServiceAccount with the chart's RBAC (the real API server authorizes every request).
 
 The container's command and args are taken from the rendered Deployment; only the liveness port is
 moved to a free one (8080 may be taken on a shared machine). The operator must serve /healthz where
@@ -18,10 +19,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import kubernetes
 import pytest
 import yaml
-from mnv2_operator import render
-from mnv2_operator.manifests import CHART_DIR, render_chart
+from mnv2_operator import crd, render
+from mnv2_operator.manifests import CHART_DIR, NAMESPACE, render_chart
+from support.cluster import local_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -41,10 +44,10 @@ def http_status(url: str) -> int | None:
 
 
 def test_deployment_command_runs_the_operator(tmp_path: Path) -> None:
-    from mnv2_operator.sandbox import Sandbox
-
-    (deployment,) = [o for o in render_chart({"watchNamespaces": ["team-a"]}) if o["kind"] == "Deployment"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    objects = render_chart({"watchNamespaces": ["team-a"]})
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod_spec = deployment["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
     probe = container["livenessProbe"]["httpGet"]
     (port_spec,) = [p for p in container["ports"] if p["name"] == probe["port"]]
     port = free_port()
@@ -54,12 +57,18 @@ def test_deployment_command_runs_the_operator(tmp_path: Path) -> None:
     command = shutil.which(container["command"][0], path=str(Path(sys.executable).parent))
     assert command, f"{container['command'][0]} is not installed next to {sys.executable}"
 
-    with Sandbox(tmp_path / "sandbox", kubelet="simulated") as sandbox:
-        sandbox.kubectl("apply", "-f", str(CHART_DIR / "crds"))
-        sandbox.kubectl(
-            "apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n"
-        )
-        env = {**os.environ, "KUBECONFIG": str(sandbox.kubeconfig_path)}
+    with local_cluster(tmp_path / "cluster", crds=[crd.crd_yaml()]) as local:
+        cluster = local.control_plane
+        namespaces = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+            for ns in (NAMESPACE, "team-a")
+        ]
+        # The chart's ServiceAccount, Roles and bindings; the operator process stands in for its Deployment.
+        rbac = [o for o in objects if o["kind"] != "Deployment"]
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(namespaces + rbac))
+        kubeconfig = cluster.kubeconfig_for_service_account(NAMESPACE, pod_spec["serviceAccountName"])
+        core = kubernetes.client.CoreV1Api(cluster.api_client())
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
         log = (tmp_path / "operator.log").open("w")
         proc = subprocess.Popen([command, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -71,15 +80,16 @@ def test_deployment_command_runs_the_operator(tmp_path: Path) -> None:
                 time.sleep(0.2)
             job = yaml.safe_load((CHART_DIR.parents[1] / "manifests/examples/digits-cpu.yaml").read_text())
             job["metadata"]["namespace"] = "team-a"
-            sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+            cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
             name = job["metadata"]["name"]
+            selector = f"{render.LABEL_JOB}={name}"
             deadline = time.monotonic() + 60
-            while True:
-                pods = sandbox.server.iter_objects(sandbox.server.resources[("", "pods")], "team-a")
-                if any(p["metadata"].get("labels", {}).get(render.LABEL_JOB) == name for p in pods):
-                    break
+            while not core.list_namespaced_pod("team-a", label_selector=selector).items:
                 assert proc.poll() is None, (tmp_path / "operator.log").read_text()
-                assert time.monotonic() < deadline, "the operator created no pod for the example job"
+                assert time.monotonic() < deadline, (
+                    "the operator created no pod for the example job:\n"
+                    + (tmp_path / "operator.log").read_text()
+                )
                 time.sleep(0.2)
         finally:
             proc.send_signal(signal.SIGTERM)

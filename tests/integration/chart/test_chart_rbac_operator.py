@@ -1,17 +1,20 @@
 """Every API request the operator makes is allowed by the RBAC the chart renders, in both modes.
 
-The operator (kopf, in this process via KopfRunner, with the same flags as the chart's Deployment) runs
-a scenario against the sandbox that exercises every kind of request it can make: watching jobs and
-pods, creating every child (a gang job gets a Volcano PodGroup), a worker failure with a gang restart
-(pod deletes; the job's own children are read and patched again), a job blocked by someone else's pod,
-success, deletion of the job by ttlSecondsAfterFinished, an invalid spec (status patch + Events). The sandbox's audit log holds every
-request; each one is evaluated against the chart's rendered Roles and bindings for the operator's
-ServiceAccount with the pure evaluator in `mnv2_operator.rbac`. Conversely every granted verb must
-have been used, except the few listed in NOT_EXERCISED with the reason.
+The chart's ServiceAccount, Roles and bindings are installed in the local control plane (the real API
+server, RBAC on), and the operator (kopf, in this process via KopfRunner, with the same flags as the
+chart's Deployment) runs as that ServiceAccount, with a bound token. It goes through a scenario that
+exercises every kind of request it can make: watching jobs and pods, creating every child (a gang job
+gets a Volcano PodGroup), a worker failure with a gang restart (pod deletes; the job's own children
+are read and patched again), a job blocked by someone else's pod, success, deletion of the job by
+ttlSecondsAfterFinished, an invalid spec (status patch + Events). Pods run on two simulated node
+agents, which end them when the test says.
 
-The test drives the scenario without adding requests of its own while the operator runs: setup goes
-through kubectl before the operator starts, and the test then only reads the sandbox's store in
-process and ends pods through the simulated kubelet, so the audit slice is the operator's alone.
+The API server's audit log holds every request with the user who made it and the answer: none of the
+operator's may be refused (a missing permission is a real 403), and each one is evaluated against the
+chart's rendered rules with the pure evaluator in `mnv2_operator.rbac`, which must agree. Conversely
+every granted verb must have been used, except the few listed in NOT_EXERCISED with the reason.
+The test's own requests (setup, reads) go through the admin's credentials, so they are not the
+operator's in the audit log.
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kubernetes
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator.manifests import CHART_DIR, render_chart
 from mnv2_operator.rbac import Request, denied_requests, grants_for_service_account, unused_rules
+from support.cluster import LocalCluster, local_cluster
 from volcano import PODGROUP_CRD
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION, PLURAL = "training.mnv2.dev", "v1alpha1", "mobilenetv2trainingjobs"
 SA, SA_NS = "mnv2-operator", "mnv2-system"
+SA_USER = f"system:serviceaccount:{SA_NS}:{SA}"
 NS_A, NS_B = "team-a", "team-b"
 T = TypeVar("T")
 
@@ -86,58 +92,92 @@ def free_port() -> int:
 
 
 class Store:
-    """In-process reads of the sandbox's objects: no HTTP, so nothing lands in the audit log."""
+    """The test's reads, as the cluster's admin (not the operator's requests in the audit log)."""
 
-    def __init__(self, sandbox: Any) -> None:
-        self.server = sandbox.server
+    def __init__(self, local: LocalCluster) -> None:
+        client = local.control_plane.api_client()
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
 
     def get(self, group: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.server.get(self.server.resources[(group, plural)], namespace, name)
+        try:
+            if group == "":
+                assert plural == "pods"
+                return self.core.api_client.sanitize_for_serialization(  # type: ignore[no-any-return]
+                    self.core.read_namespaced_pod(name, namespace)
+                )
+            version = VERSION if group == GROUP else "v1beta1"
+            return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)  # type: ignore[no-any-return]
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def bind(self, namespace: str, pod: str, node: str) -> None:
+        """Bind a pod to a node, as a scheduler does."""
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}  # fmt: skip
+        # The client cannot read the API server's answer to a Binding (a Status): skip decoding it.
+        self.core.create_namespaced_pod_binding(pod, namespace, body, _preload_content=False)
 
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         return (self.get(GROUP, PLURAL, namespace, name) or {}).get("status") or {}
 
-    def pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        pods = self.server.iter_objects(self.server.resources[("", "pods")], namespace)
-        return [
-            p
-            for p in pods
-            if p["metadata"].get("labels", {}).get(render.LABEL_JOB) == job_name
-            and not p["metadata"].get("deletionTimestamp")
-        ]
+    def pods(self, namespace: str, job_name: str) -> list[Any]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{render.LABEL_JOB}={job_name}").items
+        return [p for p in pods if not p.metadata.deletion_timestamp]
 
     def running(self, namespace: str, job_name: str, n: int, attempt: int) -> bool:
         pods = self.pods(namespace, job_name)
         return len(pods) == n and all(
-            (p.get("status") or {}).get("phase") == "Running"
-            and p["metadata"]["labels"][render.LABEL_ATTEMPT] == str(attempt)
+            p.status.phase == "Running" and p.metadata.labels[render.LABEL_ATTEMPT] == str(attempt)
             for p in pods
         )
 
 
-def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
-    """Set up, run the operator through the scenario; return where its requests start in the audit log.
+def operator_requests(local: LocalCluster) -> list[tuple[Request, int]]:
+    """The operator's requests for objects, with the API server's answer, from the audit log."""
+    out = []
+    for e in local.control_plane.audit_events():
+        if (e.get("user") or {}).get("username") != SA_USER:
+            continue
+        # One record per request: a watch when it starts, anything else when it completes.
+        if e.get("stage") != ("ResponseStarted" if e.get("verb") == "watch" else "ResponseComplete"):
+            continue
+        ref = e.get("objectRef")
+        if ref is None:  # discovery, /version: not a request for an object
+            continue
+        code = int((e.get("responseStatus") or {}).get("code", 0))
+        request = Request(e["verb"], ref.get("apiGroup", ""), ref.get("resource", ""),
+                          ref.get("subresource", ""), ref.get("namespace", ""), ref.get("name", ""))  # fmt: skip
+        out.append((request, code))
+    return out
 
-    A watch is logged when its stream ends, so read the log only after the sandbox has stopped.
-    """
-    kubectl_apply = lambda docs: sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))  # noqa: E731
-    sandbox.kubectl("apply", "-f", str(CHART_DIR / "crds"))
-    kubectl_apply(
-        [PODGROUP_CRD]
-        + [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-            for ns in (NS_A, NS_B, "elsewhere")
-        ]
-    )
+
+def run_scenario(
+    local: LocalCluster,
+    values: dict[str, Any],
+    kopf_namespace_args: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set up as the admin, then run the operator as the chart's ServiceAccount through the scenario."""
+    cluster = local.control_plane
+    kubectl_apply = lambda docs: cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))  # noqa: E731
+    namespaces = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+                  for ns in (SA_NS, NS_A, NS_B, "elsewhere")]  # fmt: skip
+    rbac = [o for o in render_chart(values) if o["kind"] != "Deployment"]
+    kubectl_apply(namespaces + rbac)
+    for ns in (NS_A, NS_B):
+        cluster.create_local_claim(ns, "runs")
     # Someone else's pod under a worker's name: the job "held" creates its other children, then finds
     # the pod in its way (create -> 409 -> get: not the job's) and stays blocked, the pod untouched.
-    # The other children's get and patch come from the gang restarts below: a new attempt makes sure
+    # The other children's get and patch come from the gang restart below: a new attempt makes sure
     # of the job's own children again (create -> 409 -> get: the job's -> merge patch).
     held_pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "held-worker-0", "namespace": NS_A, "labels": {"app": "someone-else"}},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]},
     }
     kubectl_apply([
         held_pod,
@@ -146,8 +186,14 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         job(NS_B, "bad", mode="validate", nodes=1),  # validate mode without a checkpoint: InvalidSpec
         job(NS_B, "gang", scheduling={"gang": True}, runPolicy={"backoffLimit": 1}),
     ])  # fmt: skip
-    store = Store(sandbox)
-    start = len(sandbox.audit)
+    store = Store(local)
+    # The operator's credentials: a bound token of the chart's ServiceAccount. kopf and the operator's
+    # client both read $KUBECONFIG (the kubernetes package at import).
+    import kubernetes.config.kube_config as kube_config
+
+    kubeconfig = str(cluster.kubeconfig_for_service_account(SA_NS, SA))
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
     port = free_port()
     args = ["run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz", *kopf_namespace_args]
     with KopfRunner([*args, "-m", "mnv2_operator.handlers"], timeout=60) as runner:
@@ -155,7 +201,7 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         health = wait_for("kopf's /healthz", lambda: _get(f"http://127.0.0.1:{port}/healthz"))
         assert health == 200
 
-        wait_for("ok: attempt 0 running", lambda: store.running(NS_A, "ok", 2, 0))
+        wait_for("ok: attempt 0 running", lambda: store.running(NS_A, "ok", 2, 0), timeout=60)
         held = wait_for(
             "held: blocked by the pod",
             lambda: "Pod held-worker-0" in (s := store.status(NS_A, "held")).get("message", "") and s,
@@ -165,29 +211,44 @@ def run_scenario(sandbox: Any, kopf_namespace_args: list[str]) -> int:
         assert pod is not None and not pod["metadata"].get("ownerReferences"), (
             "the pod in the way was changed"
         )
-        sandbox.kubelet.finish(NS_A, "ok-worker-1", exit_code=1, reason="Error")
-        wait_for("ok: attempt 1 running", lambda: store.running(NS_A, "ok", 2, 1))
+        local.finish(NS_A, "ok-worker-1", exit_code=1)
+        wait_for("ok: attempt 1 running", lambda: store.running(NS_A, "ok", 2, 1), timeout=60)
         for rank in (0, 1):
-            sandbox.kubelet.finish(NS_A, f"ok-worker-{rank}", exit_code=0)
+            local.finish(NS_A, f"ok-worker-{rank}", exit_code=0)
         wait_for("ok deleted by its TTL", lambda: store.get(GROUP, PLURAL, NS_A, "ok") is None)
 
         failed = wait_for(
             "bad: Failed", lambda: (s := store.status(NS_B, "bad")).get("phase") == "Failed" and s
         )
         assert "checkpoint" in failed["message"]
-        wait_for("gang: PodGroup", lambda: store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang"))
-        wait_for("gang: running", lambda: store.running(NS_B, "gang", 2, 0))
-        group = store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang")
-        assert group is not None and group["spec"]["minMember"] == 2
+        group = wait_for(
+            "gang: PodGroup", lambda: store.get("scheduling.volcano.sh", "podgroups", NS_B, "gang")
+        )
+        assert group["spec"]["minMember"] == 2
+
+        # The gang's pods name Volcano's scheduler, which this cluster does not run: the test binds them
+        # as Volcano would once it admits the group (a Binding, as the admin), one per node.
+        def bind_gang(attempt: int) -> None:
+            pods = wait_for(
+                f"gang: attempt {attempt}'s pods",
+                lambda: len(p := [x for x in store.pods(NS_B, "gang")
+                                  if x.metadata.labels[render.LABEL_ATTEMPT] == str(attempt)]) == 2 and p,
+            )  # fmt: skip
+            assert {p.spec.scheduler_name for p in pods} == {"volcano"}
+            for pod, node in zip(sorted(pods, key=lambda p: p.metadata.name), local.nodes, strict=False):
+                store.bind(NS_B, pod.metadata.name, node)
+
+        bind_gang(0)
+        wait_for("gang: running", lambda: store.running(NS_B, "gang", 2, 0), timeout=60)
         # A gang restart of the gang job: its pods are deleted and created again.
-        sandbox.kubelet.finish(NS_B, "gang-worker-0", exit_code=1, reason="Error")
-        wait_for("gang: attempt 1 running", lambda: store.running(NS_B, "gang", 2, 1))
-        # Let the last status patches and Events go out before stopping.
+        local.finish(NS_B, "gang-worker-0", exit_code=1)
+        bind_gang(1)
+        wait_for("gang: attempt 1 running", lambda: store.running(NS_B, "gang", 2, 1), timeout=60)
         wait_for("gang: phase Running", lambda: store.status(NS_B, "gang").get("phase") == "Running")
+        # Let the last status patches and Events go out before stopping.
         time.sleep(1.0)
     assert runner.exception is None, runner.output
     assert "Traceback" not in runner.output, runner.output
-    return start
 
 
 def _get(url: str) -> int | None:
@@ -210,40 +271,56 @@ def _get(url: str) -> int | None:
 def test_operator_requests_are_exactly_the_charts_rbac(
     values: dict[str, Any], kopf_namespace_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnv2_operator.sandbox import Sandbox
-
-    with Sandbox(tmp_path / "sandbox", kubelet="simulated") as sandbox:
-        # kopf and the operator's client both read $KUBECONFIG (the kubernetes package at import).
-        import kubernetes.config.kube_config as kube_config
-
-        monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig_path))
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(sandbox.kubeconfig_path))
-        start = run_scenario(sandbox, kopf_namespace_args)
-    requests = [
-        Request(r.verb, r.group, r.resource, r.subresource, r.namespace, r.name)
-        for r in sandbox.audit[start:]
+    crds = [
+        (CHART_DIR / "crds" / f).read_text() for f in sorted(p.name for p in (CHART_DIR / "crds").iterdir())
     ]
+    with local_cluster(
+        tmp_path / "cluster", crds=[*crds, yaml.safe_dump(PODGROUP_CRD)], simulated=["sim-0", "sim-1"]
+    ) as local:
+        cluster = local.control_plane
+        run_scenario(local, values, kopf_namespace_args, monkeypatch)
+        answered = operator_requests(local)
 
-    objects = render_chart(values)
-    grants = grants_for_service_account(objects, SA, SA_NS)
-    denied = denied_requests(grants, requests)
-    assert denied == [], "requests the chart's RBAC would refuse:\n" + "\n".join(map(str, denied))
-    unused = set(unused_rules(grants, requests)) - NOT_EXERCISED
-    assert unused == set(), (
-        f"granted but never used (remove them, or say why in NOT_EXERCISED): {sorted(unused)}"
-    )
-    # The operator stayed inside its namespaces in namespaced mode.
-    if values.get("watchNamespaces"):
-        assert {r.namespace for r in requests} <= {"", *values["watchNamespaces"]}
-        assert all(r.verb in ("list", "watch") for r in requests if not r.namespace)
+        # The real API server refused nothing the operator asked for.
+        refused = sorted({str(r) for r, code in answered if code == 403})
+        assert refused == [], "requests the API server refused (403):\n" + "\n".join(refused)
+        requests = [r for r, _ in answered]
+        objects = render_chart(values)
+        grants = grants_for_service_account(objects, SA, SA_NS)
+        denied = denied_requests(grants, requests)
+        assert denied == [], "requests the chart's RBAC would refuse:\n" + "\n".join(map(str, denied))
+        unused = set(unused_rules(grants, requests)) - NOT_EXERCISED
+        assert unused == set(), (
+            f"granted but never used (remove them, or say why in NOT_EXERCISED): {sorted(unused)}"
+        )
+        # The operator stayed inside its namespaces in namespaced mode.
+        if values.get("watchNamespaces"):
+            assert {r.namespace for r in requests} <= {"", *values["watchNamespaces"]}
+            assert all(r.verb in ("list", "watch") for r in requests if not r.namespace)
 
-    # The check can fail: without the right to delete jobs, the TTL deletion is refused.
-    for obj in objects:
-        for rule in obj.get("rules", []):
-            if PLURAL in rule.get("resources", []):
-                rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
-    weaker = grants_for_service_account(objects, SA, SA_NS)
-    assert Request("delete", GROUP, PLURAL, "", NS_A, "ok") in denied_requests(weaker, requests)
+        # The check can fail: without the right to delete jobs, the TTL deletion is refused, by the
+        # evaluator and by the real API server (the chart's rules applied without that verb).
+        for obj in objects:
+            for rule in obj.get("rules", []):
+                if PLURAL in rule.get("resources", []):
+                    rule["verbs"] = [v for v in rule["verbs"] if v != "delete"]
+        weaker = grants_for_service_account(objects, SA, SA_NS)
+        assert Request("delete", GROUP, PLURAL, "", NS_A, "ok") in denied_requests(weaker, requests)
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([o for o in objects if "rules" in o]))
+        operator_kubeconfig = cluster.kubeconfig_for_service_account(SA_NS, SA)
+        wait_for(
+            "the API server to refuse the operator's delete",
+            lambda: (
+                "no"
+                in cluster.kubectl(
+                    "auth", "can-i", "delete", PLURAL, "-n", NS_A, kubeconfig=operator_kubeconfig, check=False
+                ).stdout
+            ),
+        )
+        deleted = cluster.kubectl(
+            "delete", PLURAL, "held", "-n", NS_A, kubeconfig=operator_kubeconfig, check=False
+        )
+        assert deleted.returncode != 0 and "Forbidden" in deleted.stderr, deleted
 
 
 def test_chart_rbac_and_operator_doc_agree() -> None:
