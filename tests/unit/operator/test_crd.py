@@ -209,33 +209,3 @@ def test_crd_cli_write(
     for rel in crd.CRD_PATHS:
         assert (tmp_path / rel).read_text() == crd.crd_yaml()
     assert "wrote manifests/crd/mobilenetv2trainingjobs.yaml" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_api_server_defaults_agree_with_the_models(example: Path) -> None:
-    """The sandbox's API-server schema code (defaults, pruning, validation) keeps every example whole,
-    and the defaults it fills in are the ones parse_spec assumes."""
-    from mnv2_operator.sandbox.schema import process_custom_object
-
-    doc = yaml.safe_load(example.read_text())
-    stored, causes, pruned = process_custom_object(doc, schema())
-    assert causes == [] and pruned == []
-    assert stored["spec"]["runPolicy"]["backoffLimit"] == doc["spec"].get("runPolicy", {}).get(
-        "backoffLimit", 3
-    )
-    assert S.parse_spec(stored["spec"]) == S.parse_spec(doc["spec"])
-
-
-def test_api_server_prunes_a_misspelt_field() -> None:
-    """Why parse_spec still matters: a typo never reaches it through the API server (kubectl warns)."""
-    from mnv2_operator.sandbox.schema import process_custom_object
-
-    doc = {
-        "apiVersion": S.API_VERSION,
-        "kind": S.KIND,
-        "metadata": {"name": "x"},
-        "spec": {"model": {"name": "mobilenet_v2_075"}, "dataset": {"type": "digits"}, "devicesPerNod": 2},
-    }
-    _, causes, pruned = process_custom_object(doc, schema())
-    assert causes == []
-    assert pruned == ["spec.devicesPerNod"]
