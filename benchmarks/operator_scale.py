@@ -1,23 +1,25 @@
-"""Operator at scale: N jobs applied at once to the sandbox (simulated pods), 100 / 500 / 1000 jobs.
+"""Operator at scale: N jobs applied at once to the real control plane (simulated pods), 100 / 500 / 1000 jobs.
 
     .venv/bin/python benchmarks/operator_scale.py [--jobs 100,500,1000] [--pod-seconds 5] [--smoke] [--profile]
 
-For each N: a fresh sandbox (``Sandbox(state_dir, kubelet="simulated")``, in this process) with the
-CRD, the operator as its own process (``mnv2 operator --standalone``, cluster-wide, like the chart's
-Deployment), then N one-node CPU jobs created concurrently through the API (16 client threads). The
-simulated kubelet starts each pod within ~0.1-0.5 s and ends it with exit code 0 ``--pod-seconds``
-later. Measured:
+For each N: a fresh local control plane (``mnv2_cluster.launcher.Cluster``: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler built from upstream) with the CRD and one simulated node agent
+sized for N pods (``NodeAgent(mode="simulated")``, in this process), the operator as its own process
+(``mnv2 operator --standalone``, cluster-wide, like the chart's Deployment, as a user of its own so
+the audit log tells its requests apart), then N one-node CPU jobs created concurrently through the API
+(16 client threads). The real scheduler binds each pod; the node agent marks it Running at once and
+ends it with exit code 0 ``--pod-seconds`` later. Measured:
 
-* time until every job has its pod, and the per-job latency (creation -> pod seen; 0.5 s polling);
+* time until every job has its pod, and the per-job latency (creation -> pod seen; 1 s polling);
+* time until every job's pod is Running (bound by the scheduler, started by the node): pods ready;
 * time until every job's ``status.phase`` is ``Succeeded``;
-* API requests per job made by the operator (the sandbox's audit log minus this script's own job
-  creations; this script reads the store in-process, so its polling is not in the audit), by verb
-  and resource;
+* API requests per job made by the operator (the API server's audit log, the operator's user only),
+  by verb and resource;
 * duplicate creates: creates that got 409 Conflict (the object existed: created twice), those of
   pods, and merge patches of children (none expected without gang restarts: a second reconcile
   racing the first shows up here);
-* the operator's peak RSS (``VmHWM``) and CPU seconds, and the sandbox's CPU (this process), so the
-  time can be attributed: operator, API server, or waiting.
+* the operator's peak RSS (``VmHWM``) and CPU seconds, the control plane's CPU seconds (its four
+  processes) and this process's (node agent and polling), so the time can be attributed.
 
 ``--profile`` runs the operator under cProfile and prints its top functions (cumulative time).
 Goal: 1000 jobs all with pods within 60 s, operator under 200 MB.
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,9 @@ GROUP, VERSION, PLURAL, KIND = (
 )
 LABEL_JOB = "training.mnv2.dev/job-name"
 NAMESPACE = "default"
+OPERATOR_USER = "mnv2-operator-bench"
 GOAL_SECONDS, GOAL_MB = 60.0, 200.0
+POLL_SECONDS = 1.0
 
 
 def job_body(name: str) -> dict[str, Any]:
@@ -125,45 +130,49 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- one scale point
-def install_crd(sb: Any) -> None:
-    import kubernetes
-    import yaml
-    from mnv2_operator import crd
+@dataclass(frozen=True)
+class Record:
+    """One request of the operator, from the API server's audit log."""
 
-    client = sb.api_client()
-    kubernetes.client.ApiextensionsV1Api(client).create_custom_resource_definition(
-        yaml.safe_load(crd.crd_yaml())
-    )
-    custom = kubernetes.client.CustomObjectsApi(client)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-            return
-        except kubernetes.client.ApiException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    verb: str
+    resource: str
+    subresource: str
+    code: int
 
 
-def wait_operator_ready(sb: Any, proc: subprocess.Popen[bytes], timeout: float = 120) -> float:
-    """Seconds until the operator watches jobs and pods (seen in the audit)."""
+def operator_records(cluster: Any) -> list[Record]:
+    """The operator's requests for objects so far, in order (a watch when it starts, others when done)."""
+    out = []
+    for e in cluster.audit_events():
+        if (e.get("user") or {}).get("username") != OPERATOR_USER:
+            continue
+        if e.get("stage") != ("ResponseStarted" if e.get("verb") == "watch" else "ResponseComplete"):
+            continue
+        ref = e.get("objectRef")
+        if ref is None:  # discovery, /version
+            continue
+        code = int((e.get("responseStatus") or {}).get("code", 0))
+        out.append(Record(e["verb"], ref.get("resource", ""), ref.get("subresource", ""), code))
+    return out
+
+
+def wait_operator_ready(cluster: Any, proc: subprocess.Popen[bytes], timeout: float = 120) -> float:
+    """Seconds until the operator watches jobs and pods (seen in the audit log)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        watched = {r.resource for r in list(sb.audit) if r.verb == "watch"}
+        watched = {r.resource for r in operator_records(cluster) if r.verb == "watch"}
         if {PLURAL, "pods"} <= watched:
             return time.monotonic() - t0
         if proc.poll() is not None:
             raise RuntimeError(f"the operator exited with {proc.returncode} before watching")
-        time.sleep(0.2)
+        time.sleep(0.5)
     raise RuntimeError(f"the operator did not start watching within {timeout}s")
 
 
-def create_jobs(sb: Any, names: list[str], threads: int = 16) -> dict[str, float]:
+def create_jobs(client: Any, names: list[str], threads: int = 16) -> dict[str, float]:
     """Create the jobs concurrently; returns each job's creation time (monotonic)."""
     import kubernetes
 
-    client = sb.api_client()
     client.configuration.connection_pool_maxsize = threads
     client.rest_client = kubernetes.client.rest.RESTClientObject(client.configuration)
     custom = kubernetes.client.CustomObjectsApi(client)
@@ -181,71 +190,94 @@ def create_jobs(sb: Any, names: list[str], threads: int = 16) -> dict[str, float
 def run_point(
     n: int, pod_seconds: float, timeout: float, profile: Path | None, log_dir: Path
 ) -> dict[str, Any]:
-    from mnv2_operator.sandbox import Sandbox
+    import kubernetes
+    from mnv2_cluster.launcher import Cluster
+    from mnv2_cluster.node import NodeAgent
+    from mnv2_operator import crd
 
     with tempfile.TemporaryDirectory(prefix=f"mnv2-bench-op{n}-") as tmp:
-        sb = Sandbox(Path(tmp) / "sandbox", kubelet="simulated").start()
+        # The CRD exists before the controller manager starts, so garbage collection knows its kind.
+        cluster = Cluster(Path(tmp) / "cluster", crds=[crd.crd_yaml()])
+        node = None
         proc = None
         try:
-            sb.kubelet.default_outcome = (pod_seconds, 0)
-            install_crd(sb)
-            info_pods = sb.server.find("", "v1", "pods")
-            info_jobs = sb.server.find(GROUP, VERSION, PLURAL)
-            env = dict(os.environ, KUBECONFIG=str(sb.kubeconfig_path))
+            cluster.start()
+            # Sized for every job's pod (a kubelet's default is 110 pods).
+            node = NodeAgent.for_cluster(
+                cluster,
+                "sim-0",
+                mode="simulated",
+                capacity={"cpu": str(4 * n), "memory": f"{16 * n}Gi", "pods": str(n + 10)},
+            )
+            node.default_outcome = (pod_seconds, 0)
+            node.start()
+            cluster.create_local_claim(NAMESPACE, "mnv2-runs")
+            client = cluster.api_client()
+            core = kubernetes.client.CoreV1Api(client)
+            custom = kubernetes.client.CustomObjectsApi(client)
+            kubeconfig = cluster.kubeconfig_for_user(OPERATOR_USER, ["system:masters"])
+            env = dict(os.environ, KUBECONFIG=str(kubeconfig))
             cmd = [sys.executable]
             if profile is not None:
                 cmd += ["-m", "cProfile", "-o", str(profile)]
             cmd += ["-m", "mnv2_operator.cli", "operator", "--standalone", "--liveness", ""]
             log = open(log_dir / f"operator-{n}.log", "w")  # noqa: SIM115
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-            ready_s = wait_operator_ready(sb, proc)
+            ready_s = wait_operator_ready(cluster, proc)
             time.sleep(1.0)  # let the initial lists settle
-            audit_start = len(sb.audit)
+            audit_start = len(operator_records(cluster))
             op_cpu0 = proc_status(proc.pid).get("cpu", 0.0)
+            cp_pids = [c.proc.pid for c in cluster.components.values() if c.proc is not None]
+            cp_cpu0 = sum(proc_status(pid).get("cpu", 0.0) for pid in cp_pids)
             own_cpu0 = common.cpu_seconds()
             names = [f"bench-{i:05d}" for i in range(n)]
             load_start = common.load_average()
             t0 = time.monotonic()
-            created = create_jobs(sb, names)
+            created = create_jobs(client, names)
             t_created = time.monotonic() - t0
             pod_seen: dict[str, float] = {}
-            t_all_pods = t_all_done = float("nan")
+            pod_running: set[str] = set()
+            t_all_pods = t_all_running = t_all_done = float("nan")
             peak_rss = 0.0
             while time.monotonic() - t0 < timeout:
                 now = time.monotonic()
-                for pod in sb.server.snapshot(info_pods, NAMESPACE):
-                    job = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_JOB)
-                    if job and job not in pod_seen:
-                        pod_seen[job] = now
+                for pod in core.list_namespaced_pod(NAMESPACE, label_selector=LABEL_JOB).items:
+                    job = pod.metadata.labels[LABEL_JOB]
+                    pod_seen.setdefault(job, now)
+                    if pod.status.phase in ("Running", "Succeeded"):
+                        pod_running.add(job)
                 if len(pod_seen) >= n and t_all_pods != t_all_pods:
                     t_all_pods = now - t0
-                done = sum(
-                    1
-                    for j in sb.server.snapshot(info_jobs, NAMESPACE)
-                    if (j.get("status") or {}).get("phase") == "Succeeded"
-                )
+                if len(pod_running) >= n and t_all_running != t_all_running:
+                    t_all_running = now - t0
+                jobs = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+                done = sum(1 for j in jobs if (j.get("status") or {}).get("phase") == "Succeeded")
                 peak_rss = max(peak_rss, proc_status(proc.pid).get("VmRSS", 0.0))
                 if done >= n:
                     t_all_done = now - t0
                     break
                 if proc.poll() is not None:
                     raise RuntimeError(f"the operator exited with {proc.returncode}; see {log.name}")
-                time.sleep(0.5)
+                time.sleep(POLL_SECONDS)
             st = proc_status(proc.pid)
             op_cpu = st.get("cpu", 0.0) - op_cpu0
+            cp_cpu = sum(proc_status(pid).get("cpu", 0.0) for pid in cp_pids) - cp_cpu0
             own_cpu = common.cpu_seconds() - own_cpu0
-            records = sb.audit[audit_start:]
+            records = operator_records(cluster)[audit_start:]
             total, breakdown = request_breakdown(records, n)
             dups = duplicate_creates(records)
             latencies = [pod_seen[j] - created[j] for j in pod_seen if j in created]
             return {
                 "jobs": n,
+                "control_plane_ready_s": cluster.timings["ready"],
                 "operator_ready_s": ready_s,
                 "create_s": t_created,
                 "all_pods_s": t_all_pods,
+                "all_pods_running_s": t_all_running,
                 "pod_latency_p50": percentile(latencies, 0.5),
                 "pod_latency_p90": percentile(latencies, 0.9),
                 "jobs_with_pods": len(pod_seen),
+                "jobs_with_running_pods": len(pod_running),
                 "all_succeeded_s": t_all_done,
                 "requests": total,
                 "requests_per_job": total / n,
@@ -256,7 +288,8 @@ def run_point(
                 "child_patches": dups["child_patches"],
                 "operator_peak_rss_mb": max(st.get("VmHWM", 0.0), peak_rss),
                 "operator_cpu_s": op_cpu,
-                "sandbox_and_client_cpu_s": own_cpu,
+                "control_plane_cpu_s": cp_cpu,
+                "node_and_client_cpu_s": own_cpu,
                 "load_start": load_start,
                 "load": common.load_average(),
             }
@@ -268,7 +301,9 @@ def run_point(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            sb.stop()
+            if node is not None:
+                node.stop()
+            cluster.stop()
 
 
 def print_profile(path: Path, top: int = 25) -> None:
@@ -315,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             r["jobs"],
             r["create_s"],
             r["all_pods_s"],
+            r["all_pods_running_s"],
             r["pod_latency_p50"],
             r["pod_latency_p90"],
             r["all_succeeded_s"],
@@ -325,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             r["child_patches"],
             r["operator_peak_rss_mb"],
             r["operator_cpu_s"],
-            r["sandbox_and_client_cpu_s"],
+            r["control_plane_cpu_s"],
+            r["node_and_client_cpu_s"],
         ]
         for r in results
     ]
@@ -335,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 "jobs",
                 "create s",
                 "all pods s",
+                "all pods Running s",
                 "pod p50 s",
                 "pod p90 s",
                 "all Succeeded s",
@@ -345,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                 "child patches",
                 "operator peak MB",
                 "operator CPU s",
-                "sandbox+client CPU s",
+                "control plane CPU s",
+                "node+client CPU s",
             ],
             rows,
         )
