@@ -227,14 +227,14 @@ def test_killed_worker_restarts_the_job_from_its_latest_checkpoint(
 
 
 def test_deleted_worker_pod_stops_its_processes_within_seconds(cluster: demo.Cluster, tmp_path: Path) -> None:
-    """`kubectl delete pod` of a running worker: the kubelet's SIGTERM reaches msrun through
+    """`kubectl delete pod` of a running worker: the node's SIGTERM reaches msrun through
     mnv2_trainer.launch, every process of the pod ends within seconds (not at the 60 s grace period),
     and the gang restarts as a new attempt."""
     ref = demo.JobRef("e2e-delete", "default")
     manifest = shortened_example(tmp_path, ref.name, KILL_EPOCHS)
-    cluster.kubectl("apply", "-f", str(manifest))
+    cluster.apply(manifest)
     # Every process of the job's pods names its output folder (msrun's --log_dir, the trainer's flags).
-    out_dir = str(cluster.state_dir / "volumes" / "pvc" / f"{ref.name}-output")
+    out_dir = str(cluster.volume(f"{ref.name}-output"))
 
     rank0_log = Path(out_dir) / "logs" / "0" / "worker_0.log"
 
