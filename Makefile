@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[trainer,sandbox,cluster]'
+	$(BIN)/python -m pip install --quiet -e '.[trainer,demo]'
 	touch $@
 
 install-test: $(VENV)/.installed-test

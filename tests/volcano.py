@@ -1,6 +1,6 @@
 """Test helpers shared by the operator and chart suites: Volcano's PodGroup kind."""
 
-# Just enough of Volcano's PodGroup CRD for the sandbox to serve the kind.
+# Just enough of Volcano's PodGroup CRD for an API server to serve the kind.
 PODGROUP_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",

@@ -937,7 +937,7 @@ def _login(**kwargs: Any) -> Any:
     """kopf's usual login through the `kubernetes` package, unless $KUBECONFIG changed since its import.
 
     The package reads $KUBECONFIG once, when imported; when it was set later (the tests and the demo
-    point it at the sandbox), kopf's own kubeconfig reader is used instead.
+    point it at the local control plane), kopf's own kubeconfig reader is used instead.
     """
     from kubernetes.config import kube_config
 

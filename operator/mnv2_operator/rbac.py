@@ -12,7 +12,7 @@ It implements the rules of Kubernetes' RBAC authorizer that matter for checking 
 - requests for non-resource URLs (discovery: /api, /apis/..., /version) are allowed for every
   authenticated user by the default `system:discovery` ClusterRole, and here too.
 
-Used by the tests that check every request the operator made in the sandbox against the chart's RBAC.
+Used by the tests that check every request the operator made (the API server's audit log) against the chart's RBAC.
 """
 
 from __future__ import annotations

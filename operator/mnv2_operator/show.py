@@ -3,7 +3,7 @@
 The formatting functions are pure (a job dict or metrics records in, text or numbers out) so they are
 tested without a cluster. Only `load_api_client` and `get_job` talk to the API, always through an
 explicit kubeconfig resolved at call time (never from the environment at import time), so the same
-code reads a real cluster or the embedded sandbox.
+code reads any cluster, the demo's local one included.
 """
 
 from __future__ import annotations
@@ -346,7 +346,7 @@ def plot_curves(
 def metrics_path_from_status(job: Mapping[str, Any]) -> Path | None:
     """Where the job's metrics.jsonl should be, from the checkpoint paths in its status.
 
-    The trainer writes metrics.jsonl next to its checkpoints (in --ckpt_save_dir). On the sandbox those
+    The trainer writes metrics.jsonl next to its checkpoints (in --ckpt_save_dir). On the demo's cluster those
     paths are local folders; on a real cluster they are inside the pod's volume.
     """
     checkpoints = (job.get("status") or {}).get("checkpoints") or {}
@@ -459,7 +459,7 @@ def plot_cli(
 
     A path to an existing file (or anything ending in `.jsonl`) is read directly. Otherwise `source` is
     a job name: its metrics.jsonl is found next to the checkpoints its status names, which works when
-    that folder is reachable from here (the sandbox maps volumes to local folders).
+    that folder is reachable from here (the demo's node agent maps volumes to local folders).
     """
     try:
         if source.endswith(".jsonl") or Path(source).is_file():

@@ -2,7 +2,7 @@
 
 Fast tests cover their pure parts (statistics, tables, ratios, data generators, the PyTorch model's
 size); the slow ones run each benchmark's ``--smoke`` mode end to end, which takes seconds to a
-minute: a broken import, a changed trainer/MindCV/sandbox API or a crashed worker fails them.
+minute: a broken import, a changed trainer/MindCV/cluster API or a crashed worker fails them.
 """
 
 from __future__ import annotations

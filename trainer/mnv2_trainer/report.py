@@ -196,7 +196,7 @@ def kubernetes_patcher(name: str, namespace: str) -> Callable[[dict[str, Any]], 
 
     It takes the status fields (``{"progress": ...}``) and sends ``{"status": {...}}``.
 
-    In-cluster config first, else ``$KUBECONFIG`` (the sandbox sets it for pod processes).
+    In-cluster config first, else ``$KUBECONFIG`` (the process node agent sets it for pod processes where it cannot mount the token at its in-cluster path).
     """
     state: dict[str, Any] = {}
 

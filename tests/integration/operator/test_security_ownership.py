@@ -5,8 +5,8 @@ with a child's name (another application's ConfigMap, Service, ServiceAccount, R
 PodGroup or pod) is left byte for byte as it was, survives the job's deletion, and blocks the job
 with a condition and a Warning Event that name it and the fix.
 
-Written against the public API only (the Kubernetes client), so it runs unchanged on the sandbox and
-on a real cluster (`--kubeconfig`).
+Written against the public API only (the Kubernetes client), so it runs unchanged on the local control
+plane and on any other cluster (`--kubeconfig`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def foreign_pod(c: Cluster, ns: str, name: str) -> Callable[[], Any]:
     """Someone else's pod named like a worker, once nothing changes it any more.
 
     A scheduling gate holds it unscheduled on a real cluster (the scheduler writes its condition
-    once); an API without that (the sandbox's simulated kubelet) runs it.
+    once).
     """
     c.core.create_namespaced_pod(
         ns,
