@@ -42,7 +42,9 @@ KILL_EPOCHS = 4
 # Top-1 after E2E_EPOCHS epochs on digits must show learning (chance is 0.1); the demo's 15 epochs reach
 # 0.92-0.95. Measured here with 5 epochs: see the test's printed output.
 E2E_MIN_TOP1 = 0.5
-JOB_TIMEOUT = 420.0
+# A bound on a wait, not a target: `mnv2 demo` with 5 epochs took 404 s here at load ~12 (control plane
+# start included), longer when other tests share the 2 cores.
+JOB_TIMEOUT = 900.0
 
 
 def shortened_example(tmp_path: Path, name: str, epochs: int) -> Path:
