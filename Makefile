@@ -45,7 +45,8 @@ bench: $(VENV)/.installed-bench
 cluster: install-test
 	$(BIN)/python -m mnv2_cluster.build
 
-## make demo: start the embedded cluster, the operator, and train MobileNetV2 on the digits data.
+## make demo: build (first time only) and start the local control plane with one process node, the
+## operator, and train MobileNetV2 on the digits data through them.
 demo: install-demo
 	$(BIN)/python -m mnv2_cluster.build
 	$(BIN)/mnv2 demo
