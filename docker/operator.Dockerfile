@@ -20,9 +20,10 @@ COPY operator/ operator/
 COPY trainer/ trainer/
 # Core dependencies only (kopf, kubernetes, pydantic, jinja2, PyYAML): no extras, so no MindSpore or
 # numpy. The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
-# which imports neither. The check fails the build if that ever changes.
+# which imports neither. The check fails the build if the operator ever imports MindSpore, numpy, the
+# demo package, the local cluster's launcher, matplotlib or a test helper.
 RUN pip install . \
- && python -c "import sys, mnv2_operator.handlers, mnv2_operator.render, mnv2_trainer.config; bad = {'mindspore', 'numpy'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
+ && python -c "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_operator.show, mnv2_trainer.config; bad = {'mindspore', 'numpy', 'mnv2_demo', 'mnv2_cluster', 'matplotlib', 'support'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
  && rm -rf /src
 
 # A fixed numeric non-root user, so the chart's runAsNonRoot/runAsUser: 10001 holds.

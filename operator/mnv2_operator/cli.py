@@ -1,7 +1,9 @@
 """The `mnv2` command: `mnv2 operator | demo | render | crd | status | plot | cluster`.
 
 Each subcommand parses its flags here and hands over to the module that owns the work, imported
-lazily so that `mnv2 crd` does not pay for kopf or the cluster launcher.
+lazily so that `mnv2 crd` does not pay for kopf or the cluster launcher. `demo` and `plot` live in
+the demo package (`mnv2_demo`, the `demo` extra) and `cluster` in `mnv2_cluster` (the `cluster` extra):
+without them these subcommands say which extra to install.
 """
 
 from __future__ import annotations
@@ -29,9 +31,19 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from mnv2_operator import demo
+def _missing_extra(command: str, extra: str, error: ImportError) -> int:
+    print(
+        f"mnv2 {command} needs the {extra} extra (pip install 'mnv2-operator[{extra}]'): {error}",
+        file=sys.stderr,
+    )
+    return 2
 
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from mnv2_demo import demo
+    except ImportError as e:
+        return _missing_extra("demo", "demo", e)
     return demo.run_demo(args)
 
 
@@ -54,9 +66,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from mnv2_operator import show
-
-    return show.plot_cli(
+    try:
+        from mnv2_demo import plot
+    except ImportError as e:
+        return _missing_extra("plot", "demo", e)
+    return plot.plot_cli(
         args.source, output=args.output, namespace=args.namespace, kubeconfig=args.kubeconfig
     )
 
@@ -65,11 +79,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     try:
         from mnv2_cluster import cli as cluster_cli
     except ImportError as e:
-        print(
-            f"mnv2 cluster needs the cluster extra (pip install 'mnv2-operator[cluster]'): {e}",
-            file=sys.stderr,
-        )
-        return 2
+        return _missing_extra("cluster", "cluster", e)
     return cluster_cli.run(args)
 
 

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from kubernetes import client
 from mnv2_cluster.launcher import Cluster
-from mnv2_operator import crd, demo, show
+from mnv2_demo import demo
+from mnv2_operator import crd, show
 from support.cluster import local_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]

@@ -30,11 +30,12 @@ from typing import Any
 
 import pytest
 import yaml
-from mnv2_operator import demo
+from mnv2_demo import demo
+from support import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.mindspore, pytest.mark.cluster]
 
-EXAMPLE = demo.REPO_ROOT / demo.DEFAULT_EXAMPLE
+EXAMPLE = REPO_ROOT / demo.DEFAULT_EXAMPLE
 # Epochs of the shortened jobs: the first learns enough to tell training from chance (0.1); the
 # second is long enough to be killed after a checkpoint and still have epochs left to resume.
 E2E_EPOCHS = 5

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.resources
 import os
 import shutil
 import signal
@@ -35,12 +36,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-
 from mnv2_operator import show
 
-# The repository root when running from a checkout (`make demo`); the example lives there.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from mnv2_demo import plot
+
+# The example job the demo applies when given none: the repository's manifests/examples/digits-cpu.yaml,
+# which the package carries (a link in the checkout, a copy in the wheel).
 DEFAULT_EXAMPLE = Path("manifests") / "examples" / "digits-cpu.yaml"
+PACKAGED_EXAMPLE = "examples/digits-cpu.yaml"
 
 POLL_SECONDS = 2.0
 OPERATOR_READY_TIMEOUT = 90.0
@@ -65,7 +68,8 @@ class JobRef:
 
 
 def find_example(filename: str | None, cwd: Path | None = None) -> Path:
-    """The manifest to apply: the given file, else the digits CPU example (from the cwd or the checkout).
+    """The manifest to apply: the given file, else the digits CPU example (from the cwd, else the one
+    this package carries).
 
     Raises:
         DemoError: the file does not exist.
@@ -75,12 +79,21 @@ def find_example(filename: str | None, cwd: Path | None = None) -> Path:
         if not path.is_file():
             raise DemoError(f"-f {filename}: no such file")
         return path.resolve()
-    for base in (cwd or Path.cwd(), REPO_ROOT):
-        if (base / DEFAULT_EXAMPLE).is_file():
-            return (base / DEFAULT_EXAMPLE).resolve()
+    local = (cwd or Path.cwd()) / DEFAULT_EXAMPLE
+    if local.is_file():
+        return local.resolve()
+    packaged = packaged_example()
+    if packaged.is_file():
+        return packaged
     raise DemoError(
-        f"cannot find {DEFAULT_EXAMPLE}: run `mnv2 demo` from the repository, or pass -f <job.yaml>"
+        f"cannot find {DEFAULT_EXAMPLE} nor {packaged}: run `mnv2 demo` from the repository, "
+        "or pass -f <job.yaml>"
     )
+
+
+def packaged_example() -> Path:
+    """The digits CPU example as installed with this package."""
+    return Path(str(importlib.resources.files("mnv2_demo") / PACKAGED_EXAMPLE)).resolve()
 
 
 def job_ref(documents: list[Any], source: str = "manifest") -> JobRef:
@@ -359,9 +372,7 @@ def running_cluster(
         from mnv2_cluster.launcher import ClusterError
         from mnv2_cluster.node import NodeAgent
     except ImportError as exc:
-        raise DemoError(
-            f"the demo needs the cluster extra (pip install 'mnv2-operator[cluster]'): {exc}"
-        ) from exc
+        raise DemoError(f"the demo needs the demo extra (pip install 'mnv2-operator[demo]'): {exc}") from exc
 
     from mnv2_operator import crd
 
@@ -533,7 +544,7 @@ def _emit(out: TextIO, tty: bool, text: str, previous_width: int, newline: bool)
 
 def locate_metrics(job: Mapping[str, Any], state_dir: Path, name: str) -> Path | None:
     """The job's metrics.jsonl on this machine: next to its checkpoints, else found under the state dir."""
-    path = show.metrics_path_from_status(job)
+    path = plot.metrics_path_from_status(job)
     if path is not None and path.is_file():
         return path
     candidates = sorted(
@@ -633,8 +644,8 @@ def report(cluster: Cluster, ref: JobRef, job: Mapping[str, Any], out: TextIO, e
     if metrics_file is not None:
         print(f"metrics:     {metrics_file}", file=out)
         try:
-            png = show.plot_curves(
-                show.curves(show.read_metrics(metrics_file)),
+            png = plot.plot_curves(
+                plot.curves(plot.read_metrics(metrics_file)),
                 cluster.state_dir / f"{ref.name}-curves.png",
                 title=f"{ref.namespace}/{ref.name}",
             )

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from mnv2_operator import demo
+from mnv2_demo import demo
+from support import REPO_ROOT
 
 
 def test_job_ref_finds_the_one_job() -> None:
@@ -39,9 +40,16 @@ def test_find_example(tmp_path: Path) -> None:
 
 
 def test_the_default_example_is_a_single_job() -> None:
-    path = demo.find_example(None, cwd=demo.REPO_ROOT)
+    path = demo.find_example(None, cwd=REPO_ROOT)
     ref = demo.job_ref(list(yaml.safe_load_all(path.read_text(encoding="utf-8"))), str(path))
     assert ref.name
+
+
+def test_away_from_a_checkout_the_packaged_example_is_used(tmp_path: Path) -> None:
+    # The package carries the repository's example, so `mnv2 demo` works from any folder.
+    path = demo.find_example(None, cwd=tmp_path)
+    assert path == demo.packaged_example()
+    assert path.read_bytes() == (REPO_ROOT / demo.DEFAULT_EXAMPLE).read_bytes()
 
 
 def test_prepare_state_dir_removes_only_the_previous_run(tmp_path: Path) -> None:
