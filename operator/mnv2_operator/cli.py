@@ -56,7 +56,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_crd(args: argparse.Namespace) -> int:
     from mnv2_operator import crd
 
-    return crd.crd_cli(write=args.write)
+    return crd.crd_cli()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -127,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_render)
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the spec models")
-    p.add_argument("--write", action="store_true", help="write it to manifests/crd/ and the Helm chart")
     p.set_defaults(run=_cmd_crd)
 
     for name, helptext in (

@@ -15,6 +15,7 @@ import yaml
 from mnv2_cluster.launcher import Cluster as LocalCluster
 from mnv2_cluster.launcher import kubectl_binary
 from mnv2_cluster.node import NodeAgent
+from support import REPO_ROOT
 
 GROUP = "contract.mnv2.dev"
 WIDGET_CRD = f"""
@@ -89,7 +90,7 @@ spec:
             properties:
               phase: {{type: string}}
 """
-MNV2_CRD = (Path(__file__).resolve().parents[2] / "manifests/crd/mobilenetv2trainingjobs.yaml").read_text()
+MNV2_CRD = (REPO_ROOT / "manifests/crd/mobilenetv2trainingjobs.yaml").read_text()
 
 
 @dataclass

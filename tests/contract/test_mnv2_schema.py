@@ -13,10 +13,11 @@ import kubernetes
 import pytest
 import yaml
 from mnv2_operator import spec as S
+from support import REPO_ROOT
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 GROUP, VERSION = S.API_VERSION.split("/")
 PLURAL = "mobilenetv2trainingjobs"

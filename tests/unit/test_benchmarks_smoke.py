@@ -15,8 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support import REPO_ROOT
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCH = REPO_ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 common = importlib.import_module("_common")
 

@@ -12,8 +12,9 @@ import re
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 #: What is checked: the product's docs, code, packaging and tests.
 SCANNED = (
     "README.md",

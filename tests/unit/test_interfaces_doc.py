@@ -11,12 +11,12 @@ import ast
 import importlib
 import inspect
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO_ROOT
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "interfaces.md"
+DOC = REPO_ROOT / "docs" / "interfaces.md"
 #: `mnv2_x.a.b` optionally followed by `(params)` and `-> Return`.
 REFERENCE = re.compile(r"`(mnv2_(?:trainer|operator)(?:\.\w+)+)(?:\(([^)`]*)\))?(?:\s*->\s*([\w.]+))?`")
 

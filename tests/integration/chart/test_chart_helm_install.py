@@ -20,8 +20,9 @@ import helm_python as helm
 import pytest
 import yaml
 from mnv2_cluster.launcher import kubectl_binary
-from mnv2_operator.manifests import CHART_DIR
 from support.cluster import LocalCluster, local_cluster
+
+from manifests import CHART_DIR
 
 pytestmark = pytest.mark.cluster
 

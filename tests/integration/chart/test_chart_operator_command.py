@@ -23,8 +23,10 @@ import kubernetes
 import pytest
 import yaml
 from mnv2_operator import crd, render
-from mnv2_operator.manifests import CHART_DIR, NAMESPACE, render_chart
+from support import REPO_ROOT
 from support.cluster import local_cluster
+
+from manifests import NAMESPACE, render_chart
 
 pytestmark = pytest.mark.cluster
 
@@ -78,7 +80,7 @@ def test_deployment_command_runs_the_operator(tmp_path: Path) -> None:
                 assert proc.poll() is None, (tmp_path / "operator.log").read_text()
                 assert time.monotonic() < deadline, "the operator never answered its liveness probe"
                 time.sleep(0.2)
-            job = yaml.safe_load((CHART_DIR.parents[1] / "manifests/examples/digits-cpu.yaml").read_text())
+            job = yaml.safe_load((REPO_ROOT / "manifests/examples/digits-cpu.yaml").read_text())
             job["metadata"]["namespace"] = "team-a"
             cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
             name = job["metadata"]["name"]

@@ -11,7 +11,7 @@ agents, which end them when the test says.
 
 The API server's audit log holds every request with the user who made it and the answer: none of the
 operator's may be refused (a missing permission is a real 403), and each one is evaluated against the
-chart's rendered rules with the pure evaluator in `mnv2_operator.rbac`, which must agree. Conversely
+chart's rendered rules with the pure evaluator in `support.rbac`, which must agree. Conversely
 every granted verb must have been used, except the few listed in NOT_EXERCISED with the reason.
 The test's own requests (setup, reads) go through the admin's credentials, so they are not the
 operator's in the audit log.
@@ -32,10 +32,12 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 from mnv2_operator import render
-from mnv2_operator.manifests import CHART_DIR, render_chart
-from mnv2_operator.rbac import Request, denied_requests, grants_for_service_account, unused_rules
+from support import REPO_ROOT
 from support.cluster import LocalCluster, local_cluster
+from support.rbac import Request, denied_requests, grants_for_service_account, unused_rules
 from volcano import PODGROUP_CRD
+
+from manifests import CHART_DIR, render_chart
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -325,7 +327,7 @@ def test_operator_requests_are_exactly_the_charts_rbac(
 
 def test_chart_rbac_and_operator_doc_agree() -> None:
     """docs/operator.md's table of API requests names the same (group, resource, verb) as the chart."""
-    doc = (CHART_DIR.parents[1] / "docs" / "operator.md").read_text()
+    doc = (REPO_ROOT / "docs" / "operator.md").read_text()
     table = doc.split("## API requests the operator makes", 1)[1]
     documented = set()
     for line in table.splitlines():

@@ -18,13 +18,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator import status as st
+from support import REPO_ROOT
 from volcano import PODGROUP_CRD
 
 pytestmark = pytest.mark.cluster
@@ -202,7 +202,8 @@ def grant_chart_rbac(admin: Any, user: str) -> None:
     per-namespace rules, bound here cluster-wide because every test makes its own namespace.
     """
     import kubernetes
-    from mnv2_operator.manifests import render_chart
+
+    from manifests import render_chart
 
     rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
     roles = [o for o in render_chart({"watchNamespaces": ["any"]}) if o["kind"] in ("ClusterRole", "Role")]
@@ -710,7 +711,7 @@ def test_status_changes_are_merge_patches(cluster: Cluster, namespace: str) -> N
 
 def _documented_requests() -> set[tuple[str, str, str]]:
     """(verb, group, resource[/subresource]) rows of the table in docs/operator.md."""
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "operator.md").read_text()
+    doc = (REPO_ROOT / "docs" / "operator.md").read_text()
     table = doc.split("## API requests the operator makes", 1)[1]
     allowed = set()
     for line in table.splitlines():

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from mnv2_cluster.launcher import Cluster
-from mnv2_operator.manifests import CHART_DIR
 from volcano import PODGROUP_CRD
+
+from manifests import CHART_DIR
 
 
 @pytest.fixture(scope="package")

@@ -12,7 +12,7 @@ ServiceAccounts, roles and bindings are applied to the local control plane (kube
   makes for it change nothing of what that user may do, and the job's trainer ServiceAccount (rank 0's
   identity) may patch the status of that one job and nothing else: a real 403 on another job's status;
 - SubjectAccessReviews over a matrix of requests agree, request by request, with the pure evaluator
-  (`mnv2_operator.rbac`) that the operator suites use to check audited requests against the chart.
+  (`support.rbac`) that the operator suites use to check audited requests against the chart.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from mnv2_cluster.launcher import Cluster
 from mnv2_operator import render
 from mnv2_operator import spec as S
 from mnv2_operator.handlers import job_path, object_path
-from mnv2_operator.manifests import REPO_ROOT, render_chart
-from mnv2_operator.rbac import Request, allowed, grants_for_service_account
+from support import REPO_ROOT
+from support.rbac import Request, allowed, grants_for_service_account
+
+from manifests import render_chart
 
 pytestmark = pytest.mark.cluster
 

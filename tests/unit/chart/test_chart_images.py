@@ -14,7 +14,9 @@ import sys
 import tomllib
 
 import yaml
-from mnv2_operator.manifests import CHART_DIR, REPO_ROOT, render_chart
+from support import REPO_ROOT
+
+from manifests import CHART_DIR, render_chart
 
 OPERATOR_DOCKERFILE = REPO_ROOT / "docker" / "operator.Dockerfile"
 TRAINER_DOCKERFILE = REPO_ROOT / "docker" / "trainer.Dockerfile"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnv2_operator.manifests import render_chart
-from mnv2_operator.rbac import Request, allowed, grants_for_service_account
+from support.rbac import Request, allowed, grants_for_service_account
+
+from manifests import render_chart
 
 SA, SA_NS = "mnv2-operator", "mnv2-system"
 JOBS = "training.mnv2.dev"

@@ -15,8 +15,10 @@ import yaml
 from mnv2_operator import spec
 from mnv2_operator.cli import build_parser
 from mnv2_operator.crd import crd_object
-from mnv2_operator.manifests import CHART_DIR, REPO_ROOT, chart_crds, render_chart, render_chart_files
 from mnv2_operator.spec import OperatorDefaults
+from support import REPO_ROOT
+
+from manifests import CHART_DIR, chart_crds, render_chart, render_chart_files
 
 KUBE_VERSION = "1.37.0"
 CI_VALUES = sorted(CHART_DIR.glob("ci/*-values.yaml"))
@@ -230,7 +232,7 @@ def test_notes_tell_how_to_submit_a_job_and_read_its_status() -> None:
 
 
 def test_chart_ships_the_generated_crd() -> None:
-    # Helm installs crds/ before the templates; it must hold exactly the CRD `mnv2 crd --write` generates.
+    # Helm installs crds/ before the templates; it must hold exactly the CRD `python tools/write_crd.py` generates.
     crds = chart_crds()
     assert [crd["metadata"]["name"] for crd in crds] == ["mobilenetv2trainingjobs.training.mnv2.dev"]
     kubernetes_validate.validate(crds[0], KUBE_VERSION, strict=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mnv2_operator.rbac import (
+from support.rbac import (
     Grant,
     Request,
     allowed,

@@ -21,8 +21,9 @@ import yaml
 from mnv2_operator import cli, render
 from mnv2_operator import spec as S
 from mnv2_operator.policy import OperatorPolicy, PolicyError
+from support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = REPO_ROOT
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 K8S_VERSION = "1.37.0"

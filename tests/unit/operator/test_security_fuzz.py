@@ -16,7 +16,6 @@ import random
 import re
 import time
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -27,8 +26,9 @@ from mnv2_operator import render as R
 from mnv2_operator import spec as S
 from mnv2_operator import validation as V
 from mnv2_operator.policy import OperatorPolicy
+from support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = REPO_ROOT
 EXAMPLES = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "manifests" / "examples").glob("*.yaml"))]
 SEED = 13
 JOBS = 600

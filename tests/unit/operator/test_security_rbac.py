@@ -15,10 +15,12 @@ import pytest
 import yaml
 from mnv2_operator import render as R
 from mnv2_operator import spec as S
-from mnv2_operator.manifests import render_chart
-from mnv2_operator.rbac import Request, allowed, grants_for_service_account
+from support import REPO_ROOT
+from support.rbac import Request, allowed, grants_for_service_account
 
-ROOT = Path(__file__).resolve().parents[3]
+from manifests import render_chart
+
+ROOT = REPO_ROOT
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 JOBS = "training.mnv2.dev"
 RBAC = "rbac.authorization.k8s.io"

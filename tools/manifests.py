@@ -2,11 +2,12 @@
 
 The chart is the single source of the operator's Deployment and RBAC; the plain manifests are the chart
 rendered with its default values (release `mnv2-operator` in namespace `mnv2-system`), for clusters
-installed without Helm. `python -m mnv2_operator.manifests` rewrites them; `--check` reports drift
-(a test runs the check, so a chart change without regenerated manifests fails).
+installed without Helm. `python tools/manifests.py` rewrites them; `--check` reports drift (a test
+runs the check, so a chart change without regenerated manifests fails). The tests render the chart
+with the same functions (`render_chart`).
 
-This is a development tool: it needs the `helm-python-sdk` package (the `dev` extra) and a source
-checkout, never the operator image.
+A development tool of the source checkout (it is not part of the installed package): it needs the
+`helm-python-sdk` package (the `dev` extra).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# This script's checkout: tools/ is a folder of the repository.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "charts" / "mnv2-operator"
 RELEASE_NAME = "mnv2-operator"
 NAMESPACE = "mnv2-system"
@@ -42,7 +44,7 @@ HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 
 HEADER = (
     "# Generated from charts/mnv2-operator (default values, release {release!r}, namespace {namespace!r})\n"
-    "# by `python -m mnv2_operator.manifests`. Do not edit: change the chart and regenerate.\n"
+    "# by `python tools/manifests.py`. Do not edit: change the chart and regenerate.\n"
 )
 
 
@@ -246,15 +248,13 @@ def _read(path: Path) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mnv2_operator.manifests", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python tools/manifests.py", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     args = parser.parse_args(argv)
     if args.check:
         drifted = drifted_files()
         for rel in drifted:
-            print(f"out of date: {rel} (run: python -m mnv2_operator.manifests)", file=sys.stderr)
+            print(f"out of date: {rel} (run: python tools/manifests.py)", file=sys.stderr)
         return 1 if drifted else 0
     for path in write_manifests():
         print(path.relative_to(REPO_ROOT))
