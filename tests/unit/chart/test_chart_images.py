@@ -51,6 +51,16 @@ def test_operator_code_imports_no_mindspore() -> None:
     assert out.strip() == "[]"
 
 
+def test_operator_image_import_check_passes_and_covers_the_optional_packages() -> None:
+    # The image build runs this check after `pip install .`; run the same code here.
+    runs = " ".join(args for keyword, args in instructions(OPERATOR_DOCKERFILE) if keyword == "RUN")
+    (code,) = re.findall(r'python -c "([^"]+)"', runs)
+    for forbidden in ("mindspore", "numpy", "mnv2_demo", "mnv2_cluster", "matplotlib", "support"):
+        assert f"'{forbidden}'" in code, f"the operator image's import check does not refuse {forbidden}"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_operator_image_matches_the_chart() -> None:
     steps = instructions(OPERATOR_DOCKERFILE)
     runs = " ".join(args for keyword, args in steps if keyword == "RUN")
