@@ -44,14 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+from mnv2_operator.constants import GROUP, KIND, LABEL_JOB, PLURAL, VERSION  # noqa: E402
 
-GROUP, VERSION, PLURAL, KIND = (
-    "training.mnv2.dev",
-    "v1alpha1",
-    "mobilenetv2trainingjobs",
-    "MobileNetV2TrainingJob",
-)
-LABEL_JOB = "training.mnv2.dev/job-name"
 NAMESPACE = "default"
 OPERATOR_USER = "mnv2-operator-bench"
 GOAL_SECONDS, GOAL_MB = 60.0, 200.0

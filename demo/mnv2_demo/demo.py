@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from mnv2_operator import constants as C
 from mnv2_operator import show
 
 from mnv2_demo import plot
@@ -102,9 +103,9 @@ def job_ref(documents: list[Any], source: str = "manifest") -> JobRef:
     Raises:
         DemoError: no job, more than one, or a job without a name.
     """
-    jobs = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == show.KIND]
+    jobs = [d for d in documents if isinstance(d, Mapping) and d.get("kind") == C.KIND]
     if len(jobs) != 1:
-        raise DemoError(f"{source}: expected exactly one {show.KIND}, found {len(jobs)}")
+        raise DemoError(f"{source}: expected exactly one {C.KIND}, found {len(jobs)}")
     meta = jobs[0].get("metadata") or {}
     if not meta.get("name"):
         raise DemoError(f"{source}: metadata.name is missing (the demo follows the job by name)")
@@ -112,7 +113,7 @@ def job_ref(documents: list[Any], source: str = "manifest") -> JobRef:
 
 
 def is_finished(job: Mapping[str, Any]) -> bool:
-    return ((job.get("status") or {}).get("phase")) in show.FINISHED_PHASES
+    return ((job.get("status") or {}).get("phase")) in C.TERMINAL_PHASES
 
 
 # What a previous run leaves in the state folder that a new run must not find: etcd's data (the
@@ -282,7 +283,7 @@ def claims_of(documents: list[Any]) -> list[tuple[str, str]]:
     """(namespace, claim name) of every PersistentVolumeClaim the manifest's jobs mount, in order."""
     claims: list[tuple[str, str]] = []
     for doc in documents:
-        if not isinstance(doc, Mapping) or doc.get("kind") != show.KIND:
+        if not isinstance(doc, Mapping) or doc.get("kind") != C.KIND:
             continue
         namespace = str((doc.get("metadata") or {}).get("namespace") or "default")
         spec = doc.get("spec") or {}
@@ -344,12 +345,12 @@ def wait_served(api_client: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            api.list_cluster_custom_object(show.GROUP, show.VERSION, show.PLURAL, limit=1)
+            api.list_cluster_custom_object(C.GROUP, C.VERSION, C.PLURAL, limit=1)
             return
         except ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise DemoError(
-                    f"the CRD was created but {show.PLURAL} is not served: HTTP {exc.status}"
+                    f"the CRD was created but {C.PLURAL} is not served: HTTP {exc.status}"
                 ) from exc
         time.sleep(0.3)
 

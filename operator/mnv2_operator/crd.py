@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
 
-CRD_NAME = f"{S.PLURAL}.{S.GROUP}"
-CRD_FILENAME = f"{S.PLURAL}.yaml"
+CRD_FILENAME = f"{C.PLURAL}.yaml"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
@@ -204,26 +204,26 @@ def crd_object() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": C.CRD_NAME,
             "labels": {
                 "app.kubernetes.io/name": "mnv2-operator",
                 "app.kubernetes.io/part-of": "mnv2-operator",
             },
         },
         "spec": {
-            "group": S.GROUP,
+            "group": C.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": S.KIND,
-                "listKind": f"{S.KIND}List",
-                "plural": S.PLURAL,
-                "singular": S.SINGULAR,
-                "shortNames": list(S.SHORT_NAMES),
+                "kind": C.KIND,
+                "listKind": f"{C.KIND}List",
+                "plural": C.PLURAL,
+                "singular": C.SINGULAR,
+                "shortNames": list(C.SHORT_NAMES),
                 "categories": ["mnv2"],
             },
             "versions": [
                 {
-                    "name": S.VERSION,
+                    "name": C.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

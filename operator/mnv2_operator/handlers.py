@@ -49,14 +49,18 @@ import kopf
 import urllib3
 
 from mnv2_operator import status as st
+from mnv2_operator.constants import (
+    ANNOTATION_SPEC_HASH,
+    GROUP,
+    KIND,
+    LABEL_JOB,
+    LABEL_ROLE,
+    PLURAL,
+    ROLE_WORKER,
+    VERSION,
+)
 from mnv2_operator.render import FIXED_KINDS, RenderedJob, render_job
 from mnv2_operator.spec import OperatorDefaults, SpecError, parse_spec
-
-GROUP = "training.mnv2.dev"
-VERSION = "v1alpha1"
-PLURAL = "mobilenetv2trainingjobs"
-KIND = "MobileNetV2TrainingJob"
-ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 
 # Kinds that render.py emits -> (plural, namespaced). Everything the operator creates is namespaced.
 _PLURALS = {
@@ -925,7 +929,7 @@ async def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any)
     settings.watching.connect_timeout = 30
     # Only the job's worker pods are streamed from the API server (server-side label selector), so a
     # cluster-wide operator does not receive every pod of the cluster. The handlers filter again.
-    settings.watching.label_selectors["pods"] = f"{st.LABEL_JOB},{st.LABEL_ROLE}=worker"
+    settings.watching.label_selectors["pods"] = f"{LABEL_JOB},{LABEL_ROLE}={ROLE_WORKER}"
     # Events and index updates are cheap; let many objects be processed at once.
     settings.queueing.worker_limit = None
     if getattr(memo, "mnv2", None) is None:
@@ -954,7 +958,7 @@ async def _shutdown(memo: kopf.Memo, **_: Any) -> None:
         await controller.close()
 
 
-_POD_LABELS: Mapping[str, Any] = {st.LABEL_JOB: kopf.PRESENT, st.LABEL_ROLE: "worker"}
+_POD_LABELS: Mapping[str, Any] = {LABEL_JOB: kopf.PRESENT, LABEL_ROLE: ROLE_WORKER}
 
 # kopf's handler protocols list every keyword a handler may receive; handlers that name only the
 # ones they use (kopf's own style, `**_` for the rest) do not match them for mypy, hence the ignores.
@@ -968,7 +972,7 @@ async def mnv2_pods(
 
     Async on purpose: kopf runs sync handlers in a thread pool, too slow for thousands of pods.
     """
-    return {(namespace, labels[st.LABEL_JOB]): slim_pod(body)}
+    return {(namespace, labels[LABEL_JOB]): slim_pod(body)}
 
 
 @kopf.on.event("pods", labels=_POD_LABELS)  # type: ignore[arg-type]
@@ -982,7 +986,7 @@ async def _pod_event(
     **_: Any,
 ) -> None:
     # kopf updates the index from this event before calling event handlers.
-    memo.mnv2.pod_event((namespace, labels[st.LABEL_JOB]), name, uid, mnv2_pods)
+    memo.mnv2.pod_event((namespace, labels[LABEL_JOB]), name, uid, mnv2_pods)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]

@@ -23,7 +23,16 @@ from typing import Any
 import jinja2
 import yaml
 
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
+from mnv2_operator.constants import (
+    ANNOTATION_POD_GROUP,
+    LABEL_ATTEMPT,
+    LABEL_INDEX,
+    LABEL_JOB,
+    LABEL_ROLE,
+    ROLE_WORKER,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MASTER_PORT = 8118
@@ -43,12 +52,6 @@ TOKEN_SECONDS = 3600
 #: uid written into owner references by ``mnv2 render`` (a dry run has no real job yet).
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 
-LABEL_JOB = "training.mnv2.dev/job-name"
-LABEL_INDEX = "training.mnv2.dev/replica-index"
-LABEL_ATTEMPT = "training.mnv2.dev/attempt"
-LABEL_ROLE = "training.mnv2.dev/role"
-#: Volcano's pod annotation naming the PodGroup.
-ANNOTATION_GROUP = "scheduling.k8s.io/group-name"
 #: Longest job name: pod hostnames ``<job>-worker-<i>`` must stay DNS labels (63 characters).
 MAX_JOB_NAME = 63 - len("-worker-") - 4
 #: Children rendered from the job's name, namespace and uid alone, never from its spec: complete once
@@ -91,7 +94,7 @@ def job_labels(name: str) -> dict[str, str]:
 
 def pod_selector(name: str) -> dict[str, str]:
     """The label selector of job ``name``'s worker pods (all attempts)."""
-    return {LABEL_JOB: name, LABEL_ROLE: "worker"}
+    return {LABEL_JOB: name, LABEL_ROLE: ROLE_WORKER}
 
 
 def pod_name(job: str, index: int) -> str:
@@ -408,10 +411,10 @@ def render_job(
         "name": name,
         "namespace": namespace,
         "uid": uid,
-        "api_version": S.API_VERSION,
-        "kind": S.KIND,
-        "group": S.GROUP,
-        "plural": S.PLURAL,
+        "api_version": C.API_VERSION,
+        "kind": C.KIND,
+        "group": C.GROUP,
+        "plural": C.PLURAL,
     }
     common = {"job": job, "spec": spec, "labels": labels, "master_port": MASTER_PORT}
     objects = [
@@ -441,7 +444,7 @@ def render_job(
                 "pod.yaml.j2",
                 pod_name=pname,
                 pod_labels=pod_labels,
-                pod_annotations={ANNOTATION_GROUP: name} if gang else {},
+                pod_annotations={ANNOTATION_POD_GROUP: name} if gang else {},
                 index=index,
                 attempt=attempt,
                 command=trainer_command(name, namespace, spec, index, attempt),
@@ -496,12 +499,12 @@ def load_job_manifest(filename: str) -> dict[str, Any]:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         raise S.SpecError([f"{filename}: not valid YAML: {err}"]) from None
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == S.KIND]
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == C.KIND]
     if len(jobs) != 1:
-        raise S.SpecError([f"{filename}: expected one {S.KIND} document, found {len(jobs)}"])
+        raise S.SpecError([f"{filename}: expected one {C.KIND} document, found {len(jobs)}"])
     job = jobs[0]
-    if job.get("apiVersion") != S.API_VERSION:
-        raise S.SpecError([f"apiVersion: {job.get('apiVersion')!r} is not served; use {S.API_VERSION}"])
+    if job.get("apiVersion") != C.API_VERSION:
+        raise S.SpecError([f"apiVersion: {job.get('apiVersion')!r} is not served; use {C.API_VERSION}"])
     meta = job.get("metadata") or {}
     if not meta.get("name"):
         raise S.SpecError(["metadata.name: required; name the job"])
@@ -544,7 +547,7 @@ def to_yaml(rendered: RenderedJob, job: Mapping[str, Any]) -> str:
     meta = job.get("metadata") or {}
     ns = meta.get("namespace") or "default"
     header = [
-        f"# Objects the operator creates for {S.KIND} {ns}/{meta['name']} (attempt 0).",
+        f"# Objects the operator creates for {C.KIND} {ns}/{meta['name']} (attempt 0).",
         "# The ownerReferences' uid is a placeholder until the job exists; defaults left empty in the",
         "# spec come from this shell's MNV2_DEFAULT_* variables or the built-in ones, as in the operator.",
     ]

@@ -17,12 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-GROUP = "training.mnv2.dev"
-VERSION = "v1alpha1"
-PLURAL = "mobilenetv2trainingjobs"
-KIND = "MobileNetV2TrainingJob"
-
-FINISHED_PHASES = ("Succeeded", "Failed")
+from mnv2_operator.constants import GROUP, KIND, PLURAL, VERSION
 
 
 class ShowError(Exception):

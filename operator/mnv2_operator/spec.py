@@ -40,16 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from mnv2_operator import __version__
+from mnv2_operator import constants as C
 from mnv2_operator import validation as V
 from mnv2_operator.policy import OperatorPolicy
-
-GROUP = "training.mnv2.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "MobileNetV2TrainingJob"
-PLURAL = "mobilenetv2trainingjobs"
-SINGULAR = "mobilenetv2trainingjob"
-SHORT_NAMES = ("mnv2job", "mnv2")
 
 #: Trainer image when neither the job nor the operator's environment names one. Same repository as
 #: the Helm chart's ``jobDefaults.trainerImage`` and tagged with this package's version (the chart's
@@ -803,10 +796,6 @@ class _StatusModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
-Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-PHASES: tuple[str, ...] = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-
-
 class Condition(_StatusModel):
     """A metav1.Condition."""
 
@@ -865,7 +854,7 @@ class Checkpoints(_StatusModel):
 class JobStatus(_StatusModel):
     """Observed state. The operator writes phase..message; the trainer writes progress, metrics, checkpoints."""
 
-    phase: Phase | None = Field(
+    phase: C.Phase | None = Field(
         default=None, description="Pending, Running, Restarting, Succeeded, Failed or Suspended."
     )
     conditions: list[Condition] = Field(

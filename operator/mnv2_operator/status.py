@@ -23,32 +23,26 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# Pod labels set by render.py, read back here. Plain strings so this module imports nothing; a unit
-# test checks they equal render's.
-LABEL_JOB = "training.mnv2.dev/job-name"
-LABEL_ATTEMPT = "training.mnv2.dev/attempt"
-LABEL_RANK = "training.mnv2.dev/replica-index"
-LABEL_ROLE = "training.mnv2.dev/role"
+from mnv2_operator.constants import LABEL_ATTEMPT, LABEL_INDEX, TERMINAL_PHASES, ConditionType, Phase, Reason
 
-PENDING = "Pending"
-RUNNING = "Running"
-RESTARTING = "Restarting"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-SUSPENDED = "Suspended"
-PHASES = (PENDING, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
-TERMINAL = (SUCCEEDED, FAILED)
+PENDING = Phase.PENDING
+RUNNING = Phase.RUNNING
+RESTARTING = Phase.RESTARTING
+SUCCEEDED = Phase.SUCCEEDED
+FAILED = Phase.FAILED
+SUSPENDED = Phase.SUSPENDED
+PHASES = tuple(Phase)
+TERMINAL = TERMINAL_PHASES
 
-CONDITION_TYPES = ("Created", RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED)
+CONDITION_TYPES = tuple(t for t in ConditionType if t != ConditionType.SPEC_INVALID)
 
-# Reasons (CamelCase, as metav1.Condition requires).
-REASON_INVALID_SPEC = "InvalidSpec"
-REASON_BACKOFF = "BackoffLimitExceeded"
-REASON_DEADLINE = "DeadlineExceeded"
-REASON_INVALID_INPUT = "InvalidInput"
+REASON_INVALID_SPEC = Reason.INVALID_SPEC
+REASON_BACKOFF = Reason.BACKOFF_LIMIT_EXCEEDED
+REASON_DEADLINE = Reason.DEADLINE_EXCEEDED
+REASON_INVALID_INPUT = Reason.INVALID_INPUT
 # A condition present only while the job's current spec does not validate but the job goes on with
 # the pods it has (see `spec_invalid_deferred`).
-CONDITION_SPEC_INVALID = "SpecInvalid"
+CONDITION_SPEC_INVALID = ConditionType.SPEC_INVALID
 
 # A container termination message that starts with this says a retry cannot help (the trainer's
 # `mnv2_trainer.termination.PREFIX`; a unit test checks they agree).
@@ -173,7 +167,7 @@ def pod_attempt(pod: Mapping[str, Any]) -> int:
 
 def pod_rank(pod: Mapping[str, Any]) -> int:
     """The node rank of a pod, from its label or else from the `-worker-<i>` name suffix."""
-    value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RANK)
+    value = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_INDEX)
     if value is None:
         value = pod_name(pod).rsplit("-", 1)[-1]
     try:
@@ -289,8 +283,8 @@ def worker_pod_name(job: str, rank: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Ownership: which existing objects are the job's.
 
-REASON_CHILD_CONFLICT = "ChildConflict"
-REASON_CREATE_FAILED = "CreateFailed"
+REASON_CHILD_CONFLICT = Reason.CHILD_CONFLICT
+REASON_CREATE_FAILED = Reason.CREATE_FAILED
 
 
 def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:

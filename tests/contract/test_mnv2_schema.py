@@ -12,6 +12,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
 from support import REPO_ROOT
 
@@ -19,8 +20,7 @@ pytestmark = pytest.mark.cluster
 
 ROOT = REPO_ROOT
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
-GROUP, VERSION = S.API_VERSION.split("/")
-PLURAL = "mobilenetv2trainingjobs"
+GROUP, VERSION, PLURAL = C.GROUP, C.VERSION, C.PLURAL
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def dry_run_create(co: kubernetes.client.CustomObjectsApi, ns: str, doc: dict) -
 def test_api_server_defaults_agree_with_the_models(co, ns: str, example: Path) -> None:
     """The API server keeps every example whole, and the defaults it fills in are the ones parse_spec
     assumes."""
-    (doc,) = [d for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == S.KIND]
+    (doc,) = [d for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == C.KIND]
     doc["metadata"].pop("namespace", None)
     stored = dry_run_create(co, ns, doc)
     assert stored["spec"]["runPolicy"]["backoffLimit"] == doc["spec"].get("runPolicy", {}).get(
@@ -54,8 +54,8 @@ def test_api_server_defaults_agree_with_the_models(co, ns: str, example: Path) -
 def test_api_server_prunes_a_misspelt_field(co, ns: str) -> None:
     """Why parse_spec still matters: a typo never reaches it through the API server (kubectl warns)."""
     doc = {
-        "apiVersion": S.API_VERSION,
-        "kind": S.KIND,
+        "apiVersion": C.API_VERSION,
+        "kind": C.KIND,
         "metadata": {"name": "x"},
         "spec": {"model": {"name": "mobilenet_v2_075"}, "dataset": {"type": "digits"}, "devicesPerNod": 2},
     }

@@ -20,7 +20,8 @@ import yaml
 from kubernetes import client
 from mnv2_cluster.launcher import Cluster
 from mnv2_demo import demo
-from mnv2_operator import crd, show
+from mnv2_operator import constants as C
+from mnv2_operator import crd
 from support.cluster import local_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -92,9 +93,7 @@ def test_status_and_plot_read_a_job_back(cluster: Cluster, tmp_path: Path) -> No
             }
         },
     ):
-        api.patch_namespaced_custom_object_status(
-            show.GROUP, show.VERSION, "default", show.PLURAL, "hand-made", body
-        )
+        api.patch_namespaced_custom_object_status(C.GROUP, C.VERSION, "default", C.PLURAL, "hand-made", body)
 
     status = mnv2("status", "hand-made", "--kubeconfig", str(cluster.kubeconfig))
     assert status.returncode == 0, status.stderr

@@ -26,9 +26,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from mnv2_operator.constants import GROUP, PLURAL, VERSION
+
 _logger = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "training.mnv2.dev", "v1alpha1", "mobilenetv2trainingjobs"
 METRICS_FILE = "metrics.jsonl"
 ENV_JOB_NAME, ENV_JOB_NAMESPACE = "MNV2_JOB_NAME", "MNV2_JOB_NAMESPACE"
 #: Seconds between two step-progress patches.

@@ -20,13 +20,13 @@ import helm_python as helm
 import pytest
 import yaml
 from mnv2_cluster.launcher import kubectl_binary
+from mnv2_operator.constants import CRD_NAME
 from support.cluster import LocalCluster, local_cluster
 
 from manifests import CHART_DIR
 
 pytestmark = pytest.mark.cluster
 
-CRD_NAME = "mobilenetv2trainingjobs.training.mnv2.dev"
 HELM_USER = "helm-test"
 WRITES = ("create", "patch", "update", "delete", "deletecollection")
 

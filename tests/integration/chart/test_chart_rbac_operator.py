@@ -32,6 +32,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 from mnv2_operator import render
+from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support import REPO_ROOT
 from support.cluster import LocalCluster, local_cluster
 from support.rbac import Request, denied_requests, grants_for_service_account, unused_rules
@@ -41,7 +42,6 @@ from manifests import CHART_DIR, render_chart
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-GROUP, VERSION, PLURAL = "training.mnv2.dev", "v1alpha1", "mobilenetv2trainingjobs"
 SA, SA_NS = "mnv2-operator", "mnv2-system"
 SA_USER = f"system:serviceaccount:{SA_NS}:{SA}"
 NS_A, NS_B = "team-a", "team-b"

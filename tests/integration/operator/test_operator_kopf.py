@@ -24,12 +24,12 @@ import pytest
 from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator import status as st
+from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support import REPO_ROOT
 from volcano import PODGROUP_CRD
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = "training.mnv2.dev", "v1alpha1", "mobilenetv2trainingjobs"
 T = TypeVar("T")
 _names = itertools.count()
 

@@ -26,6 +26,7 @@ import kubernetes
 import pytest
 import yaml
 from mnv2_cluster.launcher import Cluster
+from mnv2_operator import constants as C
 from mnv2_operator import render
 from mnv2_operator import spec as S
 from mnv2_operator.handlers import job_path, object_path
@@ -36,7 +37,7 @@ from manifests import render_chart
 
 pytestmark = pytest.mark.cluster
 
-GROUP, VERSION, PLURAL = S.GROUP, "v1alpha1", S.PLURAL
+GROUP, VERSION, PLURAL = C.GROUP, C.VERSION, C.PLURAL
 RBAC = "rbac.authorization.k8s.io"
 TEAM_A, TEAM_B = "team-a", "team-b"
 # (release, namespace, values, the operator's ServiceAccount) of the two installs.
@@ -227,7 +228,7 @@ def job_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     example = yaml.safe_load((REPO_ROOT / "manifests" / "examples" / "digits-cpu.yaml").read_text())
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": S.KIND,
+        "kind": C.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": example["spec"] | spec,
     }
@@ -335,7 +336,7 @@ def test_the_operator_creates_a_jobs_children_with_the_charts_rules_and_nothing_
         "metadata": {"generateName": f"{name}."},
         "involvedObject": {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": S.KIND,
+            "kind": C.KIND,
             "name": name,
             "namespace": TEAM_A,
         },

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mnv2_operator import constants as C
 from support.rbac import Request, allowed, grants_for_service_account
 
 from manifests import render_chart
 
 SA, SA_NS = "mnv2-operator", "mnv2-system"
-JOBS = "training.mnv2.dev"
+JOBS = C.GROUP
 
 
 def grants(values: dict[str, Any] | None = None):

@@ -11,6 +11,7 @@ import pytest
 import write_crd
 import yaml
 from mnv2_operator import cli, crd
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
 from support import REPO_ROOT as ROOT
 
@@ -114,7 +115,7 @@ def test_status_schema_has_both_writers_keys_and_no_defaults() -> None:
         "metrics",
         "checkpoints",
     }
-    assert status["properties"]["phase"]["enum"] == list(S.PHASES)
+    assert status["properties"]["phase"]["enum"] == [p.value for p in C.Phase]
     assert status["properties"]["metrics"]["properties"]["top1"]["maximum"] == 1
     assert set(status["properties"]["progress"]["properties"]) == {
         "epoch",
@@ -173,8 +174,8 @@ def test_examples_pass_the_crd_schema(example: Path) -> None:
 
 def test_crd_schema_rejects_what_the_api_server_would() -> None:
     bad = {
-        "apiVersion": S.API_VERSION,
-        "kind": S.KIND,
+        "apiVersion": C.API_VERSION,
+        "kind": C.KIND,
         "metadata": {"name": "x"},
         "spec": {"model": {"name": "resnet50"}, "dataset": {}},
     }

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from mnv2_operator import cli, render
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
 from mnv2_operator.policy import OperatorPolicy, PolicyError
 from support import REPO_ROOT
@@ -32,8 +33,8 @@ UID = "5b0c8a8e-4d51-4c1b-9d1e-0f6f2a7c9e11"
 
 def job(name: str, spec: dict[str, Any], namespace: str = "ml") -> dict[str, Any]:
     return {
-        "apiVersion": S.API_VERSION,
-        "kind": S.KIND,
+        "apiVersion": C.API_VERSION,
+        "kind": C.KIND,
         "metadata": {"name": name, "namespace": namespace, "uid": UID},
         "spec": spec,
     }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mnv2_operator import constants as C
 from mnv2_operator import render as R
 from mnv2_operator import spec as S
 from support import REPO_ROOT
@@ -22,7 +23,7 @@ from manifests import render_chart
 
 ROOT = REPO_ROOT
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
-JOBS = "training.mnv2.dev"
+JOBS = C.GROUP
 RBAC = "rbac.authorization.k8s.io"
 NS = "team-a"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from mnv2_operator import constants as C
 from mnv2_operator import show
 
 NOW = datetime(2026, 11, 27, 19, 0, 0, tzinfo=UTC)
@@ -148,7 +149,7 @@ class FakeCustomObjects:
         self.jobs, self.crd_installed = jobs, crd_installed
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):  # noqa: ANN001
-        assert (group, version, plural) == (show.GROUP, show.VERSION, show.PLURAL)
+        assert (group, version, plural) == (C.GROUP, C.VERSION, C.PLURAL)
         if not self.crd_installed or name not in self.jobs:
             raise ApiException(status=404, reason="Not Found")
         return self.jobs[name]

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+from mnv2_operator import constants as C
 from mnv2_operator import spec as S
 
 MINIMAL: dict[str, Any] = {
@@ -360,7 +361,7 @@ def test_status_reads_both_writers_and_ignores_unknown_keys() -> None:
     assert status.metrics is not None and status.metrics.best_top1 == 0.91
     assert status.conditions[0].last_transition_time is not None
     assert set(S.TRAINER_STATUS_KEYS) <= set(S.JobStatus.model_fields)
-    assert S.PHASES == ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
+    assert tuple(C.Phase) == ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 
 
 def test_operator_defaults_from_env() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from mnv2_operator import constants as C
 from mnv2_operator import handlers
 from mnv2_operator import status as st
 from mnv2_trainer import termination
@@ -24,7 +25,7 @@ def pod(
         if message is not None:
             term["message"] = message
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
-    labels = {st.LABEL_JOB: JOB, st.LABEL_ATTEMPT: "0", st.LABEL_RANK: str(rank)}
+    labels = {C.LABEL_JOB: JOB, C.LABEL_ATTEMPT: "0", C.LABEL_INDEX: str(rank)}
     return {"metadata": {"name": f"{JOB}-worker-{rank}", "labels": labels}, "status": status}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from mnv2_operator import constants as C
 from mnv2_operator import status as st
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -13,7 +14,7 @@ JOB, UID, HASH = "j", "uid-1", "h1"
 
 
 def pod(rank: int, uid: str, phase: str = "Pending", attempt: int = 0) -> dict[str, Any]:
-    labels = {st.LABEL_JOB: JOB, st.LABEL_ATTEMPT: str(attempt), st.LABEL_RANK: str(rank)}
+    labels = {C.LABEL_JOB: JOB, C.LABEL_ATTEMPT: str(attempt), C.LABEL_INDEX: str(rank)}
     return {
         "metadata": {"name": f"{JOB}-worker-{rank}", "uid": uid, "labels": labels},
         "status": {"phase": phase},

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mnv2_operator import constants as C
 from mnv2_operator import handlers
 from mnv2_operator import status as st
 
 UID = "11111111-2222-3333-4444-555555555555"
-KIND = "MobileNetV2TrainingJob"
+KIND = C.KIND
 
 
 def obj(*refs: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def test_the_operator_counts_only_pods_it_controls() -> None:
         {
             "metadata": {
                 "name": "j-worker-1",
-                "labels": {st.LABEL_JOB: "j"},
+                "labels": {C.LABEL_JOB: "j"},
                 "ownerReferences": [ref(controller=False)],
             }
         }

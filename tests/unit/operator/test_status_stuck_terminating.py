@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from mnv2_operator import constants as C
 from mnv2_operator import status as st
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -14,7 +15,7 @@ POLICY = st.Policy(workers=2, backoff_limit=3)
 
 
 def pod(rank: int, phase: str, attempt: int, deleted_at: dt.datetime | None = None) -> dict[str, Any]:
-    labels = {st.LABEL_JOB: JOB, st.LABEL_ATTEMPT: str(attempt), st.LABEL_RANK: str(rank)}
+    labels = {C.LABEL_JOB: JOB, C.LABEL_ATTEMPT: str(attempt), C.LABEL_INDEX: str(rank)}
     meta: dict[str, Any] = {"name": f"{JOB}-worker-{rank}", "uid": f"u{rank}-{attempt}", "labels": labels}
     if deleted_at is not None:
         meta["deletionTimestamp"] = st.format_time(deleted_at)  # request time + grace period

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from mnv2_operator import constants as C
 from mnv2_operator import status as st
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -20,7 +21,7 @@ def pod(
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": f"{JOB}-worker-{rank}",
-        "labels": {st.LABEL_JOB: JOB, st.LABEL_ATTEMPT: str(attempt), st.LABEL_RANK: str(rank)},
+        "labels": {C.LABEL_JOB: JOB, C.LABEL_ATTEMPT: str(attempt), C.LABEL_INDEX: str(rank)},
     }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T12:00:00Z"
@@ -263,14 +264,3 @@ def test_policy_from_spec_camel_case() -> None:
     )
     assert p == st.Policy(4, 0, 60, 5, "All", True)
     assert st.Policy.from_spec({}) == st.Policy(workers=1)
-
-
-def test_labels_match_render() -> None:
-    from mnv2_operator import render
-
-    assert (st.LABEL_JOB, st.LABEL_ATTEMPT, st.LABEL_RANK, st.LABEL_ROLE) == (
-        render.LABEL_JOB,
-        render.LABEL_ATTEMPT,
-        render.LABEL_INDEX,
-        render.LABEL_ROLE,
-    )
