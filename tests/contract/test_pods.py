@@ -7,38 +7,20 @@ the command as a local process. Without a Ready Node these tests skip, saying so
 from __future__ import annotations
 
 import os
-import textwrap
 import time
 
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
+from support.pods import EXITS_ON_SIGTERM, fails_once_pod, field_env, gone, phase, python_pod
 
 from contract.kit import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
-IMAGE = "python:3.11-slim"
 
 
 def pod(name: str, code: str, restart: str = "Never", grace: int | None = None, **container: object) -> dict:
-    spec: dict = {
-        "restartPolicy": restart,
-        "containers": [
-            {"name": "main", "image": IMAGE, "command": ["python", "-c", textwrap.dedent(code)], **container}
-        ],
-    }
-    if grace is not None:
-        spec["terminationGracePeriodSeconds"] = grace
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "ct"}},
-        "spec": spec,
-    }
-
-
-def phase(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
-    return core.read_namespaced_pod(name, ns).status.phase
+    return python_pod(name, code, app="ct", restart=restart, grace=grace, **container)
 
 
 def log_of(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
@@ -50,14 +32,6 @@ def log_of(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
         if e.status == 400 and "is waiting to start" in e.body:
             return ""
         raise
-
-
-def gone(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> bool:
-    try:
-        core.read_namespaced_pod(name, ns)
-        return False
-    except ApiException as e:
-        return e.status == 404
 
 
 @pytest.fixture
@@ -144,10 +118,12 @@ def test_pod_env_downward_api_and_volumes(cluster: Cluster, core, ns: str) -> No
         "envpod",
         code,
         env=[
-            {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "MY_APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *field_env(
+                MY_NAME="metadata.name",
+                MY_NS="metadata.namespace",
+                MY_APP="metadata.labels['app']",
+                MY_IP="status.podIP",
+            ),
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
             {"name": "OUT_DIR", "value": "/scratch/out"},
         ],
@@ -170,16 +146,7 @@ def test_pod_env_downward_api_and_volumes(cluster: Cluster, core, ns: str) -> No
 
 
 def test_deleting_pod_sends_sigterm_then_removes_it(cluster: Cluster, core, ns: str) -> None:
-    code = """
-        import signal, sys, time
-        def term(*_):
-            print("got SIGTERM", flush=True)
-            sys.exit(0)
-        signal.signal(signal.SIGTERM, term)
-        print("ready", flush=True)
-        time.sleep(120)
-    """
-    core.create_namespaced_pod(ns, pod("term", code, grace=20))
+    core.create_namespaced_pod(ns, pod("term", EXITS_ON_SIGTERM, grace=20))
     wait_for(lambda: "ready" in log_of(core, ns, "term"), 60, "the process to start")
     t0 = time.monotonic()
     core.delete_namespaced_pod("term", ns)
@@ -214,18 +181,7 @@ def test_kill_fails_pod_with_137(cluster: Cluster, core, ns: str) -> None:
 
 def test_restart_policy_on_failure_restarts(cluster: Cluster, core, ns: str) -> None:
     cluster.need_node_agent("a real kubelet's back-off (10 s, doubling) makes this take minutes")
-    code = """
-        import os, sys
-        marker = "/work/attempts"
-        n = len(os.listdir(marker)) if os.path.isdir(marker) else 0
-        os.makedirs(marker, exist_ok=True)
-        open(f"{marker}/{n}", "w").close()
-        print("attempt", n, flush=True)
-        sys.exit(0 if n >= 1 else 5)
-    """
-    p = pod("retry", code, restart="OnFailure", volumeMounts=[{"name": "w", "mountPath": "/work"}])
-    p["spec"]["volumes"] = [{"name": "w", "emptyDir": {}}]
-    core.create_namespaced_pod(ns, p)
+    core.create_namespaced_pod(ns, fails_once_pod("retry", app="ct"))
     wait_for(lambda: phase(core, ns, "retry") == "Succeeded", 30, "pod to succeed on its second attempt")
     cs = core.read_namespaced_pod("retry", ns).status.container_statuses[0]
     assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 5

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,25 @@ def wait_for(what: str, fn: Callable[[], T], timeout: float = 30.0, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
+def object_requests(
+    events: Iterable[Mapping[str, Any]], username: str
+) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(verb, objectRef, HTTP code) of each request `username` made for an object, from audit events.
+
+    One record per request: a watch's when it starts, any other's when it completes. Requests for no
+    object (discovery, /version) are left out.
+    """
+    for event in events:
+        if (event.get("user") or {}).get("username") != username:
+            continue
+        if event.get("stage") != ("ResponseStarted" if event.get("verb") == "watch" else "ResponseComplete"):
+            continue
+        ref = event.get("objectRef")
+        if ref is None:
+            continue
+        yield event["verb"], ref, int((event.get("responseStatus") or {}).get("code", 0))
+
+
 @dataclass
 class LocalCluster:
     """A started control plane and its started node agents (by node name)."""
@@ -50,21 +69,33 @@ class LocalCluster:
         return self.control_plane.kubeconfig
 
     def node_of(self, namespace: str, pod: str, timeout: float = 30.0) -> NodeAgent:
-        """The agent running `pod`, once the scheduler has bound it and the agent has started it."""
+        """The agent running `pod` (this pod: a pod made again under the same name is waited for),
+        once the scheduler has bound it and the agent has started it."""
         core = self._core()
 
-        def bound() -> str | None:
-            return core.read_namespaced_pod(pod, namespace).spec.node_name  # type: ignore[no-any-return]
+        def bound() -> Any:
+            current = core.read_namespaced_pod(pod, namespace)
+            return current if current.spec.node_name else None
 
-        node = wait_for(f"pod {namespace}/{pod} bound to a node", bound, timeout)
-        agent = self.nodes[node]
-        wait_for(f"pod {namespace}/{pod} started by {node}", lambda: agent.has_pod(namespace, pod), timeout)
+        current = wait_for(f"pod {namespace}/{pod} bound to a node", bound, timeout)
+        agent = self.nodes[current.spec.node_name]
+        uid = current.metadata.uid
+        wait_for(
+            f"pod {namespace}/{pod} started by {agent.name}",
+            lambda: agent.has_pod(namespace, pod, uid),
+            timeout,
+        )
         return agent
 
-    def finish(self, namespace: str, pod: str, exit_code: int, reason: str | None = None) -> None:
-        """End a pod of a simulated node with `exit_code` (reason `Error` when not 0, unless given)."""
+    def finish(
+        self, namespace: str, pod: str, exit_code: int, reason: str | None = None, message: str | None = None
+    ) -> None:
+        """End a pod of a simulated node with `exit_code` (reason `Error` when not 0, unless given);
+        `message` becomes its container's termination message."""
         reason = reason if reason is not None else ("Error" if exit_code else None)
-        self.node_of(namespace, pod).finish(namespace, pod, exit_code=exit_code, reason=reason)
+        self.node_of(namespace, pod).finish(
+            namespace, pod, exit_code=exit_code, reason=reason, message=message
+        )
 
     def _core(self) -> Any:
         import kubernetes
@@ -81,16 +112,19 @@ def local_cluster(
     crds: Sequence[str] = (),
     simulated: Sequence[str] = (),
     process: Sequence[str] = (),
+    node_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[LocalCluster]:
     """Start the control plane (with `crds` created before the controller manager starts, so garbage
-    collection knows their kinds) and the named node agents; stop all of it on exit."""
+    collection knows their kinds) and the named node agents (`node_options`: a node's further
+    `NodeAgent` arguments, by name); stop all of it on exit."""
     control_plane = Cluster(state_dir, crds=list(crds))
     local = LocalCluster(control_plane)
     try:
         control_plane.start()
         for names, mode in ((simulated, "simulated"), (process, "process")):
             for name in names:
-                agent = NodeAgent.for_cluster(control_plane, name, mode=mode)  # type: ignore[arg-type]
+                options = (node_options or {}).get(name, {})
+                agent = NodeAgent.for_cluster(control_plane, name, mode=mode, **options)  # type: ignore[arg-type]
                 local.nodes[name] = agent
                 agent.start()
         yield local

@@ -23,9 +23,8 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import pytest
@@ -34,7 +33,7 @@ from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support import REPO_ROOT
-from support.cluster import LocalCluster, local_cluster
+from support.cluster import LocalCluster, local_cluster, object_requests, wait_for
 from support.rbac import Request, denied_requests, grants_for_service_account, unused_rules
 from volcano import PODGROUP_CRD
 
@@ -45,7 +44,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 SA, SA_NS = "mnv2-operator", "mnv2-system"
 SA_USER = f"system:serviceaccount:{SA_NS}:{SA}"
 NS_A, NS_B = "team-a", "team-b"
-T = TypeVar("T")
 
 # Granted but not exercised by the scenario, and why they are granted anyway.
 NOT_EXERCISED = {
@@ -74,17 +72,6 @@ def job(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "spec": base | spec,
     }
-
-
-def wait_for(what: str, fn: Callable[[], T], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def free_port() -> int:
@@ -139,21 +126,11 @@ class Store:
 
 def operator_requests(local: LocalCluster) -> list[tuple[Request, int]]:
     """The operator's requests for objects, with the API server's answer, from the audit log."""
-    out = []
-    for e in local.control_plane.audit_events():
-        if (e.get("user") or {}).get("username") != SA_USER:
-            continue
-        # One record per request: a watch when it starts, anything else when it completes.
-        if e.get("stage") != ("ResponseStarted" if e.get("verb") == "watch" else "ResponseComplete"):
-            continue
-        ref = e.get("objectRef")
-        if ref is None:  # discovery, /version: not a request for an object
-            continue
-        code = int((e.get("responseStatus") or {}).get("code", 0))
-        request = Request(e["verb"], ref.get("apiGroup", ""), ref.get("resource", ""),
-                          ref.get("subresource", ""), ref.get("namespace", ""), ref.get("name", ""))  # fmt: skip
-        out.append((request, code))
-    return out
+    return [
+        (Request(verb, ref.get("apiGroup", ""), ref.get("resource", ""), ref.get("subresource", ""),
+                 ref.get("namespace", ""), ref.get("name", "")), code)
+        for verb, ref, code in object_requests(local.control_plane.audit_events(), SA_USER)
+    ]  # fmt: skip
 
 
 def run_scenario(

@@ -11,33 +11,32 @@ import kubernetes
 import pytest
 from mnv2_cluster.launcher import Cluster
 from mnv2_cluster.node import NodeAgent, ascend_node_options
+from support.cluster import LocalCluster, local_cluster
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
+def local_nodes(
+    tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None
+) -> Iterator[LocalCluster]:
     if kubeconfig_option:
         pytest.skip("node agents join the local control plane: its CA signs their credentials")
-    cluster = Cluster(tmp_path_factory.mktemp("cluster")).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    with local_cluster(
+        tmp_path_factory.mktemp("cluster"),
+        process=["node-process", "node-process-2"],
+        simulated=["node-ascend"],
+        node_options={"node-ascend": ascend_node_options()},
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
-def nodes(local: Cluster) -> Iterator[dict[str, NodeAgent]]:
-    agents = {
-        "node-process": NodeAgent.for_cluster(local, "node-process"),
-        "node-process-2": NodeAgent.for_cluster(local, "node-process-2"),
-        "node-ascend": NodeAgent.for_cluster(local, "node-ascend", mode="simulated", **ascend_node_options()),
-    }
-    try:
-        for agent in agents.values():
-            agent.start()
-        yield agents
-    finally:
-        for agent in agents.values():
-            agent.stop()
+def local(local_nodes: LocalCluster) -> Cluster:
+    return local_nodes.control_plane
+
+
+@pytest.fixture(scope="module")
+def nodes(local_nodes: LocalCluster) -> dict[str, NodeAgent]:
+    return local_nodes.nodes
 
 
 @pytest.fixture(scope="module")

@@ -7,50 +7,26 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
 from mnv2_cluster.launcher import kubectl_binary
+from support import pods
+from support.cluster import wait_for
+from support.pods import EXITS_ON_SIGTERM, field_env, gone, phase
 
 pytestmark = pytest.mark.cluster
-T = TypeVar("T")
-
-
-def wait_for(what: str, fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+PROCESS_NODE = {"kubernetes.io/hostname": "node-process"}
 
 
 def python_pod(name: str, code: str, node_selector: dict[str, str] | None = None, **container: Any) -> dict:
-    spec: dict[str, Any] = {
-        "restartPolicy": container.pop("restart", "Never"),
-        "containers": [
-            {"name": "main", "image": "python:3.11-slim",
-             "command": ["python", "-c", textwrap.dedent(code)], **container}
-        ],
-    }  # fmt: skip
-    if "grace" in container:
-        spec["terminationGracePeriodSeconds"] = container.pop("grace")
-        spec["containers"][0].pop("grace", None)
-    spec["nodeSelector"] = node_selector or {"kubernetes.io/hostname": "node-process"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "na"}},
-        "spec": spec,
-    }
+    """A pod on `node-process` unless `node_selector` says otherwise."""
+    return pods.python_pod(name, code, app="na", node_selector=node_selector or PROCESS_NODE, **container)
 
 
 @pytest.fixture
@@ -73,14 +49,6 @@ def _exists(read: Callable[[], Any]) -> bool:
         if e.status == 404:
             return False
         raise
-
-
-def phase(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str | None:
-    return core.read_namespaced_pod(name, ns).status.phase
-
-
-def gone(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> bool:
-    return not _exists(lambda: core.read_namespaced_pod(name, ns))
 
 
 def test_nodes_register_ready_with_capacity_labels_and_lease(core, coordination, nodes: dict) -> None:
@@ -170,16 +138,7 @@ def test_fallback_to_logs_on_error(core, ns: str) -> None:
 
 
 def test_deletion_sends_sigterm_then_final_delete(core, ns: str, nodes) -> None:
-    code = """
-        import signal, sys, time
-        def term(*_):
-            print("got SIGTERM", flush=True)
-            sys.exit(0)
-        signal.signal(signal.SIGTERM, term)
-        print("ready", flush=True)
-        time.sleep(120)
-    """
-    core.create_namespaced_pod(ns, python_pod("term", code, grace=20))
+    core.create_namespaced_pod(ns, python_pod("term", EXITS_ON_SIGTERM, grace=20))
     wait_for("the process to start", lambda: "ready" in nodes["node-process"].logs(ns, "term"), 60)
     t0 = time.monotonic()
     core.delete_namespaced_pod("term", ns)
@@ -226,16 +185,7 @@ def test_kubectl_logs_through_the_api_server(local, kubectl, core, ns: str, node
 
 
 def test_previous_container_logs_after_restart(kubectl, core, ns: str) -> None:
-    code = """
-        import os, sys
-        n = len(os.listdir("/work"))
-        open(f"/work/{n}", "w").close()
-        print("attempt", n, flush=True)
-        sys.exit(0 if n >= 1 else 5)
-    """
-    p = python_pod("retry", code, restart="OnFailure", volumeMounts=[{"name": "w", "mountPath": "/work"}])
-    p["spec"]["volumes"] = [{"name": "w", "emptyDir": {}}]
-    core.create_namespaced_pod(ns, p)
+    core.create_namespaced_pod(ns, pods.fails_once_pod("retry", app="na", node_selector=PROCESS_NODE))
     wait_for("the second attempt to succeed", lambda: phase(core, ns, "retry") == "Succeeded", 60)
     cs = core.read_namespaced_pod("retry", ns).status.container_statuses[0]
     assert cs.restart_count == 1 and cs.last_state.terminated.exit_code == 5
@@ -259,9 +209,7 @@ def test_configmap_secret_env_and_volumes_read_through_the_node_authorizer(core,
         "envpod",
         code,
         env=[
-            {"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            *field_env(MY_NAME="metadata.name", MY_NS="metadata.namespace", MY_NODE="spec.nodeName"),
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
             {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
         ],

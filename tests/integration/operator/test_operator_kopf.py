@@ -7,334 +7,39 @@ gang through every transition in seconds. The operator runs as its own user, wit
 chart grants the operator (the real authorizer refuses whatever it would refuse the installed operator),
 and the API server's audit log tells its requests from the test's. Tests that only need the API (invalid spec, garbage
 collection) also run against another cluster with `--kubeconfig`; the others need the local nodes to
-decide pod outcomes.
+decide pod outcomes. The fixtures are in conftest.py, the harness they share with the security tests
+in tests/support/operator.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from kopf.testing import KopfRunner
 from mnv2_operator import render
 from mnv2_operator import status as st
-from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support import REPO_ROOT
+from support.operator import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    Cluster,
+    Request,
+    condition,
+    events_of,
+    job_spec,
+    operator,
+    phase_is,
+    running_pods,
+    wait_for,
+)
 from volcano import PODGROUP_CRD
 
 pytestmark = pytest.mark.cluster
-
-T = TypeVar("T")
-_names = itertools.count()
-
-
-OPERATOR_USER = "mnv2-operator-under-test"
-_markers = itertools.count()
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request of the operator, from the API server's audit log."""
-
-    verb: str
-    group: str
-    resource: str
-    subresource: str
-    namespace: str
-    name: str
-    code: int
-
-
-class Cluster:
-    """The API under test: the local control plane with simulated nodes, or another cluster.
-
-    `kubeconfig` is the operator's; the test's own requests go through `client` (the admin).
-    """
-
-    def __init__(self, kubeconfig: str, admin_kubeconfig: str, local: Any = None, nodes: Any = None) -> None:
-        import kubernetes
-
-        self.kubeconfig = kubeconfig
-        self.local = local
-        self.nodes: dict[str, Any] = nodes or {}
-        self.client = kubernetes.config.new_client_from_config(config_file=admin_kubeconfig)
-        self.core = kubernetes.client.CoreV1Api(self.client)
-        self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.client)
-
-    def finish(self, namespace: str, pod: str, exit_code: int, message: str | None = None) -> None:
-        """End a pod; `message` is its container's termination message (state.terminated.message)."""
-        if not self.nodes:
-            pytest.skip("needs the local simulated nodes to decide how pods end")
-        current = wait_for(f"pod {pod} bound to a node", lambda: self._bound(namespace, pod))
-        agent = self.nodes[current.spec.node_name]
-        uid = current.metadata.uid
-        wait_for(f"pod {pod} seen by {agent.name}", lambda: agent.has_pod(namespace, pod, uid))
-        agent.finish(
-            namespace, pod, exit_code=exit_code, reason="Error" if exit_code else None, message=message
-        )
-
-    def _bound(self, namespace: str, pod: str) -> Any:
-        p = self.core.read_namespaced_pod(pod, namespace)
-        return p if p.spec.node_name else None
-
-    @property
-    def audit(self) -> list[Request]:
-        """The operator's requests so far, in order (the audit log only grows: indexes stay valid)."""
-        if self.local is None:
-            pytest.skip("reads the local API server's audit log")
-        out = []
-        for e in self.local.audit_events():
-            if (e.get("user") or {}).get("username") != OPERATOR_USER:
-                continue
-            # One record per request: a watch when it starts, anything else when it completes.
-            if e.get("stage") != ("ResponseStarted" if e.get("verb") == "watch" else "ResponseComplete"):
-                continue
-            ref = e.get("objectRef")
-            if ref is None:  # discovery, /version: not a request for an object
-                continue
-            code = int((e.get("responseStatus") or {}).get("code", 0))
-            out.append(Request(e["verb"], ref.get("apiGroup", ""), ref.get("resource", ""),
-                               ref.get("subresource", ""), ref.get("namespace", ""), ref.get("name", ""), code))  # fmt: skip
-        return out
-
-    def audit_settled(self) -> list[Request]:
-        """`audit` once the log has caught up with every answer the operator has had.
-
-        The API server writes a request's record after sending its answer, so the operator's last
-        requests can be missing from the file for a moment after it stopped. A request of the test's,
-        made now, is recorded after them: wait for its record first."""
-        marker = f"audit-marker-{next(_markers)}"
-        with contextlib.suppress(Exception):
-            self.core.read_namespace(marker)  # 404: only its audit record matters
-        wait_for(
-            "the audit log caught up",
-            lambda: any((e.get("objectRef") or {}).get("name") == marker for e in self.local.audit_events()),
-        )
-        return self.audit
-
-    # -- jobs
-    def create_job(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MobileNetV2TrainingJob"}
-        body |= {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        import kubernetes
-
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except kubernetes.client.ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def status(self, namespace: str, name: str) -> dict[str, Any]:
-        return (self.job(namespace, name) or {}).get("status") or {}
-
-    def patch_spec(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            name,
-            {"spec": patch},
-            _content_type="application/merge-patch+json",
-        )
-
-    def pods(self, namespace: str, job: str) -> list[Any]:
-        selector = ",".join(f"{k}={v}" for k, v in render.pod_selector(job).items())
-        return self.core.list_namespaced_pod(namespace, label_selector=selector).items
-
-
-def wait_for(what: str, fn: Callable[[], T], timeout: float = 20.0, interval: float = 0.1) -> T:
-    """Poll `fn` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
-def install_crd(c: Cluster) -> None:
-    """Create (or replace) the CRD from crd.crd_yaml() and wait until the API serves it."""
-    import kubernetes
-    import yaml
-    from mnv2_operator import crd
-
-    body = yaml.safe_load(crd.crd_yaml())
-    api = kubernetes.client.ApiextensionsV1Api(c.client)
-    try:
-        api.create_custom_resource_definition(body)
-    except kubernetes.client.ApiException as err:
-        if err.status != 409:
-            raise
-        current = api.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        api.replace_custom_resource_definition(body["metadata"]["name"], body)
-
-    def served() -> bool:
-        try:
-            c.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-            return True
-        except kubernetes.client.ApiException:
-            return False
-
-    wait_for("the CRD to be served", served)
-
-
-def grant_chart_rbac(admin: Any, user: str) -> None:
-    """Give `user` exactly the rules the chart grants the operator, so the API server's authorizer
-    refuses whatever it would refuse the installed operator.
-
-    The tests run kopf with `--namespace`, as the chart's namespaced mode does: its ClusterRole of
-    cluster-scoped reads (CRDs, and namespaces, which kopf lists to follow the ones it serves), and its
-    per-namespace rules, bound here cluster-wide because every test makes its own namespace.
-    """
-    import kubernetes
-
-    from manifests import render_chart
-
-    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
-    roles = [o for o in render_chart({"watchNamespaces": ["any"]}) if o["kind"] in ("ClusterRole", "Role")]
-    assert len(roles) == 2, [r["metadata"]["name"] for r in roles]
-    for i, role in enumerate(roles):
-        name = f"{user}-chart-rules-{i}"
-        rbac.create_cluster_role({"metadata": {"name": name}, "rules": role["rules"]})
-        rbac.create_cluster_role_binding({
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        })  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Cluster]:
-    with pytest.MonkeyPatch.context() as mp:
-        if kubeconfig_option:
-            mp.setenv("KUBECONFIG", kubeconfig_option)
-            c = Cluster(kubeconfig_option, kubeconfig_option)
-            install_crd(c)
-            yield c
-            return
-        from mnv2_cluster.launcher import Cluster as LocalCluster
-        from mnv2_cluster.node import NodeAgent
-        from mnv2_operator import crd
-
-        # The CRD exists before the controller manager starts, so garbage collection knows its kind.
-        local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=[crd.crd_yaml()]).start()
-        nodes: dict[str, Any] = {}
-        try:
-            for i in range(2):
-                agent = NodeAgent.for_cluster(local, f"sim-{i}", mode="simulated")
-                nodes[agent.name] = agent.start()
-            operator_kubeconfig = local.kubeconfig_for_user(OPERATOR_USER)
-            grant_chart_rbac(local.api_client(), OPERATOR_USER)
-            mp.setenv("KUBECONFIG", str(operator_kubeconfig))
-            c = Cluster(str(operator_kubeconfig), str(local.kubeconfig), local, nodes)
-            install_crd(c)
-            yield c
-            # Every request the operator made in the module's tests was allowed by the chart's rules.
-            refused = [
-                f"{e['verb']} {e.get('objectRef') or e.get('requestURI')}"
-                for e in local.audit_events()
-                if (e.get("user") or {}).get("username") == OPERATOR_USER
-                and (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
-            ]
-            assert not refused, "the API server's authorizer refused the operator:\n" + "\n".join(refused)
-        finally:
-            for agent in nodes.values():
-                agent.stop()
-            local.stop()
-
-
-@pytest.fixture
-def namespace(cluster: Cluster) -> str:
-    """A fresh namespace with the jobs' output claim `runs`, bound to a volume of its own."""
-    import kubernetes
-
-    name = f"op-{os.getpid() % 10000}-{next(_names)}"
-    try:
-        cluster.core.create_namespace({"metadata": {"name": name}})
-    except kubernetes.client.ApiException as err:
-        if err.status != 409:
-            raise
-    if cluster.local is not None:
-        # The scheduler binds a pod only once its claims are bound: a volume made for this claim.
-        cluster.core.create_persistent_volume({
-            "metadata": {"name": f"{name}-runs"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/mnv2/{name}/runs"},
-                     "claimRef": {"namespace": name, "name": "runs"}},
-        })  # fmt: skip
-        cluster.core.create_namespaced_persistent_volume_claim(name, {
-            "metadata": {"name": "runs"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-runs",
-                     "resources": {"requests": {"storage": "1Gi"}}},
-        })  # fmt: skip
-    return name
-
-
-@contextlib.contextmanager
-def operator(namespace: str) -> Iterator[KopfRunner]:
-    """The operator watching one namespace, in this process; fails the test if it crashed."""
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "mnv2_operator.handlers"]
-    with KopfRunner(args, timeout=30) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
-    assert runner.exit_code == 0, runner.output
-    assert "Traceback" not in runner.output, runner.output
-
-
-def job_spec(nodes: int = 2, **run_policy: Any) -> dict[str, Any]:
-    return {
-        "model": {"name": "mobilenet_v2_035_96", "numClasses": 10},
-        "dataset": {"type": "digits"},
-        "accelerator": {"type": "cpu"},
-        "devicesPerNode": 1,
-        "nodes": nodes,
-        "output": {"pvc": {"claimName": "runs"}},
-        "runPolicy": run_policy,
-    }
-
-
-def phase_is(cluster: Cluster, ns: str, name: str, phase: str) -> Callable[[], dict[str, Any] | None]:
-    def check() -> dict[str, Any] | None:
-        s = cluster.status(ns, name)
-        return s if s.get("phase") == phase else None
-
-    return check
-
-
-def running_pods(cluster: Cluster, ns: str, name: str, n: int, attempt: int) -> Callable[[], list[Any]]:
-    def check() -> list[Any]:
-        pods = [p for p in cluster.pods(ns, name) if not p.metadata.deletion_timestamp]
-        ok = len(pods) == n and all(
-            p.status.phase == "Running" and p.metadata.labels[render.LABEL_ATTEMPT] == str(attempt)
-            for p in pods
-        )
-        return pods if ok else []
-
-    return check
-
-
-def condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == ctype)
-
-
-def events_of(cluster: Cluster, ns: str, name: str) -> list[str]:
-    events = cluster.core.list_namespaced_event(ns).items
-    return [e.reason for e in events if e.involved_object.name == name]
 
 
 def pod_creates(cluster: Cluster, ns: str) -> int:

@@ -17,18 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_operator_kopf import (  # noqa: F401 (cluster and namespace are fixtures)
+from support.operator import (
     GROUP,
     PLURAL,
     VERSION,
     Cluster,
-    cluster,
     condition,
     events_of,
     job_spec,
-    namespace,
     operator,
-    phase_is,
     wait_for,
 )
 from volcano import PODGROUP_CRD
