@@ -22,11 +22,9 @@ from typing import Any
 import pytest
 from mnv2_operator import render
 from mnv2_operator import status as st
+from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support import REPO_ROOT
 from support.operator import (
-    GROUP,
-    PLURAL,
-    VERSION,
     Cluster,
     Request,
     condition,

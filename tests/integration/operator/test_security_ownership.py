@@ -17,10 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from mnv2_operator.constants import GROUP, PLURAL, VERSION
 from support.operator import (
-    GROUP,
-    PLURAL,
-    VERSION,
     Cluster,
     condition,
     events_of,
