@@ -3,7 +3,7 @@
 How it works (see docs/operator.md for the whole story):
 
 - Every job is reconciled by one level-triggered function, `Controller.reconcile`: take the newest
-  copy of the job (`status.JobView`: the last watch event or the answer to the operator's own status
+  copy of the job (`controller.JobView`: the last watch event or the answer to the operator's own status
   patch; a GET only when neither is known to be current), read its pods from an in-memory kopf
   index, let the pure `status.reconcile()` decide, then apply the decision (merge-patch the status
   subresource, post Events, delete and create pods, create the other children). Running it twice,
@@ -12,7 +12,7 @@ How it works (see docs/operator.md for the whole story):
   name is left untouched and blocks the job: `status.owned_by`), and pods of the current attempt are never created twice because the decision
   only creates ranks that have no pod at all.
 - The pod index lags the creates a little (it is fed by a watch). What this process created and the
-  index does not show yet is remembered per job (`status.Created`, keyed by job uid and attempt), so
+  index does not show yet is remembered per job (`controller.Created`, keyed by job uid and attempt), so
   a reconcile in that window creates nothing twice; the memory is dropped when the job finishes or
   goes, and after an operator restart the index (filled by a full LIST first) is enough.
 - Watch events of jobs and of pods labelled with a job name only *schedule* a reconcile of that job
@@ -48,6 +48,7 @@ from urllib.parse import quote
 import kopf
 import urllib3
 
+from mnv2_operator import controller as mem
 from mnv2_operator import status as st
 from mnv2_operator.constants import (
     ANNOTATION_SPEC_HASH,
@@ -396,9 +397,9 @@ class Controller:
         self._blocked: dict[Key, int] = {}
         self._refusals: dict[Key, tuple[str, str, int]] = {}  # job -> (uid, spec hash, refusals in a row)
         self._written: dict[Key, tuple[str, dict[str, Any]]] = {}  # job -> (uid, operator keys written)
-        self._views: dict[Key, st.JobView] = {}  # job -> its newest known copy
-        self._created: dict[Key, st.Created] = {}  # job -> what was created, not yet in the index
-        self.monotonic: Callable[[], float] = time.monotonic  # the clock of `status.Created`
+        self._views: dict[Key, mem.JobView] = {}  # job -> its newest known copy
+        self._created: dict[Key, mem.Created] = {}  # job -> what was created, not yet in the index
+        self.monotonic: Callable[[], float] = time.monotonic  # the clock of `controller.Created`
 
     def kick(self, key: Key, pods_index: Any) -> None:
         self.pods_index = pods_index
@@ -406,7 +407,7 @@ class Controller:
 
     def job_event(self, key: Key, body: Mapping[str, Any], listing: bool, pods_index: Any) -> None:
         """A watch event of the job: keep its copy, and reconcile unless it is our own write's echo."""
-        if self._views.setdefault(key, st.JobView()).on_event(body, listing):
+        if self._views.setdefault(key, mem.JobView()).on_event(body, listing):
             self.kick(key, pods_index)
 
     def pod_event(self, key: Key, name: str, uid: str | None, pods_index: Any) -> None:
@@ -434,10 +435,10 @@ class Controller:
 
     async def reconcile(self, key: Key) -> float | None:
         namespace, name = key
-        view = self._views.setdefault(key, st.JobView())
+        view = self._views.setdefault(key, mem.JobView())
         job = view.body
         if job is None:
-            # No copy known to include our last status write (see status.JobView): read it.
+            # No copy known to include our last status write (see controller.JobView): read it.
             mark = view.mark()
             try:
                 job = await self.api.request("GET", job_path(namespace, name))
@@ -492,7 +493,7 @@ class Controller:
                     return None
                 if decision.status["phase"] not in st.TERMINAL:  # (a job that just finished: done)
                     decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
-            return await self._apply(job, previous, decision, pods, None, "", {}, st.CreatePlan())
+            return await self._apply(job, previous, decision, pods, None, "", {}, mem.CreatePlan())
 
         spec_json = spec.model_dump(by_alias=True, mode="json")
         policy = st.Policy.from_spec(spec_json)
@@ -506,11 +507,11 @@ class Controller:
         decision = st.reconcile(name, policy, pods, previous, generation, now)
         # Children are made on the first pass (even for a job created suspended) and again when pods
         # are created from a spec they were not made for. Pods this process created a moment ago and
-        # the index does not show yet are not created again (status.Created, status.plan_creates).
-        created = st.Created.of(self._created.get(key), meta.get("uid", "")).seen_in(pods)
+        # the index does not show yet are not created again (controller.Created, controller.plan_creates).
+        created = mem.Created.of(self._created.get(key), meta.get("uid", "")).seen_in(pods)
         if key in self._created:
             self._created[key] = created  # (entries are made by _create, for jobs that create)
-        plan = st.plan_creates(
+        plan = mem.plan_creates(
             name, decision, created, spec_hash, previous.get("phase") is None, self.monotonic()
         )
         # Rendering can still find the spec unusable (name too long for pod hostnames, a config that
@@ -546,7 +547,7 @@ class Controller:
         rendered: RenderedJob | None,
         spec_hash: str,
         foreign: Mapping[str, Mapping[str, Any]],
-        plan: st.CreatePlan,
+        plan: mem.CreatePlan,
     ) -> float | None:
         """Carry out a decision; returns when to reconcile again (seconds) or None.
 
@@ -762,7 +763,7 @@ class Controller:
         decision: st.Decision,
         spec_hash: str,
         foreign: Mapping[str, Mapping[str, Any]],
-        plan: st.CreatePlan,
+        plan: mem.CreatePlan,
     ) -> tuple[bool, list[str]]:
         """Make sure of the children and create the planned pods.
 
@@ -789,7 +790,7 @@ class Controller:
                 self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
             if conflicts:
                 return False, conflicts
-            self._created[key] = st.Created.of(self._created.get(key), uid).made_children(
+            self._created[key] = mem.Created.of(self._created.get(key), uid).made_children(
                 spec_hash, decision.attempt
             )
         retry = False
@@ -825,7 +826,7 @@ class Controller:
                 continue
             made_pods.append(name)
             pod_uid = str(((answer or {}).get("metadata") or {}).get("uid") or "")
-            self._created[key] = st.Created.of(self._created.get(key), uid).made_pods(
+            self._created[key] = mem.Created.of(self._created.get(key), uid).made_pods(
                 decision.attempt, {name: pod_uid}, self.monotonic()
             )
         if made_pods:

@@ -52,7 +52,7 @@ NOT_EXERCISED = {
     (GROUP, f"{PLURAL}/status", "get"),
     # Only a fallback: a reconcile takes the job from its watch events and from the answers to the
     # operator's own status patches, and reads it only when neither is known to be current (see
-    # status.JobView). Whether the scenario needs it depends on timing.
+    # controller.JobView). Whether the scenario needs it depends on timing.
     (GROUP, PLURAL, "get"),
 }
 
