@@ -6,6 +6,13 @@ keys (`phase`, `conditions`, `workers`, `restarts`, `startTime`, `completionTime
 `observedGeneration`, `message`) plus the actions that move the job forward (create pods of the
 current attempt, delete pods, delete the job after its TTL) and when to look again.
 
+The decision is made in small parts: what is observed (`Observed`: the pods by attempt and rank),
+one function per situation that returns its part (`Step`): `finished`, `suspended`, and for a job
+in progress `active`, which picks `deadline_exceeded`, `worker_failure` or `progress` (`waiting`
+until every member runs); `decide` adds what all share (the Created condition, the transition
+Event, the worker counts, the stale pods) and writes the status as an `OperatorStatus`, a pydantic
+model whose `dump()` is the merge patch.
+
 It is level-triggered: the same inputs always give the same decision, so replaying it after an
 operator restart, or twice for one event, does no harm. It never reads or writes the trainer's keys
 (`progress`, `metrics`, `checkpoints`).
@@ -20,10 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from mnv2_operator.constants import LABEL_ATTEMPT, LABEL_INDEX, TERMINAL_PHASES, ConditionType, Phase, Reason
+from mnv2_operator.spec import WorkerCounts
 
 PENDING = Phase.PENDING
 RUNNING = Phase.RUNNING
@@ -108,12 +119,54 @@ class Event:
     message: str
 
 
+class _StatusPart(BaseModel):
+    """Part of the status the operator writes: camelCase keys, no extra keys, immutable."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class StatusCondition(_StatusPart):
+    """One metav1.Condition as the operator writes it (the CRD's form is `spec.Condition`).
+
+    Times are kept as the RFC 3339 strings they were read or written as, so an unchanged condition
+    is written back byte for byte.
+    """
+
+    type: ConditionType
+    status: Literal["True", "False"]
+    reason: str
+    message: str
+    last_transition_time: str
+    observed_generation: int | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class OperatorStatus(_StatusPart):
+    """The operator's half of a job's status (`OPERATOR_KEYS`), as one merge patch writes it.
+
+    `dump()` gives the JSON form: every key, in this order, unset ones as null (a merge patch deletes
+    them); a condition leaves out `observedGeneration` when the job has no generation.
+    """
+
+    phase: Phase
+    conditions: tuple[StatusCondition, ...]
+    workers: WorkerCounts
+    restarts: int
+    start_time: str | None
+    completion_time: str | None
+    observed_generation: int | None
+    message: str
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """The operator's next status and the actions that follow from it.
 
     Attributes:
-        status: the operator's status keys (all of `OPERATOR_KEYS` that apply), to merge-patch.
+        status: the operator's status keys (all of `OPERATOR_KEYS` that apply), to merge-patch:
+            `OperatorStatus.dump()`.
         attempt: the attempt that pods should be created for (`status.restarts`).
         create_ranks: ranks whose pod of `attempt` should be created now.
         delete_pods: names of pods to delete (stale attempts, suspend, restart, clean-up).
@@ -334,14 +387,21 @@ def conflicts_message(conflicts: Sequence[str]) -> str:
 # Conditions.
 
 
+def _transition_time(old: Mapping[str, Any] | None, status: str, now: dt.datetime) -> str:
+    """A condition's lastTransitionTime: kept while its status stays the same, else now."""
+    if old and old.get("status") == status and old.get("lastTransitionTime"):
+        return str(old["lastTransitionTime"])
+    return format_time(now)
+
+
 def build_conditions(
     previous: Sequence[Mapping[str, Any]] | None,
-    phase: str,
-    reasons: Mapping[str, tuple[str, str]],
+    phase: Phase,
+    reasons: Mapping[ConditionType, tuple[str, str]],
     generation: int | None,
     now: dt.datetime,
-) -> list[dict[str, Any]]:
-    """Every condition type; those in `reasons` True, `lastTransitionTime` kept when unchanged.
+) -> tuple[StatusCondition, ...]:
+    """Every condition type but SpecInvalid; those in `reasons` True, `lastTransitionTime` kept when unchanged.
 
     Args:
         previous: the conditions in the current status.
@@ -357,27 +417,29 @@ def build_conditions(
             status, (reason, message) = "True", reasons[ctype]
         else:
             status, reason, message = "False", phase, f"the job is {phase}"
-        old = prev.get(ctype)
-        transition = (
-            old.get("lastTransitionTime")
-            if old and old.get("status") == status and old.get("lastTransitionTime")
-            else format_time(now)
+        out.append(
+            StatusCondition(
+                type=ctype,
+                status=status,
+                reason=reason,
+                message=message,
+                last_transition_time=_transition_time(prev.get(ctype), status, now),
+                observed_generation=generation,
+            )
         )
-        cond: dict[str, Any] = {
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": transition,
-        }
-        if generation is not None:
-            cond["observedGeneration"] = generation
-        out.append(cond)
-    return out
+    return tuple(out)
+
+
+def _true_condition(status: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    """The first condition of type `ctype` that is True in `status`, if any."""
+    return next(
+        (c for c in status.get("conditions") or [] if c.get("type") == ctype and c.get("status") == "True"),
+        None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
-# The decision.
+# A job whose spec does not validate.
 
 
 def invalid_spec(
@@ -395,24 +457,29 @@ def invalid_spec(
     """
     prev = dict(previous or {})
     text = f"invalid spec: {message}"
-    status = {
-        "phase": FAILED,
-        "conditions": build_conditions(
-            prev.get("conditions"), FAILED, {FAILED: (REASON_INVALID_SPEC, text)}, generation, now
+    restarts = int(prev.get("restarts") or 0)
+    status = OperatorStatus(
+        phase=Phase.FAILED,
+        conditions=build_conditions(
+            prev.get("conditions"),
+            Phase.FAILED,
+            {ConditionType.FAILED: (Reason.INVALID_SPEC, text)},
+            generation,
+            now,
         ),
-        "workers": {"active": 0, "succeeded": 0, "failed": 0},
-        "restarts": int(prev.get("restarts") or 0),
-        "startTime": prev.get("startTime"),
-        "completionTime": prev.get("completionTime") or format_time(now),
-        "observedGeneration": generation,
-        "message": text,
-    }
+        workers=WorkerCounts(),
+        restarts=restarts,
+        start_time=prev.get("startTime"),
+        completion_time=prev.get("completionTime") or format_time(now),
+        observed_generation=generation,
+        message=text,
+    )
     events: tuple[Event, ...] = ()
-    if prev.get("phase") != FAILED or prev.get("message") != text:
-        events = (Event("Warning", REASON_INVALID_SPEC, text),)
+    if prev.get("phase") != Phase.FAILED or prev.get("message") != text:
+        events = (Event("Warning", Reason.INVALID_SPEC, text),)
     return Decision(
-        status=status,
-        attempt=int(prev.get("restarts") or 0),
+        status=status.dump(),
+        attempt=restarts,
         delete_pods=tuple(pod_name(p) for p in pods if not pod_deleting(p)),
         events=events,
     )
@@ -477,39 +544,43 @@ def spec_invalid_deferred(
     gang restart, a resume). Until then the condition SpecInvalid (True, reason InvalidSpec) and the
     message say what is wrong, and a Warning Event says it once per problem.
     """
-    prev_conds = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
-    old = prev_conds.get(CONDITION_SPEC_INVALID) or {}
+    old = {c.get("type"): c for c in (previous or {}).get("conditions") or []}.get(
+        ConditionType.SPEC_INVALID
+    ) or {}
     text = (
         f"the spec (generation {generation}) does not validate: {problem}; the pods keep the spec "
         "they started with, and the job fails with InvalidSpec when it next has to create pods "
         "(gang restart, resume) unless the spec is fixed first"
     )
-    cond: dict[str, Any] = {
-        "type": CONDITION_SPEC_INVALID,
-        "status": "True",
-        "reason": REASON_INVALID_SPEC,
-        "message": text,
-        "lastTransitionTime": old.get("lastTransitionTime")
-        if old.get("status") == "True" and old.get("lastTransitionTime")
-        else format_time(now),
-    }
-    if generation is not None:
-        cond["observedGeneration"] = generation
-    status = dict(decision.status)
-    status["conditions"] = [*status["conditions"], cond]
-    status["message"] = f"{status.get('message') or ''}; {text}".lstrip("; ")
+    cond = StatusCondition(
+        type=ConditionType.SPEC_INVALID,
+        status="True",
+        reason=Reason.INVALID_SPEC,
+        message=text,
+        last_transition_time=_transition_time(old, "True", now),
+        observed_generation=generation,
+    )
+    status = OperatorStatus.model_validate(decision.status)
+    status = status.model_copy(
+        update={
+            "conditions": (*status.conditions, cond),
+            "message": f"{status.message or ''}; {text}".lstrip("; "),
+        }
+    )
     events = list(decision.events)
     if old.get("message") != text:
-        events.append(Event("Warning", CONDITION_SPEC_INVALID, text))
-    return dataclasses.replace(decision, status=status, create_ranks=(), events=tuple(events))
+        events.append(Event("Warning", ConditionType.SPEC_INVALID, text))
+    return dataclasses.replace(decision, status=status.dump(), create_ranks=(), events=tuple(events))
 
 
 def failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:
     """Whether the status says Failed because the spec did not validate."""
-    if prev.get("phase") != FAILED:
+    if prev.get("phase") != Phase.FAILED:
         return False
     return any(
-        c.get("type") == FAILED and c.get("status") == "True" and c.get("reason") == REASON_INVALID_SPEC
+        c.get("type") == ConditionType.FAILED
+        and c.get("status") == "True"
+        and c.get("reason") == Reason.INVALID_SPEC
         for c in prev.get("conditions") or []
     )
 
@@ -517,6 +588,315 @@ def failed_by_invalid_spec(prev: Mapping[str, Any]) -> bool:
 def _elapsed(since: str | None, now: dt.datetime) -> float | None:
     t = parse_time(since)
     return None if t is None else (now - t).total_seconds()
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision: what is observed, one function per situation, and the assembly.
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """The job's pods as one decision sees them.
+
+    Attributes:
+        pods: every pod of the job, of any attempt, terminating ones included.
+        attempt: the current attempt (`status.restarts`).
+        current: the pods of the current attempt.
+        stale: the pods of any other attempt (left from a gang restart: only ever deleted).
+        live: rank -> the pod of the current attempt that is not terminating.
+    """
+
+    pods: tuple[Mapping[str, Any], ...]
+    attempt: int
+    current: tuple[Mapping[str, Any], ...]
+    stale: tuple[Mapping[str, Any], ...]
+    live: Mapping[int, Mapping[str, Any]]
+
+    @classmethod
+    def of(cls, pods: Iterable[Mapping[str, Any]], attempt: int) -> Observed:
+        pods = tuple(pods)
+        current = tuple(p for p in pods if pod_attempt(p) == attempt)
+        return cls(
+            pods=pods,
+            attempt=attempt,
+            current=current,
+            stale=tuple(p for p in pods if pod_attempt(p) != attempt),
+            live={pod_rank(p): p for p in current if not pod_deleting(p)},
+        )
+
+    def counts(self) -> WorkerCounts:
+        """The live pods by state (`status.workers`)."""
+        phases = [pod_phase(p) for p in self.live.values()]
+        return WorkerCounts(
+            active=sum(p in _ACTIVE_POD_PHASES for p in phases),
+            succeeded=phases.count("Succeeded"),
+            failed=phases.count("Failed"),
+        )
+
+    def all_live(self, workers: int, phases: Collection[str]) -> bool:
+        """Whether every one of `workers` ranks has a live pod, each in one of `phases`."""
+        return len(self.live) == workers and all(pod_phase(p) in phases for p in self.live.values())
+
+    def missing(self, job: str, workers: int) -> tuple[int, ...]:
+        """Ranks with no pod at all: not live, and no pod of their name (not even a terminating one)."""
+        names = {pod_name(p) for p in self.pods}
+        return tuple(r for r in range(workers) if r not in self.live and worker_pod_name(job, r) not in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One situation's part of the decision; `reconcile` adds what every situation shares.
+
+    Attributes:
+        phase: the new phase.
+        message: the new `status.message`.
+        condition: (type, reason, message) of the condition that is True now besides Created.
+        start_time: the new `status.startTime`.
+        completion_time: the new `status.completionTime` (written for a finished job only).
+        restarts: the new attempt, when the gang restarts; None keeps the current one.
+        create: ranks whose pod of the attempt to create.
+        delete: pods to delete (terminating ones are skipped when the decision is made).
+        delete_job: delete the job itself (its TTL after finishing has passed).
+        events: Events besides the phase transition's.
+        requeue_after: seconds until a time-based transition is due.
+    """
+
+    phase: Phase
+    message: str
+    condition: tuple[ConditionType, str, str] | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    restarts: int | None = None
+    create: tuple[int, ...] = ()
+    delete: tuple[Mapping[str, Any], ...] = ()
+    delete_job: bool = False
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+
+
+def _finished_pods(policy: Policy, current: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    """The pods of a failed gang to delete.
+
+    Active pods of a finished gang can never make progress (msrun needs every member), so they go
+    whatever cleanPodPolicy says; the policy decides about the finished ones.
+    """
+    active = tuple(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
+    return (*active, *current) if policy.clean_pod_policy == "All" else active
+
+
+def finished(policy: Policy, observed: Observed, prev: Mapping[str, Any], now: dt.datetime) -> Step:
+    """A job that Succeeded or Failed stays so: it cleans up its pods and waits for its TTL."""
+    phase = Phase(prev["phase"])
+    message = prev.get("message") or ""
+    cond = _true_condition(prev, phase)
+    reason = cond.get("reason", "") if cond is not None else phase
+    completion = prev.get("completionTime") or format_time(now)
+    step = Step(
+        phase,
+        message,
+        condition=(ConditionType(phase), reason, message),
+        start_time=prev.get("startTime"),
+        completion_time=completion,
+        delete=_finished_pods(policy, observed.current),
+    )
+    ttl = policy.ttl_seconds_after_finished
+    if ttl is None:
+        return step
+    left = ttl - (_elapsed(completion, now) or 0.0)
+    if left > 0:
+        return dataclasses.replace(step, requeue_after=left)
+    event = Event("Normal", Reason.DELETED, f"ttlSecondsAfterFinished ({ttl}s) passed")
+    return dataclasses.replace(step, delete_job=True, events=(event,))
+
+
+def suspended(observed: Observed) -> Step:
+    """runPolicy.suspend: the pods go, the job and its other children stay.
+
+    Like a Kubernetes Job, the deadline clock stops while suspended (no startTime) and restarts on
+    resume.
+    """
+    message = "suspended: pods deleted; set runPolicy.suspend to false to resume"
+    return Step(
+        Phase.SUSPENDED,
+        message,
+        condition=(ConditionType.SUSPENDED, Reason.JOB_SUSPENDED, message),
+        delete=observed.current,
+    )
+
+
+def deadline_exceeded(observed: Observed, deadline: int, now: dt.datetime) -> Step:
+    """activeDeadlineSeconds passed: Failed, every pod of the attempt deleted."""
+    message = f"activeDeadlineSeconds ({deadline}s) exceeded; pods deleted"
+    return Step(
+        Phase.FAILED,
+        message,
+        condition=(ConditionType.FAILED, Reason.DEADLINE_EXCEEDED, message),
+        completion_time=format_time(now),
+        delete=observed.current,
+    )
+
+
+def worker_failure(
+    policy: Policy,
+    observed: Observed,
+    failed: Sequence[Mapping[str, Any]],
+    lost: Sequence[str],
+    now: dt.datetime,
+) -> Step:
+    """A member failed or was lost: restart the gang from the latest checkpoint, or fail the job.
+
+    The job fails when it is out of restarts, or when the trainer said its inputs are wrong
+    (data_dir, ckpt_path, config), so that every attempt would fail alike. Checkpoints on the volume
+    are untouched either way.
+    """
+    permanent = [p for p in failed if pod_invalid_input(p)]
+    what = describe_failures(permanent or failed, [] if permanent else lost)
+    attempt = observed.attempt
+    if not permanent and attempt < policy.backoff_limit:
+        message = (
+            f"{what}; restarting the gang from the latest checkpoint "
+            f"(restart {attempt + 1} of {policy.backoff_limit})"
+        )
+        return Step(
+            Phase.RESTARTING,
+            message,
+            condition=(ConditionType.RESTARTING, Reason.WORKER_FAILED, message),
+            restarts=attempt + 1,
+            delete=observed.current,
+        )
+    if permanent:
+        message = f"{what}; not retried: fix the input, then delete and re-create the job"
+        reason = Reason.INVALID_INPUT
+    else:
+        message = f"{what}; backoffLimit ({policy.backoff_limit}) reached"
+        reason = Reason.BACKOFF_LIMIT_EXCEEDED
+    return Step(
+        Phase.FAILED,
+        message,
+        condition=(ConditionType.FAILED, reason, message),
+        completion_time=format_time(now),
+        delete=_finished_pods(policy, observed.current),
+    )
+
+
+def waiting(job: str, policy: Policy, observed: Observed, prev: Mapping[str, Any], now: dt.datetime) -> Step:
+    """Not every member runs yet: Pending (Restarting after a gang restart); create the missing ranks.
+
+    A rank whose old pod is still terminating waits for it to go (pods of a rank share a name); one
+    that stays long after its grace period is named, with what the user can do.
+    """
+    n = policy.workers
+    started = sum(pod_phase(p) in ("Running", "Succeeded") for p in observed.live.values())
+    message = f"waiting for {n - started} of {n} worker(s) to start (attempt {observed.attempt})"
+    phase, condition = Phase.PENDING, None
+    if prev.get("phase") == Phase.RESTARTING:
+        # Keep saying why the gang restarts until it runs again.
+        cond = _true_condition(prev, ConditionType.RESTARTING)
+        why = (
+            (cond.get("message") or "")
+            if cond is not None
+            else f"restart {observed.attempt} of {policy.backoff_limit}"
+        )
+        phase, condition = Phase.RESTARTING, (ConditionType.RESTARTING, Reason.WORKER_FAILED, why)
+        message = f"{message}; {why}"
+    terminating = (p for p in observed.pods if pod_deleting(p) and pod_rank(p) not in observed.live)
+    stuck = stuck_terminating(terminating, now)
+    events: tuple[Event, ...] = ()
+    if stuck is not None:
+        message = f"{message}; {stuck}"
+        if stuck not in (prev.get("message") or ""):
+            events = (Event("Warning", Reason.POD_STUCK_TERMINATING, stuck),)
+    return Step(phase, message, condition=condition, create=observed.missing(job, n), events=events)
+
+
+def progress(job: str, policy: Policy, observed: Observed, prev: Mapping[str, Any], now: dt.datetime) -> Step:
+    """No member failed: Succeeded when all have, Running when all run, else waiting for them."""
+    n = policy.workers
+    if observed.all_live(n, ("Succeeded",)):
+        message = f"all {n} worker(s) succeeded"
+        return Step(
+            Phase.SUCCEEDED,
+            message,
+            condition=(ConditionType.SUCCEEDED, Reason.ALL_WORKERS_SUCCEEDED, message),
+            completion_time=format_time(now),
+            delete=observed.current if policy.clean_pod_policy == "All" else (),
+        )
+    if observed.all_live(n, ("Running", "Succeeded")):
+        counts = observed.counts()
+        message = f"{counts.active} worker(s) running, {counts.succeeded} succeeded"
+        return Step(
+            Phase.RUNNING, message, condition=(ConditionType.RUNNING, Reason.ALL_WORKERS_RUNNING, message)
+        )
+    return waiting(job, policy, observed, prev, now)
+
+
+def active(job: str, policy: Policy, observed: Observed, prev: Mapping[str, Any], now: dt.datetime) -> Step:
+    """A job that has not finished and is not suspended: deadline, then failures, then progress.
+
+    The deadline counts from startTime (set now if the job has none). A job still making progress
+    is looked at again when its deadline is due (a gang restart is, once its new pods report); one
+    that finishes on this pass, when its TTL is.
+    """
+    start_time = prev.get("startTime")
+    if start_time is None:
+        start_time = format_time(now)
+    elapsed = _elapsed(start_time, now) or 0.0
+    deadline = policy.active_deadline_seconds
+    failed = [p for p in observed.live.values() if pod_phase(p) == "Failed"]
+    lost: list[str] = []
+    if prev.get("phase") == Phase.RUNNING:
+        # Every member was running: a missing or terminating member was lost under our feet
+        # (evicted, deleted by someone). msrun cannot continue without it.
+        lost = [worker_pod_name(job, r) for r in range(policy.workers) if r not in observed.live]
+    progressing = False
+    if deadline is not None and elapsed >= deadline:
+        step = deadline_exceeded(observed, deadline, now)
+    elif failed or lost:
+        step = worker_failure(policy, observed, failed, lost, now)
+    else:
+        step, progressing = progress(job, policy, observed, prev, now), True
+    requeue = step.requeue_after
+    if progressing and deadline is not None and step.phase not in TERMINAL_PHASES:
+        requeue = max(deadline - elapsed, 0.0)
+    if step.phase in TERMINAL_PHASES and policy.ttl_seconds_after_finished is not None:
+        requeue = float(policy.ttl_seconds_after_finished)
+    return dataclasses.replace(step, start_time=start_time, requeue_after=requeue)
+
+
+def transition_event(step: Step, prev_phase: Any, attempt: int) -> Event | None:
+    """The Event announcing a new phase or a gang restart, if this step makes one."""
+    restarts = attempt if step.restarts is None else step.restarts
+    if step.phase == prev_phase and restarts == attempt:
+        return None
+    kind = "Warning" if step.phase in (Phase.FAILED, Phase.RESTARTING) else "Normal"
+    # An input error is announced under its own reason (findable with a field selector).
+    invalid_input = step.condition is not None and step.condition[:2] == (
+        ConditionType.FAILED,
+        Reason.INVALID_INPUT,
+    )
+    return Event(kind, Reason.INVALID_INPUT if invalid_input else step.phase, step.message)
+
+
+def recheck_after(step: Step, observed: Observed) -> float | None:
+    """When to look again: the step's time-based transition, or in 1 s while a rank waits for its old pod.
+
+    A rank whose old pod is still terminating must be created once it is gone. The pod's DELETED
+    event normally triggers that; this is the safety net if the event is missed.
+    """
+    requeue = step.requeue_after
+    waiting_for_pods = observed.stale or any(pod_deleting(p) for p in observed.current)
+    if step.phase in (Phase.PENDING, Phase.RESTARTING) and waiting_for_pods:
+        requeue = 1.0 if requeue is None else min(requeue, 1.0)
+    return requeue
+
+
+def deletions(observed: Observed, step: Step) -> tuple[str, ...]:
+    """Names of the pods to delete: stale ones, then the step's; terminating ones are left alone."""
+    names = [pod_name(p) for p in observed.stale if not pod_deleting(p)]
+    for pod in step.delete:
+        if not pod_deleting(pod) and pod_name(pod) not in names:
+            names.append(pod_name(pod))
+    return tuple(names)
 
 
 def reconcile(
@@ -545,197 +925,55 @@ def reconcile(
         # The spec was fixed (a new generation that validates): start as a new job. The same
         # generation stays Failed: the API server refused what it renders (see handlers).
         prev = {"conditions": prev.get("conditions")}
-    pods = list(pods)
-    attempt = int(prev.get("restarts") or 0)
-    prev_phase = prev.get("phase")
-    start_time = prev.get("startTime")
-    completion = prev.get("completionTime")
-
-    current = [p for p in pods if pod_attempt(p) == attempt]
-    stale = [p for p in pods if pod_attempt(p) != attempt]
-    live = {pod_rank(p): p for p in current if not pod_deleting(p)}
-    names_present = {pod_name(p) for p in pods}
-
-    counts = {
-        "active": sum(pod_phase(p) in _ACTIVE_POD_PHASES for p in live.values()),
-        "succeeded": sum(pod_phase(p) == "Succeeded" for p in live.values()),
-        "failed": sum(pod_phase(p) == "Failed" for p in live.values()),
-    }
-    delete: list[str] = [pod_name(p) for p in stale if not pod_deleting(p)]
-    create: list[int] = []
-    events: list[Event] = []
-    requeue: float | None = None
-    delete_job = False
-    restarts = attempt
-    conds: dict[str, tuple[str, str]] = {}
-
-    def delete_all(which: Iterable[Mapping[str, Any]]) -> None:
-        for p in which:
-            if not pod_deleting(p) and pod_name(p) not in delete:
-                delete.append(pod_name(p))
-
-    # The spec is valid, so the handler creates the children on this pass if they are missing.
-    conds["Created"] = (
-        "ChildrenCreated",
-        f"service, config, RBAC and {policy.workers} worker pod(s) managed",
-    )
-
-    if prev_phase in TERMINAL:
-        phase = prev_phase
-        message = prev.get("message") or ""
-        reason = next(
-            (
-                c.get("reason", "")
-                for c in prev.get("conditions") or []
-                if c.get("type") == phase and c.get("status") == "True"
-            ),
-            phase,
-        )
-        conds[phase] = (reason, message)
-        completion = completion or format_time(now)
-        # Active pods of a finished gang can never make progress (msrun needs every member), so
-        # they go whatever cleanPodPolicy says; the policy decides about the finished ones.
-        delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
-        if policy.clean_pod_policy == "All":
-            delete_all(current)
-        if policy.ttl_seconds_after_finished is not None:
-            waited = _elapsed(completion, now) or 0.0
-            left = policy.ttl_seconds_after_finished - waited
-            if left <= 0:
-                delete_job = True
-                events.append(
-                    Event(
-                        "Normal",
-                        "Deleted",
-                        f"ttlSecondsAfterFinished ({policy.ttl_seconds_after_finished}s) passed",
-                    )
-                )
-            else:
-                requeue = left
+    observed = Observed.of(pods, int(prev.get("restarts") or 0))
+    if prev.get("phase") in TERMINAL_PHASES:
+        step = finished(policy, observed, prev, now)
     elif policy.suspend:
-        phase = SUSPENDED
-        delete_all(current)
-        message = "suspended: pods deleted; set runPolicy.suspend to false to resume"
-        conds[SUSPENDED] = ("JobSuspended", message)
-        # Like a Kubernetes Job, the deadline clock stops while suspended and restarts on resume.
-        start_time = None
+        step = suspended(observed)
     else:
-        failed = [p for p in live.values() if pod_phase(p) == "Failed"]
-        lost: list[str] = []
-        if prev_phase == RUNNING:
-            # Every member was running: a missing or terminating member was lost under our feet
-            # (evicted, deleted by someone). msrun cannot continue without it.
-            lost = [worker_pod_name(job, r) for r in range(policy.workers) if r not in live]
-        if start_time is None:
-            start_time = format_time(now)
-        elapsed = _elapsed(start_time, now) or 0.0
-        deadline = policy.active_deadline_seconds
-        if deadline is not None and elapsed >= deadline:
-            phase = FAILED
-            message = f"activeDeadlineSeconds ({deadline}s) exceeded; pods deleted"
-            conds[FAILED] = (REASON_DEADLINE, message)
-            completion = format_time(now)
-            delete_all(current)
-        elif failed or lost:
-            permanent = [p for p in failed if pod_invalid_input(p)]
-            what = describe_failures(permanent or failed, [] if permanent else lost)
-            if not permanent and attempt < policy.backoff_limit:
-                restarts = attempt + 1
-                phase = RESTARTING
-                message = (
-                    f"{what}; restarting the gang from the latest checkpoint "
-                    f"(restart {restarts} of {policy.backoff_limit})"
-                )
-                conds[RESTARTING] = ("WorkerFailed", message)
-                delete_all(current)
-            else:
-                # Out of restarts, or the trainer said its inputs are wrong (data_dir, ckpt_path,
-                # config), so every attempt would fail alike. Checkpoints on the volume are untouched.
-                phase = FAILED
-                if permanent:
-                    message = f"{what}; not retried: fix the input, then delete and re-create the job"
-                    conds[FAILED] = (REASON_INVALID_INPUT, message)
-                else:
-                    message = f"{what}; backoffLimit ({policy.backoff_limit}) reached"
-                    conds[FAILED] = (REASON_BACKOFF, message)
-                completion = format_time(now)
-                delete_all(p for p in current if pod_phase(p) in _ACTIVE_POD_PHASES)
-                if policy.clean_pod_policy == "All":
-                    delete_all(current)
-        else:
-            create = [
-                r
-                for r in range(policy.workers)
-                if r not in live and worker_pod_name(job, r) not in names_present
-            ]
-            n = policy.workers
-            if len(live) == n and all(pod_phase(p) == "Succeeded" for p in live.values()):
-                phase = SUCCEEDED
-                message = f"all {n} worker(s) succeeded"
-                conds[SUCCEEDED] = ("AllWorkersSucceeded", message)
-                completion = format_time(now)
-                if policy.clean_pod_policy == "All":
-                    delete_all(current)
-            elif len(live) == n and all(pod_phase(p) in ("Running", "Succeeded") for p in live.values()):
-                phase = RUNNING
-                message = f"{counts['active']} worker(s) running, {counts['succeeded']} succeeded"
-                conds[RUNNING] = ("AllWorkersRunning", message)
-            else:
-                phase = RESTARTING if prev_phase == RESTARTING else PENDING
-                waiting = n - sum(pod_phase(p) in ("Running", "Succeeded") for p in live.values())
-                message = f"waiting for {waiting} of {n} worker(s) to start (attempt {attempt})"
-                if phase == RESTARTING:
-                    # Keep saying why the gang restarts until it runs again.
-                    why = next(
-                        (
-                            c.get("message") or ""
-                            for c in prev.get("conditions") or []
-                            if c.get("type") == RESTARTING and c.get("status") == "True"
-                        ),
-                        f"restart {attempt} of {policy.backoff_limit}",
-                    )
-                    conds[RESTARTING] = ("WorkerFailed", why)
-                    message = f"{message}; {why}"
-                stuck = stuck_terminating(
-                    (p for p in pods if pod_deleting(p) and pod_rank(p) not in live), now
-                )
-                if stuck is not None:
-                    message = f"{message}; {stuck}"
-                    if stuck not in (prev.get("message") or ""):
-                        events.append(Event("Warning", "PodStuckTerminating", stuck))
-            if deadline is not None and phase not in TERMINAL:
-                requeue = max(deadline - elapsed, 0.0)
-        if phase in TERMINAL and policy.ttl_seconds_after_finished is not None:
-            requeue = float(policy.ttl_seconds_after_finished)
+        step = active(job, policy, observed, prev, now)
+    return decide(step, observed, policy, prev, generation, now)
 
-    if phase != prev_phase or restarts != attempt:
-        kind = "Warning" if phase in (FAILED, RESTARTING) else "Normal"
-        # An input error is announced under its own reason (findable with a field selector).
-        event_reason = REASON_INVALID_INPUT if conds.get(FAILED, ("",))[0] == REASON_INVALID_INPUT else phase
-        events.insert(0, Event(kind, event_reason, message))
-    # A rank whose old pod is still terminating must be created once it is gone. The pod's DELETED
-    # event normally triggers that; this is the safety net if the event is missed.
-    if phase in (PENDING, RESTARTING) and (stale or any(pod_deleting(p) for p in current)):
-        requeue = 1.0 if requeue is None else min(requeue, 1.0)
 
-    status = {
-        "phase": phase,
-        "conditions": build_conditions(prev.get("conditions"), phase, conds, generation, now),
-        "workers": counts,
-        "restarts": restarts,
-        "startTime": start_time,
-        "completionTime": completion if phase in TERMINAL else None,
-        "observedGeneration": generation,
-        "message": message,
+def decide(
+    step: Step,
+    observed: Observed,
+    policy: Policy,
+    prev: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+) -> Decision:
+    """The decision from a situation's step and what every situation shares: the Created condition
+    (the spec is valid, so the children are created on this pass if missing), the transition Event,
+    the worker counts, the stale pods' deletion."""
+    restarts = observed.attempt if step.restarts is None else step.restarts
+    reasons: dict[ConditionType, tuple[str, str]] = {
+        ConditionType.CREATED: (
+            Reason.CHILDREN_CREATED,
+            f"service, config, RBAC and {policy.workers} worker pod(s) managed",
+        )
     }
+    if step.condition is not None:
+        reasons[step.condition[0]] = step.condition[1:]
+    status = OperatorStatus(
+        phase=step.phase,
+        conditions=build_conditions(prev.get("conditions"), step.phase, reasons, generation, now),
+        workers=observed.counts(),
+        restarts=restarts,
+        start_time=step.start_time,
+        completion_time=step.completion_time if step.phase in TERMINAL_PHASES else None,
+        observed_generation=generation,
+        message=step.message,
+    )
+    transition = transition_event(step, prev.get("phase"), observed.attempt)
     return Decision(
-        status=status,
+        status=status.dump(),
         attempt=restarts,
-        create_ranks=tuple(create) if phase in (PENDING, RESTARTING) else (),
-        delete_pods=tuple(delete),
-        delete_job=delete_job,
-        events=tuple(events),
-        requeue_after=requeue,
+        create_ranks=step.create if step.phase in (Phase.PENDING, Phase.RESTARTING) else (),
+        delete_pods=deletions(observed, step),
+        delete_job=step.delete_job,
+        events=(*([transition] if transition else []), *step.events),
+        requeue_after=recheck_after(step, observed),
     )
 
 
