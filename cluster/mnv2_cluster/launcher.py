@@ -217,7 +217,8 @@ class Cluster:
     def _binaries(self) -> dict[str, Path]:
         if self.bin_dir is None:
             return build.binaries()
-        paths = {name: self.bin_dir / name for name in build.BINARIES}
+        # The control plane's own binaries; the others of the build (node tools) may be absent here.
+        paths = {name: self.bin_dir / name for name in ("kube", "etcd")}
         missing = [str(p) for p in paths.values() if not os.access(p, os.X_OK)]
         if missing:
             raise build.BuildError(f"control-plane binaries not found: {', '.join(missing)}")
