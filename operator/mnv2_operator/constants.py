@@ -49,6 +49,13 @@ ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 #: Volcano's pod annotation naming the PodGroup of a gang-scheduled pod.
 ANNOTATION_POD_GROUP = "scheduling.k8s.io/group-name"
 
+# -- The trainer's termination message -----------------------------------------------------------
+
+#: A worker container's termination message that starts with this says that the trainer's input is
+#: wrong (data_dir, ckpt_path, config): the operator fails the job at once instead of restarting the
+#: gang (``mnv2_trainer.termination`` writes it, ``mnv2_operator.status`` reads it).
+INVALID_INPUT_MARKER = "mnv2: invalid input (not retried):"
+
 # -- Status --------------------------------------------------------------------------------------
 
 

@@ -33,45 +33,29 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from mnv2_operator.constants import LABEL_ATTEMPT, LABEL_INDEX, TERMINAL_PHASES, ConditionType, Phase, Reason
+from mnv2_operator.constants import (
+    INVALID_INPUT_MARKER,
+    LABEL_ATTEMPT,
+    LABEL_INDEX,
+    TERMINAL_PHASES,
+    ConditionType,
+    Phase,
+    Reason,
+)
 from mnv2_operator.spec import WorkerCounts
 
+# Names the controller reads from this module.
 PENDING = Phase.PENDING
 RUNNING = Phase.RUNNING
 RESTARTING = Phase.RESTARTING
-SUCCEEDED = Phase.SUCCEEDED
-FAILED = Phase.FAILED
-SUSPENDED = Phase.SUSPENDED
-PHASES = tuple(Phase)
 TERMINAL = TERMINAL_PHASES
-
+REASON_CHILD_CONFLICT = Reason.CHILD_CONFLICT
+REASON_CREATE_FAILED = Reason.CREATE_FAILED
+# The conditions every status carries (SpecInvalid only while a started job's spec does not validate).
 CONDITION_TYPES = tuple(t for t in ConditionType if t != ConditionType.SPEC_INVALID)
 
-REASON_INVALID_SPEC = Reason.INVALID_SPEC
-REASON_BACKOFF = Reason.BACKOFF_LIMIT_EXCEEDED
-REASON_DEADLINE = Reason.DEADLINE_EXCEEDED
-REASON_INVALID_INPUT = Reason.INVALID_INPUT
-# A condition present only while the job's current spec does not validate but the job goes on with
-# the pods it has (see `spec_invalid_deferred`).
-CONDITION_SPEC_INVALID = ConditionType.SPEC_INVALID
-
-# A container termination message that starts with this says a retry cannot help (the trainer's
-# `mnv2_trainer.termination.PREFIX`; a unit test checks they agree).
-PERMANENT_MARKER = "mnv2: invalid input (not retried):"
 # Longest termination message quoted per pod in the job's status (one line of it).
 MAX_POD_MESSAGE = 300
-
-# The keys of status this module owns; everything else belongs to the trainer.
-OPERATOR_KEYS = (
-    "phase",
-    "conditions",
-    "workers",
-    "restarts",
-    "startTime",
-    "completionTime",
-    "observedGeneration",
-    "message",
-)
 
 _ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 
@@ -158,6 +142,10 @@ class OperatorStatus(_StatusPart):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+#: The keys of status the operator owns; everything else belongs to the trainer.
+OPERATOR_KEYS = tuple(str(f.alias) for f in OperatorStatus.model_fields.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +268,7 @@ def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def termination_summary(message: str | None, limit: int = MAX_POD_MESSAGE) -> str:
     """One line of a container's termination message, at most `limit` characters.
 
-    The line with `PERMANENT_MARKER` if there is one (from the marker on), else the last non-empty
+    The line with `INVALID_INPUT_MARKER` if there is one (from the marker on), else the last non-empty
     line: a message taken from the log (terminationMessagePolicy FallbackToLogsOnError) ends with
     the error, and a one-line message is its own last line.
     """
@@ -288,8 +276,8 @@ def termination_summary(message: str | None, limit: int = MAX_POD_MESSAGE) -> st
     lines = [line for line in lines if line]
     if not lines:
         return ""
-    marked = next((line for line in lines if PERMANENT_MARKER in line), None)
-    line = marked[marked.index(PERMANENT_MARKER) :] if marked else lines[-1]
+    marked = next((line for line in lines if INVALID_INPUT_MARKER in line), None)
+    line = marked[marked.index(INVALID_INPUT_MARKER) :] if marked else lines[-1]
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -301,7 +289,7 @@ def pod_message(pod: Mapping[str, Any]) -> str:
 
 def pod_invalid_input(pod: Mapping[str, Any]) -> bool:
     """Whether the pod failed on an input error that a restart cannot fix (the marker's message)."""
-    return pod_message(pod).startswith(PERMANENT_MARKER)
+    return pod_message(pod).startswith(INVALID_INPUT_MARKER)
 
 
 def pod_failure(pod: Mapping[str, Any]) -> str:
@@ -335,9 +323,6 @@ def worker_pod_name(job: str, rank: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Ownership: which existing objects are the job's.
-
-REASON_CHILD_CONFLICT = Reason.CHILD_CONFLICT
-REASON_CREATE_FAILED = Reason.CREATE_FAILED
 
 
 def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -16,6 +16,8 @@ create pods it then cannot find. So this walks the Python files of the repositor
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -31,7 +33,16 @@ SCANNED = (*SHIPPED, "tests")
 
 def _identifiers() -> set[str]:
     """The resource's names and the label and annotation keys that constants.py defines."""
-    named = ("GROUP", "VERSION", "API_VERSION", "KIND", "PLURAL", "SINGULAR", "CRD_NAME")
+    named = (
+        "GROUP",
+        "VERSION",
+        "API_VERSION",
+        "KIND",
+        "PLURAL",
+        "SINGULAR",
+        "CRD_NAME",
+        "INVALID_INPUT_MARKER",
+    )
     return {
         value
         for key, value in vars(C).items()
@@ -213,3 +224,13 @@ def test_what_is_not_a_definition(source: str) -> None:
 def test_tests_may_spell_a_name_out_inside_a_test() -> None:
     source = 'def test_name():\n    assert crd_name() == "mobilenetv2trainingjobs.training.mnv2.dev"\n'
     assert second_definitions(REPO / "tests" / "unit" / "test_x.py", source) == []
+
+
+def test_constants_and_the_trainers_reporters_import_only_the_standard_library() -> None:
+    """The trainer's pods import constants.py (report.py, termination.py): no operator dependencies."""
+    code = (
+        "import sys, mnv2_operator.constants, mnv2_trainer.report, mnv2_trainer.termination; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'kopf', 'kubernetes', 'yaml', 'jinja2'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import os
 
+from mnv2_operator.constants import INVALID_INPUT_MARKER
+
 ENV = "MNV2_TERMINATION_LOG"
 DEFAULT_PATH = "/dev/termination-log"
-PREFIX = "mnv2: invalid input (not retried): "
+PREFIX = f"{INVALID_INPUT_MARKER} "
 EXIT_INVALID_INPUT = 2
 """Exit code of an entry point that stopped on an input error (1: a crash, which is retried)."""
 MAX_BYTES = 1024

@@ -8,6 +8,7 @@ from typing import Any
 from mnv2_operator import constants as C
 from mnv2_operator import handlers
 from mnv2_operator import status as st
+from mnv2_operator.constants import Reason
 from mnv2_trainer import termination
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -38,7 +39,7 @@ def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 def test_marker_matches_the_trainer() -> None:
-    assert termination.PREFIX.strip() == st.PERMANENT_MARKER
+    assert termination.PREFIX.strip() == C.INVALID_INPUT_MARKER
 
 
 def test_invalid_input_fails_at_once_without_a_restart() -> None:
@@ -46,7 +47,7 @@ def test_invalid_input_fails_at_once_without_a_restart() -> None:
     failed = pod(0, "Failed", 1, REASON + "\n")
     d = step(policy, [failed, pod(1)], RUNNING)
     assert d.status["phase"] == "Failed" and d.status["restarts"] == 0 and d.attempt == 0
-    assert cond(d.status, "Failed")["reason"] == st.REASON_INVALID_INPUT == "InvalidInput"
+    assert cond(d.status, "Failed")["reason"] == Reason.INVALID_INPUT == "InvalidInput"
     assert cond(d.status, "Restarting")["status"] == "False"
     message = d.status["message"]
     assert message.startswith(f"j-worker-0 failed: exit code 1 (Error): {REASON}; not retried")

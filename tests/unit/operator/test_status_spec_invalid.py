@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from mnv2_operator import status as st
+from mnv2_operator.constants import Phase
 from test_status_transitions import JOB, T0, cond, pod
 
 PROBLEM = "invalid MobileNetV2TrainingJob spec:\n  spec.recipe: unknown recipe 'gone'"
@@ -68,7 +69,7 @@ def test_a_running_job_with_an_invalid_spec_goes_on_and_says_why() -> None:
     decision = st.reconcile(JOB, st.lenient_policy({}, pods, 0), pods, prev, 2, T0)
     deferred = st.spec_invalid_deferred(decision, prev, PROBLEM, 2, T0)
     s = deferred.status
-    assert s["phase"] == st.RUNNING and not deferred.delete_pods and not deferred.create_ranks
+    assert s["phase"] == Phase.RUNNING and not deferred.delete_pods and not deferred.create_ranks
     invalid = cond(s, "SpecInvalid")
     assert (invalid["status"], invalid["reason"], invalid["observedGeneration"]) == ("True", "InvalidSpec", 2)
     assert "spec.recipe: unknown recipe 'gone'" in invalid["message"]
@@ -94,7 +95,7 @@ def test_the_deferred_decision_never_creates() -> None:
     prev = running_status()
     failed = [pod(0), pod(1, phase="Failed", exit_code=1)]
     decision = st.reconcile(JOB, st.Policy(workers=2), failed, prev, 2, T0)
-    assert decision.status["phase"] == st.RESTARTING
+    assert decision.status["phase"] == Phase.RESTARTING
     restarted = st.reconcile(JOB, st.Policy(workers=2), [], decision.status, 2, T0)
     assert restarted.create_ranks == (0, 1)
     assert st.spec_invalid_deferred(restarted, decision.status, PROBLEM, 2, T0).create_ranks == ()

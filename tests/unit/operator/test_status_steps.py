@@ -155,7 +155,7 @@ def test_worker_failure_out_of_restarts_fails_and_keeps_finished_pods() -> None:
 
 
 def test_worker_failure_on_invalid_input_is_not_retried_and_names_no_lost_member() -> None:
-    bad = pod(0, "Failed", exit_code=2, message=f"{st.PERMANENT_MARKER} data_dir /data is empty")
+    bad = pod(0, "Failed", exit_code=2, message=f"{C.INVALID_INPUT_MARKER} data_dir /data is empty")
     s = st.worker_failure(st.Policy(workers=2, backoff_limit=3), seen(bad), [bad], ["j-worker-1"], T0)
     assert s.phase == Phase.FAILED and s.condition is not None and s.condition[1] == Reason.INVALID_INPUT
     assert "was lost" not in s.message and s.message.endswith(
@@ -314,6 +314,17 @@ def written(generation: int | None) -> st.OperatorStatus:
 
 
 def test_operator_status_dumps_every_key_in_order_with_unset_ones_null() -> None:
+    # The operator's keys; the trainer writes the others (docs/interfaces.md).
+    assert st.OPERATOR_KEYS == (
+        "phase",
+        "conditions",
+        "workers",
+        "restarts",
+        "startTime",
+        "completionTime",
+        "observedGeneration",
+        "message",
+    )
     out = written(4).dump()
     assert list(out) == list(st.OPERATOR_KEYS)
     assert out["completionTime"] is None and out["phase"] == "Running" and type(out["phase"]) is str

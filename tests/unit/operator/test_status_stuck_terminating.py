@@ -8,6 +8,7 @@ from typing import Any
 
 from mnv2_operator import constants as C
 from mnv2_operator import status as st
+from mnv2_operator.constants import Phase
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 JOB = "j"
@@ -26,10 +27,10 @@ def restarting() -> dict[str, Any]:
     """Attempt 0 was running; rank 1's node died, its pod was evicted: the gang restarts (attempt 1)."""
     running = st.reconcile(JOB, POLICY, [pod(0, "Running", 0), pod(1, "Running", 0)], None, 1, T0).status
     running = st.reconcile(JOB, POLICY, [pod(0, "Running", 0), pod(1, "Running", 0)], running, 1, T0).status
-    assert running["phase"] == st.RUNNING
+    assert running["phase"] == Phase.RUNNING
     lost = [pod(0, "Running", 0), pod(1, "Running", 0, deleted_at=T0)]
     decision = st.reconcile(JOB, POLICY, lost, running, 1, T0)
-    assert decision.status["phase"] == st.RESTARTING and decision.status["restarts"] == 1
+    assert decision.status["phase"] == Phase.RESTARTING and decision.status["restarts"] == 1
     return decision.status
 
 
@@ -44,7 +45,7 @@ def test_a_pod_stuck_terminating_is_named_with_its_node_and_the_fix() -> None:
     later = T0 + dt.timedelta(seconds=st.STUCK_TERMINATING_SECONDS + 5)
     stuck = st.reconcile(JOB, POLICY, pods, early.status, 1, later)
     message = stuck.status["message"]
-    assert stuck.status["phase"] == st.RESTARTING and stuck.create_ranks == ()
+    assert stuck.status["phase"] == Phase.RESTARTING and stuck.create_ranks == ()
     assert "j-worker-1 on node node-1 still terminating 60s after its grace period" in message
     assert "`kubectl delete pod j-worker-1 --force --grace-period=0`" in message
     assert [(e.type, e.reason) for e in stuck.events] == [("Warning", "PodStuckTerminating")]

@@ -7,6 +7,7 @@ from typing import Any
 
 from mnv2_operator import constants as C
 from mnv2_operator import status as st
+from mnv2_operator.constants import Reason
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 JOB = "j"
@@ -127,7 +128,7 @@ def test_backoff_limit_exhausted_fails() -> None:
     d = step(policy, [pod(0, "Failed", attempt=1, exit_code=137), pod(1, attempt=1)], prev, 10)
     assert d.status["phase"] == "Failed"
     assert d.status["restarts"] == 1
-    assert cond(d.status, "Failed")["reason"] == st.REASON_BACKOFF
+    assert cond(d.status, "Failed")["reason"] == Reason.BACKOFF_LIMIT_EXCEEDED
     assert "exit code 137" in d.status["message"]
     assert d.delete_pods == ("j-worker-1",)  # running members cannot finish alone; failed pod kept
     assert d.status["completionTime"] == "2026-01-01T12:00:10Z"
@@ -155,7 +156,7 @@ def test_active_deadline_exceeded() -> None:
     assert d1.status["phase"] == "Running" and d1.requeue_after == 20
     d2 = step(policy, [pod(0)], d1.status, 30)
     assert d2.status["phase"] == "Failed"
-    assert cond(d2.status, "Failed")["reason"] == st.REASON_DEADLINE
+    assert cond(d2.status, "Failed")["reason"] == Reason.DEADLINE_EXCEEDED
     assert d2.delete_pods == ("j-worker-0",)
 
 
@@ -221,7 +222,7 @@ def test_finished_job_ignores_suspend_and_deadline() -> None:
 def test_invalid_spec_then_fixed() -> None:
     d = st.invalid_spec(None, "spec.nodes: must be >= 1", 1, T0)
     assert d.status["phase"] == "Failed"
-    assert cond(d.status, "Failed")["reason"] == st.REASON_INVALID_SPEC
+    assert cond(d.status, "Failed")["reason"] == Reason.INVALID_SPEC
     assert "spec.nodes" in d.status["message"]
     assert d.create_ranks == () and d.delete_pods == ()
     assert [e.type for e in d.events] == ["Warning"]
