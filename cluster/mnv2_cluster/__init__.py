@@ -8,6 +8,10 @@ Not part of the operator's runtime (its image never imports this package); insta
 - `pki`: the CA, serving and client certificates, the service-account signing key.
 - `launcher.Cluster`: etcd, kube-apiserver (RBAC, default admission with PodSecurity and
   NodeRestriction, audit log), kube-controller-manager and kube-scheduler on loopback, stopped in order.
+- `ascend`: starts the Ascend device-plugin stand-in (`ascend-device-plugin`) for a node's kubelet
+  (docs/ascend-device-plugin.md).
+- `coredns`: builds CoreDNS from `cluster/coredns` (`python -m mnv2_cluster.coredns`); its Corefile and
+  the kube-system objects of cluster DNS (docs/cluster-dns.md).
 
 What a node (a kubelet joining this control plane) gets from a started `Cluster`:
 
