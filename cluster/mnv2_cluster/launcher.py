@@ -108,11 +108,15 @@ class Cluster:
         bin_dir: str | Path | None = None,
         start_timeout: float = 120.0,
         crds: list[str] | tuple[str, ...] = (),
+        network: Any = None,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.bin_dir = Path(bin_dir) if bin_dir else None
         self.start_timeout = start_timeout
         self.crds = list(crds)
+        # A `mnv2_cluster.realnode.NodeNetwork`: the API server listens and advertises on its bridge
+        # address (reachable from the nodes' network namespaces) instead of loopback.
+        self.network = network
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.audit_log = self.state_dir / "audit.log"
         self.logs_dir = self.state_dir / "logs"
@@ -126,7 +130,12 @@ class Cluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports.apiserver}"
+        return f"https://{self.address}:{self.ports.apiserver}"
+
+    @property
+    def address(self) -> str:
+        """The API server's address: loopback, or the node network's bridge address."""
+        return self.network.gateway if self.network is not None else "127.0.0.1"
 
     @property
     def pki(self) -> PKI:
@@ -162,6 +171,8 @@ class Cluster:
         self._pick_ports()
         self._write_pki_and_configs()
         try:
+            if self.network is not None:
+                self.network.up()
             self._start(Component("etcd", self._etcd_args(etcd), self.logs_dir / "etcd.log"))
             self._wait("etcd", lambda: self._get(f"http://127.0.0.1:{self.ports.etcd_client}/health"))
             self._start(Component("apiserver", self._apiserver_args(kube), self.logs_dir / "apiserver.log"))
@@ -205,6 +216,8 @@ class Cluster:
                 continue
             _terminate(component.proc, STOP_GRACE[name])
         self.components.clear()
+        if self.network is not None:
+            self.network.down()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -312,6 +325,7 @@ class Cluster:
             [
                 "127.0.0.1",
                 "localhost",
+                *([self.address] if self.network is not None else []),
                 KUBERNETES_SERVICE_IP,
                 "kubernetes",
                 "kubernetes.default",
@@ -362,11 +376,12 @@ class Cluster:
             kube,
             "apiserver",
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             # The `kubernetes` Service's endpoints may not be a loopback address (the API server refuses
-            # to start with a loopback advertise address and an endpoint reconciler): none, on loopback.
-            "--endpoint-reconciler-type=none",
+            # to start with a loopback advertise address and an endpoint reconciler): none, on loopback;
+            # on a node network the bridge address, which kube-proxy on the nodes serves as 10.96.0.1.
+            *(["--endpoint-reconciler-type=none"] if self.network is None else []),
             f"--secure-port={self.ports.apiserver}",
             f"--tls-cert-file={self._apiserver_cert.cert}",
             f"--tls-private-key-file={self._apiserver_cert.key}",

@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="simulated Ascend training nodes (8 huawei.com/Ascend910 each; pods run nothing)",
     )
+    p.add_argument(
+        "--real-nodes",
+        type=int,
+        default=0,
+        help="real nodes (real-1, real-2, ...): the kubelet on containerd with pod networking and kube-proxy "
+        "(root; see docs/real-nodes.md)",
+    )
     p.set_defaults(run=_cmd_cluster)
     return parser
 

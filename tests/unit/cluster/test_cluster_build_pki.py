@@ -43,14 +43,12 @@ def test_cache_key_without_the_go_module_says_what_to_do(tmp_path: Path) -> None
 
 def test_binaries_missing_names_the_build_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNV2_CLUSTER_BIN", str(tmp_path))
-    with pytest.raises(
-        build.BuildError, match=r"kube, etcd, ascend-device-plugin not found in .*`make cluster`"
-    ):
+    with pytest.raises(build.BuildError, match=rf"{', '.join(build.BINARIES)} not found in .*`make cluster`"):
         build.binaries()
     for name in build.BINARIES:
         (tmp_path / name).write_text("#!/bin/sh\n")
         (tmp_path / name).chmod(0o755)
-    assert build.binaries() == {name: tmp_path / name for name in ("kube", "etcd", "ascend-device-plugin")}
+    assert build.binaries() == {name: tmp_path / name for name in build.BINARIES}
 
 
 def test_cache_folder_is_keyed_under_xdg_cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

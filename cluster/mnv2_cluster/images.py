@@ -1,0 +1,153 @@
+"""Container images written by the project, as OCI image archives a node's containerd imports.
+
+No registry is needed: an image here is one layer of static binaries, written reproducibly (fixed
+times and owners, so the same inputs give the same digests) into an OCI image layout tar that
+`ctr images import` reads. Two images:
+
+- `PAUSE_IMAGE`: the pod sandbox image (containerd's `sandbox_image`), the `pause` binary built
+  with the cluster (`cluster/cmd/pause`);
+- `BUSYBOX_IMAGE`: a small image for tests and debugging, Debian's static busybox with its applets
+  (`sh`, `sleep`, `nc`, `wget` with TLS, `httpd`, ...) as links under `/bin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAUSE_IMAGE = "localhost/mnv2/pause:3.10"
+BUSYBOX_IMAGE = "localhost/mnv2/busybox:1.35"
+BUSYBOX_APPLETS = (
+    "sh", "ash", "cat", "echo", "env", "grep", "hostname", "httpd", "id", "ip", "kill", "ls", "mkdir",
+    "nc", "nslookup", "ping", "ps", "rm", "sed", "sleep", "test", "true", "false", "wc", "wget",
+    "ssl_client", "head", "tail", "printf", "date", "touch", "timeout",
+)  # fmt: skip
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@dataclass
+class ImageSpec:
+    """An image of one layer: files (path in the image -> bytes, mode), symlinks, directories."""
+
+    name: str
+    files: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    symlinks: dict[str, str] = field(default_factory=dict)
+    directories: dict[str, int] = field(default_factory=dict)
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=lambda: ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"])
+
+
+def pause_image(pause_binary: Path) -> ImageSpec:
+    """The sandbox image: `/pause`, run as its entrypoint."""
+    return ImageSpec(PAUSE_IMAGE, files={"pause": (pause_binary.read_bytes(), 0o755)}, entrypoint=["/pause"])
+
+
+def busybox_image(busybox: Path) -> ImageSpec:
+    """Busybox with its common applets, a root and a nobody user, `/tmp`; runs `sh` by default."""
+    return ImageSpec(
+        BUSYBOX_IMAGE,
+        files={
+            "bin/busybox": (busybox.read_bytes(), 0o755),
+            "etc/passwd": (
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+                0o644,
+            ),
+            "etc/group": (b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        },
+        symlinks={f"bin/{applet}": "busybox" for applet in BUSYBOX_APPLETS},
+        directories={"bin": 0o755, "etc": 0o755, "root": 0o700, "tmp": 0o1777},
+        cmd=["sh"],
+    )
+
+
+def layer_tar(spec: ImageSpec) -> bytes:
+    """The image's one layer: an uncompressed tar, entries sorted, times and owners zero."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries: list[tuple[str, tarfile.TarInfo, bytes | None]] = []
+        for path, mode in spec.directories.items():
+            info = tarfile.TarInfo(path)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            entries.append((path, info, None))
+        for path, (data, mode) in spec.files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), mode
+            entries.append((path, info, data))
+        for path, target in spec.symlinks.items():
+            info = tarfile.TarInfo(path)
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+            entries.append((path, info, None))
+        for _, info, data in sorted(entries, key=lambda e: e[0]):
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def write_oci_archive(spec: ImageSpec, path: Path) -> str:
+    """Write `spec` as an OCI image layout tar at `path`; return the manifest's digest."""
+    layer = layer_tar(spec)
+    layer_digest = _digest(layer)
+    config = _json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": spec.env, "Entrypoint": spec.entrypoint or None, "Cmd": spec.cmd or None},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+            "history": [{"created_by": f"mnv2_cluster.images ({spec.name})"}],
+        }
+    )
+    manifest = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": len(layer)}],
+        }
+    )
+    manifest_digest = _digest(manifest)
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": manifest_digest,
+                    "size": len(manifest),
+                    "platform": {"architecture": "amd64", "os": "linux"},
+                    "annotations": {
+                        # containerd names the imported image after this annotation.
+                        "io.containerd.image.name": spec.name,
+                        "org.opencontainers.image.ref.name": spec.name.rsplit(":", 1)[1],
+                    },
+                }
+            ],
+        }
+    )
+    blobs = {d: b for b in (layer, config, manifest) for d in [_digest(b)]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        members = [("oci-layout", _json({"imageLayoutVersion": "1.0.0"})), ("index.json", index)]
+        members += [(f"blobs/sha256/{d.split(':', 1)[1]}", b) for d, b in sorted(blobs.items())]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
+    return manifest_digest
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -1,0 +1,115 @@
+"""What a real node is made of, without starting one: its images, addresses and configuration files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mnv2_cluster import host, images
+from mnv2_cluster.realnode import NodeNetwork, RealNode
+
+
+def _archive(tmp_path: Path, spec: images.ImageSpec) -> tuple[dict[str, bytes], str]:
+    path = tmp_path / "image.tar"
+    digest = images.write_oci_archive(spec, path)
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}, digest  # type: ignore[union-attr]
+
+
+def test_oci_archive_is_a_valid_reproducible_image_layout(tmp_path: Path) -> None:
+    spec = images.ImageSpec(
+        "localhost/test/tool:1", files={"bin/tool": (b"\x7fELF...", 0o755)}, symlinks={"bin/sh": "tool"},
+        directories={"bin": 0o755, "tmp": 0o1777}, entrypoint=["/bin/tool"],
+    )  # fmt: skip
+    files, digest = _archive(tmp_path, spec)
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    # Every blob's name is its content's sha256.
+    for name, data in files.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1]
+    (entry,) = json.loads(files["index.json"])["manifests"]
+    assert entry["digest"] == digest
+    assert entry["annotations"]["io.containerd.image.name"] == "localhost/test/tool:1"
+    manifest = json.loads(files[f"blobs/sha256/{digest.split(':')[1]}"])
+    config = json.loads(files[f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"])
+    (layer,) = manifest["layers"]
+    assert config["rootfs"]["diff_ids"] == [layer["digest"]]  # uncompressed: the layer is its diff
+    assert config["config"]["Entrypoint"] == ["/bin/tool"]
+    with tarfile.open(fileobj=io.BytesIO(files[f"blobs/sha256/{layer['digest'].split(':')[1]}"])) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "tool"
+    assert members["bin/tool"].mode == 0o755 and members["tmp"].mode == 0o1777
+    assert {m.mtime for m in members.values()} == {0}
+    # The same inputs give the same image.
+    assert images.write_oci_archive(spec, tmp_path / "again.tar") == digest
+
+
+def test_node_network_addresses_are_distinct_per_node_and_slot() -> None:
+    a, b = NodeNetwork(0), NodeNetwork(1)
+    assert ipaddress.ip_address(a.gateway) in a.node_subnet
+    assert ipaddress.ip_address(a.node_ip(1)) in a.node_subnet and a.node_ip(1) != a.node_ip(2)
+    subnets = [ipaddress.ip_network(n.pod_subnet(i)) for n in (a, b) for i in (1, 2)]
+    assert len(set(subnets)) == 4
+    assert all(s.subnet_of(a.pod_network) for s in subnets[:2]) and all(
+        s.subnet_of(b.pod_network) for s in subnets[2:]
+    )
+    assert not a.pod_network.overlaps(b.pod_network) and not a.node_subnet.overlaps(b.node_subnet)
+    # Neither the service range nor loopback.
+    service = ipaddress.ip_network("10.96.0.0/16")
+    assert not any(n.overlaps(service) for n in (a.pod_network, a.node_subnet, b.pod_network))
+    assert len(a.bridge) <= 15 and len(f"mnv2v{63}n{250}") <= 15  # Linux interface names
+
+
+def _node(tmp_path: Path) -> RealNode:
+    ca = SimpleNamespace(cert=tmp_path / "ca.crt")
+    cluster = SimpleNamespace(network=NodeNetwork(3), state_dir=tmp_path, pki=SimpleNamespace(ca=ca))
+    return RealNode(cluster, "real-2", 2)
+
+
+def test_containerd_config_has_the_settings_this_host_needs(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    config = tomllib.loads(node.containerd_config())
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["restrict_oom_score_adj"] is True
+    assert cri["sandbox_image"] == images.PAUSE_IMAGE
+    assert cri["containerd"]["snapshotter"] == "overlayfs"
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
+    assert cri["cni"]["conf_dir"] == str(tmp_path / "nodes" / "real-2" / "cni" / "net.d")
+    # Its own root, state and socket, the socket short enough for a unix socket address (108 bytes).
+    assert config["root"].startswith(str(tmp_path / "nodes" / "real-2"))
+    assert config["grpc"]["address"] == str(node.socket) and len(str(node.socket)) < 100
+    assert config["state"] != config["root"]
+
+
+def test_kubelet_and_cni_configs_use_the_node_address_subnet_and_cgroup_root(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    serving = SimpleNamespace(cert=tmp_path / "kubelet.crt", key=tmp_path / "kubelet.key")
+    kubelet = node.kubelet_config(serving)
+    assert kubelet["failCgroupV1"] is False and kubelet["cgroupDriver"] == "cgroupfs"
+    assert kubelet["address"] == node.ip == "10.127.3.12"
+    assert kubelet["cgroupRoot"] == "/mnv2-3-real-2"
+    assert kubelet["clusterDNS"] == ["10.96.0.10"]
+    assert kubelet["containerRuntimeEndpoint"] == f"unix://{node.socket}"
+    assert kubelet["authentication"]["anonymous"]["enabled"] is False
+    cni = node.cni_config()
+    bridge = cni["plugins"][0]
+    assert bridge["type"] == "bridge" and bridge["ipam"]["ranges"] == [[{"subnet": "10.131.2.0/24"}]]
+    proxy = node.kube_proxy_config(tmp_path / "proxy.kubeconfig")
+    assert proxy["mode"] == "iptables" and proxy["clusterCIDR"] == "10.131.0.0/16"
+    assert proxy["hostnameOverride"] == "real-2"
+
+
+def test_missing_host_packages_are_named_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(
+        host, "PROGRAMS",
+        {"a": (str(tmp_path / "no-a"), "pkg-a"), "b": (str(tmp_path / "no-b"), "pkg-a"), "sh": ("sh", "dash"),
+         "busybox": (str(tmp_path / "no-busybox"), "busybox-static")},
+    )  # fmt: skip
+    assert host.missing_packages() == ["pkg-a", "busybox-static"]
