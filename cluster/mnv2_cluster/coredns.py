@@ -93,7 +93,7 @@ def build(force: bool = False) -> Path:
     env = {**os.environ, "CGO_ENABLED": "0"}
     print(
         f"building CoreDNS {COREDNS_VERSION} (static) from its Go module into {target.parent} "
-        "(only when its pins change; the first time ~10 min on 2 cores)...",
+        "(only when its pins change; the first time ~3 CPU-minutes, ~2-6 min on 2 cores)...",
         flush=True,
     )
     started = time.monotonic()
