@@ -7,7 +7,8 @@ kube-system objects that run it as on a kubeadm cluster.
 - `corefile()`: the Corefile (pure).
 - `manifests()`: ServiceAccount, ClusterRole and binding, ConfigMap, Deployment and the `kube-dns`
   Service at 10.96.0.10 (pure), for a cluster whose nodes run containers.
-- `IMAGE_CONTAINERFILE` / `image_context()`: the image holding the static binary (`FROM scratch`).
+- `image_spec()`: the image holding the static binary, for the local nodes (`mnv2_cluster.images`);
+  `IMAGE_CONTAINERFILE` / `image_context()`: the same image for an OCI builder (`FROM scratch`).
 
 The module stands apart from the control plane's (cluster/go.mod): CoreDNS's dependencies (grpc, otel,
 prometheus, quic-go, ...) would otherwise move the control plane's pins and rebuild Kubernetes.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mnv2_cluster import build as control_plane_build
+from mnv2_cluster import images
 from mnv2_cluster.build import BuildError
 
 COREDNS_VERSION = "v1.15.0"  # the require of cluster/coredns/go.mod (a unit test keeps them equal)
@@ -312,6 +314,14 @@ def _pod_spec(image: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def image_spec(coredns: Path | None = None) -> images.ImageSpec:
+    """The image as the local nodes import it (`images.write_oci_archive`, then `ctr images import`):
+    one layer holding `/coredns`, its entrypoint. The pod's securityContext sets the user."""
+    return images.ImageSpec(
+        IMAGE, files={"coredns": ((coredns or binary()).read_bytes(), 0o755)}, entrypoint=["/coredns"]
+    )
 
 
 def image_context(dest: Path, coredns: Path | None = None) -> Path:

@@ -3,13 +3,15 @@ the image's build context."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from mnv2_cluster import coredns
+from mnv2_cluster import coredns, images
 
 K8S_VERSION = "1.37.0"
 
@@ -113,3 +115,14 @@ def test_image_context_holds_the_binary_and_a_scratch_containerfile(tmp_path: Pa
     assert (context / "coredns").read_bytes() == b"\x7fELF"
     containerfile = (context / "Containerfile").read_text()
     assert "FROM scratch\nCOPY coredns /coredns\nUSER 65532:65532\n" in containerfile
+
+
+def test_image_spec_for_the_nodes_holds_the_binary_as_entrypoint(tmp_path: Path) -> None:
+    fake = tmp_path / "built"
+    fake.write_bytes(b"\x7fELF static")
+    spec = coredns.image_spec(fake)
+    assert spec.name == coredns.IMAGE and spec.entrypoint == ["/coredns"]
+    assert spec.files == {"coredns": (b"\x7fELF static", 0o755)}
+    with tarfile.open(fileobj=io.BytesIO(images.layer_tar(spec))) as layer:
+        member = layer.getmember("coredns")
+        assert member.mode == 0o755 and layer.extractfile(member).read() == b"\x7fELF static"  # type: ignore[union-attr]
