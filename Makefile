@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # msrun starts `python <script>`: the venv's bin must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint install-test install-demo bench clean cluster
+.PHONY: demo test lint install-test install-demo bench clean cluster images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ cluster: install-test
 	$(BIN)/python -m mnv2_cluster.build
 	$(BIN)/python -m mnv2_cluster.coredns
 
+## make images: build the operator image and the CPU trainer image from docker/*.Dockerfile (buildah, on a
+## Debian base made from packages; no registry) into docker archives in a cache folder keyed by their
+## inputs; instant when built. Installs buildah, podman, runc, debootstrap and skopeo from Debian if
+## missing (as root). The first build takes ~15 min (the trainer image installs MindSpore).
+images: install-test
+	$(BIN)/python -m mnv2_cluster.imagebuild
+
 ## make demo: build (first time only) and start the local control plane with one process node, the
 ## operator, and train MobileNetV2 on the digits data through them.
 demo: install-demo
@@ -57,7 +64,7 @@ demo: install-demo
 	$(BIN)/mnv2 demo
 
 ## make test: lint and the whole test suite (unit, contract, integration, end to end).
-test: install-test lint cluster
+test: install-test lint cluster images
 	$(BIN)/python -m pytest
 
 lint: install-test

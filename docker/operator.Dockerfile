@@ -3,16 +3,16 @@
 #
 #   docker build -f docker/operator.Dockerfile -t <registry>/mnv2-operator:0.1.0 .
 #
-# Build from the repository root (the build context needs pyproject.toml, operator/ and trainer/).
-# The test suite checks this file against the chart and the package but does not build it; see
-# docs/install.md.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-FROM ${PYTHON_IMAGE}
+# Build from the repository root (the build context needs pyproject.toml, README.md, operator/ and
+# trainer/). BASE_IMAGE is any image with Python 3.11 as `python` and pip; `python -m mnv2_cluster.imagebuild`
+# builds this file on a Debian base it makes itself (see docs/install.md).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -21,9 +21,11 @@ COPY trainer/ trainer/
 # Core dependencies only (kopf, kubernetes, pydantic, jinja2, PyYAML): no extras, so no MindSpore or
 # numpy. The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
 # which imports neither. The check fails the build if the operator ever imports MindSpore, numpy, the
-# demo package, the local cluster's launcher, matplotlib or a test helper.
-RUN pip install . \
- && python -c "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_operator.show, mnv2_trainer.config; bad = {'mindspore', 'numpy', 'mnv2_demo', 'mnv2_cluster', 'matplotlib', 'support'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
+# demo package, the local cluster's launcher, matplotlib or a test helper. pip compiles the modules to
+# bytecode at install time, so a read-only root filesystem costs nothing at start.
+RUN --mount=type=cache,id=mnv2-pip,target=/root/.cache/pip \
+    pip install . \
+ && python -c "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_operator.show, mnv2_trainer.config; bad = {'mindspore', 'numpy', 'mindcv', 'mnv2_demo', 'mnv2_cluster', 'matplotlib', 'support'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
  && rm -rf /src
 
 # A fixed numeric non-root user, so the chart's runAsNonRoot/runAsUser: 10001 holds.

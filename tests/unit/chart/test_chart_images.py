@@ -1,4 +1,5 @@
-"""The Dockerfiles agree with the chart and the package (the suite does not build images).
+"""The Dockerfiles agree with the chart and the package, checked without building them
+(tests/integration/images builds and runs them).
 
 What can be checked without building: the operator image installs only the core dependencies and the
 operator's code imports no MindSpore/numpy with them; its user, port and command are the ones the
