@@ -7,7 +7,9 @@ times and owners, so the same inputs give the same digests) into an OCI image la
 - `PAUSE_IMAGE`: the pod sandbox image (containerd's `sandbox_image`), the `pause` binary built
   with the cluster (`cluster/cmd/pause`);
 - `BUSYBOX_IMAGE`: a small image for tests and debugging, Debian's static busybox with its applets
-  (`sh`, `sleep`, `nc`, `wget` with TLS, `httpd`, ...) as links under `/bin`.
+  (`sh`, `sleep`, `nc`, `wget`, `httpd`, `nslookup`, ...) as links under `/bin`;
+
+and `mnv2_cluster.coredns.image_spec()` writes CoreDNS's the same way.
 """
 
 from __future__ import annotations
@@ -99,7 +101,11 @@ def write_oci_archive(spec: ImageSpec, path: Path) -> str:
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": spec.env, "Entrypoint": spec.entrypoint or None, "Cmd": spec.cmd or None},
+            "config": {
+                "Env": spec.env,
+                "Entrypoint": spec.entrypoint or None,
+                "Cmd": spec.cmd or None,
+            },
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
             "history": [{"created_by": f"mnv2_cluster.images ({spec.name})"}],
         }

@@ -288,6 +288,45 @@ def _ensure_private_run_root() -> None:
     _run("mount", "--make-private", str(RUN_ROOT))
 
 
+def _coredns_binary() -> Path | None:
+    """CoreDNS's binary where `make cluster` built it (or MNV2_COREDNS_BIN names it), else None."""
+    from mnv2_cluster import coredns
+
+    with contextlib.suppress(Exception):
+        path = coredns.binary()
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def start_cluster_dns(cluster: Any, timeout: float = 120.0) -> float:
+    """Cluster DNS on the cluster's real nodes: CoreDNS's kube-system objects (`mnv2_cluster.coredns`)
+    applied, waited for until its pod is Ready (`RealNode.start()` imports its image on every node);
+    the seconds that took.
+
+    Raises:
+        NodeError: CoreDNS is not built, or its pod is not Ready in time (with its status).
+    """
+    from mnv2_cluster import coredns
+
+    if _coredns_binary() is None:
+        raise NodeError("cluster DNS needs CoreDNS built: `make cluster` (python -m mnv2_cluster.coredns)")
+    started = time.monotonic()
+    text = yaml.safe_dump_all(coredns.manifests())
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=text)
+    # Until its pod is Ready (the Deployment's Available condition holds at once: maxUnavailable 1).
+    proc = cluster.kubectl(
+        "-n", "kube-system", "rollout", "status", "deployment/coredns", f"--timeout={int(timeout)}s",
+        check=False, timeout=timeout + 10,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pods = cluster.kubectl("-n", "kube-system", "describe", "pods", "-l", "k8s-app=kube-dns", check=False)
+        raise NodeError(
+            f"CoreDNS is not Ready after {timeout:.0f} s: {proc.stderr.strip()}\n{pods.stdout[-3000:]}"
+        )
+    return time.monotonic() - started
+
+
 class RealNode:
     """One Node: containerd, the kubelet and kube-proxy in a network and mount namespace of its own.
 
@@ -296,7 +335,17 @@ class RealNode:
 
     mode = "real"
 
-    def __init__(self, cluster: Any, name: str, index: int, *, start_timeout: float = 120.0):
+    def __init__(
+        self,
+        cluster: Any,
+        name: str,
+        index: int,
+        *,
+        labels: dict[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+        ascend_devices: int = 0,
+        start_timeout: float = 120.0,
+    ):
         if cluster.network is None:
             raise NodeError("a real node needs a cluster started with a NodeNetwork (Cluster(network=...))")
         self.cluster = cluster
@@ -310,9 +359,20 @@ class RealNode:
         self.ip = self.network.node_ip(index)
         self.pod_subnet = self.network.pod_subnet(index)
         self.cgroup_root = f"mnv2-{self.network.slot}-{name}"
+        self.labels = dict(labels or {})
+        self.taints = list(taints or [])
+        # An Ascend node: the device-plugin stand-in (mnv2_cluster.ascend) registers this many
+        # huawei.com/Ascend910 with the kubelet; the node is labelled and tainted as MindCluster's are.
+        self.ascend_devices = ascend_devices
+        if ascend_devices:
+            from mnv2_cluster import ascend
+
+            self.labels.update(ascend.ASCEND_LABELS)
+            self.taints.append({"key": ascend.ASCEND_RESOURCE, "value": "present", "effect": "NoSchedule"})
         self.components: dict[str, Component] = {}
         self.timings: dict[str, float] = {}
         self._kubenode = ""
+        self._device_plugin: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> Path:
@@ -322,8 +382,17 @@ class RealNode:
     def mount_ns(self) -> Path:
         return self.run_dir / "mnt"
 
-    def _in_node(self, *cmd: str) -> list[str]:
+    @property
+    def device_plugin_dir(self) -> Path:
+        """The host path of the node's `/var/lib/kubelet/device-plugins` (kubelet.sock and the plugins'
+        sockets): a device plugin started on the host registers with this node's kubelet there."""
+        return self.state_dir / PRIVATE_PATHS["/var/lib/kubelet"] / "device-plugins"
+
+    def in_node(self, *cmd: str) -> list[str]:
+        """`cmd` run in the node's mount and network namespaces (as its kubelet and containerd run)."""
         return ["nsenter", f"--mount={self.mount_ns}", f"--net=/run/netns/{self.netns}", "--", *cmd]
+
+    _in_node = in_node
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -344,6 +413,8 @@ class RealNode:
                 "kube-proxy", [self._kubenode, "proxy", f"--config={self.state_dir / 'kube-proxy.yaml'}"]
             )
             self._wait("kubelet", self._ready, f"Node {self.name} Ready")
+            if self.ascend_devices:
+                self._start_device_plugin()
         except BaseException:
             self.stop()
             raise
@@ -353,6 +424,11 @@ class RealNode:
     def stop(self) -> None:
         """kube-proxy, kubelet, the pods through the CRI, containerd; then namespaces, routes, cgroups."""
         started = time.monotonic()
+        if self._device_plugin is not None:
+            from mnv2_cluster import ascend
+
+            ascend.stop_device_plugin(self._device_plugin)
+            self._device_plugin = None
         for name in ("kube-proxy", "kubelet"):
             self._terminate(name)
             self.timings[f"stop {name}"] = time.monotonic() - started
@@ -391,10 +467,10 @@ class RealNode:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _binaries(self) -> dict[str, Path]:
-        """`kubenode` and `pause` from the cluster's binaries folder (its bin_dir, else the build's)."""
+    def _binaries(self, names: tuple[str, ...] = ("kubenode", "pause")) -> dict[str, Path]:
+        """Node binaries from the cluster's binaries folder (its bin_dir, else the build's)."""
         folder = Path(self.cluster.bin_dir) if self.cluster.bin_dir else build.bin_dir()
-        paths = {name: folder / name for name in ("kubenode", "pause")}
+        paths = {name: folder / name for name in names}
         missing = [str(p) for p in paths.values() if not os.access(p, os.X_OK)]
         if missing:
             raise NodeError(f"node binaries not found: {', '.join(missing)}: build them with `make cluster`")
@@ -441,6 +517,30 @@ class RealNode:
                     f"{self.components[name].log}:\n{self.components[name].tail()}"
                 )
             time.sleep(0.2)
+
+    def _start_device_plugin(self) -> None:
+        from mnv2_cluster import ascend
+
+        binary = self._binaries(("ascend-device-plugin",))["ascend-device-plugin"]
+        self._device_plugin = ascend.start_device_plugin(
+            self.device_plugin_dir,
+            self.state_dir / "dev",
+            log=self.logs_dir / "ascend-device-plugin.log",
+            count=self.ascend_devices,
+            driver_dir=ascend.make_driver_dir(self.state_dir / "driver"),
+            binary=binary,
+        )
+
+        def advertised() -> bool:
+            status, node = self.cluster._request("GET", f"/api/v1/nodes/{self.name}")
+            allocatable = (node.get("status") or {}).get("allocatable") or {} if status == 200 else {}
+            assert self._device_plugin is not None
+            if self._device_plugin.poll() is not None:
+                log = (self.logs_dir / "ascend-device-plugin.log").read_text(errors="replace")[-3000:]
+                raise NodeError(f"the device plugin of node {self.name} exited: {log}")
+            return allocatable.get(ascend.ASCEND_RESOURCE) == str(self.ascend_devices)
+
+        self._wait("kubelet", advertised, f"{ascend.ASCEND_RESOURCE} in Node {self.name}'s allocatable")
 
     def _ready(self) -> bool:
         status, node = self.cluster._request("GET", f"/api/v1/nodes/{self.name}")
@@ -605,6 +705,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "nodeStatusUpdateFrequency": "10s",
             "fileCheckFrequency": "20s",
             "staticPodPath": "",
+            "registerWithTaints": self.taints,
         }
 
     def kube_proxy_config(self, kubeconfig: Path) -> dict[str, Any]:
@@ -635,27 +736,47 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             f"--kubeconfig={self.kubeconfig}",
             f"--hostname-override={self.name}",
             f"--node-ip={self.ip}",
+            *(
+                [f"--node-labels={','.join(f'{k}={v}' for k, v in sorted(self.labels.items()))}"]
+                if self.labels
+                else []
+            ),
         ]
 
     def _import_images(self, pause: Path) -> None:
+        """The pause and busybox images, and CoreDNS's where it is built, into the node's containerd."""
+        specs = [images.pause_image(pause), images.busybox_image(host.BUSYBOX)]
+        coredns_binary = _coredns_binary()
+        if coredns_binary is not None:
+            from mnv2_cluster import coredns
+
+            specs.append(coredns.image_spec(coredns_binary))
         archives = self.cluster.state_dir / "images"
-        for spec in (images.pause_image(pause), images.busybox_image(host.BUSYBOX)):
+        for spec in specs:
             archive = archives / (spec.name.rsplit("/", 1)[1].replace(":", "-") + ".tar")
             if not archive.exists():
                 images.write_oci_archive(spec, archive)
-            proc = subprocess.run(
-                self._in_node(
-                    "ctr", f"--address={self.socket}", "-n", "k8s.io", "images", "import", str(archive)
-                ),
-                capture_output=True,
-                text=True,
-                timeout=120,
+            self.import_image(archive, spec.name)
+
+    def import_image(self, archive: Path, name: str = "") -> None:
+        """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace).
+
+        Raises:
+            NodeError: ctr's exit code and error.
+        """
+        proc = subprocess.run(
+            self._in_node(
+                "ctr", f"--address={self.socket}", "-n", "k8s.io", "images", "import", str(archive)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise NodeError(
+                f"importing {name or archive} into containerd of node {self.name} failed "
+                f"(exit {proc.returncode}): {proc.stderr.strip()}"
             )
-            if proc.returncode != 0:
-                raise NodeError(
-                    f"importing {spec.name} into containerd of node {self.name} failed "
-                    f"(exit {proc.returncode}): {proc.stderr.strip()}"
-                )
 
     # ---- measurements ----------------------------------------------------------------------------
 

@@ -167,8 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-nodes",
         type=int,
         default=0,
-        help="real nodes (real-1, real-2, ...): the kubelet on containerd with pod networking and kube-proxy "
-        "(root; see docs/real-nodes.md)",
+        help="real nodes (real-1, real-2, ...): the kubelet on containerd with pod networking and kube-proxy, "
+        "and cluster DNS on them (root; see docs/real-nodes.md)",
+    )
+    p.add_argument(
+        "--real-ascend-nodes",
+        type=int,
+        default=0,
+        help="real nodes that are Ascend nodes (real-ascend-1, ...): the device-plugin stand-in advertises "
+        "8 huawei.com/Ascend910 each",
     )
     p.set_defaults(run=_cmd_cluster)
     return parser

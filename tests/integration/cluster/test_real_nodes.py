@@ -16,9 +16,9 @@ from typing import Any
 
 import kubernetes
 import pytest
-from mnv2_cluster import build, images
+from mnv2_cluster import ascend, build, images
 from mnv2_cluster.launcher import Cluster
-from mnv2_cluster.realnode import CGROUP_ROOT, RUN_ROOT, NodeNetwork, RealNode
+from mnv2_cluster.realnode import CGROUP_ROOT, RUN_ROOT, NodeNetwork, RealNode, start_cluster_dns
 
 from tests.support.cluster import wait_for
 
@@ -37,7 +37,9 @@ class Real:
     ) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(*args, check=check, timeout=timeout)
 
-    def run_pod(self, name: str, node: str, script: str, timeout: float = 90) -> tuple[dict[str, Any], float]:
+    def run_pod(
+        self, name: str, node: str, script: str, timeout: float = 90, resources: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], float]:
         """A busybox pod running `script` on `node`; its object once Running and seconds to Running."""
         body = {
             "apiVersion": "v1",
@@ -46,12 +48,14 @@ class Real:
             "spec": {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 5,
+                "tolerations": [{"operator": "Exists"}],
                 "containers": [
                     {
                         "name": "main",
                         "image": images.BUSYBOX_IMAGE,
                         "imagePullPolicy": "Never",
                         "command": ["sh", "-c", script],
+                        "resources": resources or {},
                     }
                 ],
             },
@@ -80,7 +84,8 @@ def real(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None
     try:
         cluster.start()
         for i, name in enumerate(NODES, start=1):
-            nodes.append(RealNode(cluster, name, i).start())
+            # The second node is an Ascend node: the device-plugin stand-in with 2 devices.
+            nodes.append(RealNode(cluster, name, i, ascend_devices=2 if i == 2 else 0).start())
         yield Real(cluster, network, nodes, host_rules)
     finally:
         for node in reversed(nodes):
@@ -160,6 +165,36 @@ def test_logs_exec_and_deletion_end_the_container(real: Real) -> None:
         if p.name.isdigit() and _cmdline(p).startswith("sh -c echo started")
     ]
     assert not leftovers
+
+
+def test_cluster_dns_resolves_services_for_pods(real: Real) -> None:
+    took = start_cluster_dns(real.cluster)
+    print(f"CoreDNS Ready {took:.1f} s after its objects were applied")
+    real.run_pod("resolver", NODES[0], "sleep 3600")
+    out = real.kubectl("exec", "resolver", "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    assert "10.96.0.1" in out.stdout, out.stdout
+    # The short name through the pod's search path, as the in-cluster clients use it.
+    resolv = real.kubectl("exec", "resolver", "--", "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 10.96.0.10" in resolv and "default.svc.cluster.local" in resolv, resolv
+    script = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc kubernetes.default 443"
+    answer = real.kubectl("exec", "resolver", "--", "sh", "-c", script, check=False)
+    assert "Client sent an HTTP request to an HTTPS server" in answer.stdout, answer
+
+
+def test_ascend_node_gives_a_pod_its_device(real: Real) -> None:
+    node = real.core.read_node(NODES[1])
+    assert node.status.allocatable[ascend.ASCEND_RESOURCE] == "2"
+    assert node.metadata.labels["accelerator"] == ascend.ASCEND_LABELS["accelerator"]
+    one = {"limits": {ascend.ASCEND_RESOURCE: "1"}}
+    real.run_pod("npu", NODES[1], "sleep 3600", resources=one)
+    env = real.kubectl("exec", "npu", "--", "sh", "-c", "echo $ASCEND_VISIBLE_DEVICES").stdout.strip()
+    assert env.isdigit(), env
+    devices = real.kubectl(
+        "exec", "npu", "--", "ls", "-l", f"/dev/davinci{env}", "/dev/davinci_manager"
+    ).stdout
+    assert devices.count("\ncrw-rw----") + devices.startswith("crw-rw----") == 2, devices
+    driver = real.kubectl("exec", "npu", "--", "cat", f"{ascend.DRIVER_CONTAINER_PATH}/version.info")
+    assert driver.stdout.startswith("Version=")
 
 
 def _cmdline(proc: Path) -> str:
