@@ -61,6 +61,17 @@ PRIVATE_PATHS = {
     "/var/log/containers": "container-logs",
     "/var/lib/cni": "cni/cache",
 }
+# The host-wide sysctls the kubelet sets to its liking at start (kernel.panic=10, panic_on_oops=1, ...).
+# In the node's mount namespace a file with the value it wants covers each, so it finds them set and
+# leaves the machine's own alone (several nodes share one kernel, and the machine is not only theirs).
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": 1,
+    "vm/panic_on_oom": 0,
+    "kernel/panic": 10,
+    "kernel/panic_on_oops": 1,
+    "kernel/keys/root_maxkeys": 1000000,
+    "kernel/keys/root_maxbytes": 25000000,
+}
 STOP_GRACE = {"kube-proxy": 5.0, "kubelet": 10.0, "containerd": 10.0}
 
 
@@ -574,6 +585,11 @@ class RealNode:
             Path(fixed).mkdir(parents=True, exist_ok=True)
             (self.state_dir / own).mkdir(parents=True, exist_ok=True)
             binds.append(f"mount --bind '{self.state_dir / own}' '{fixed}'")
+        sysctls = self.state_dir / "sysctl"
+        sysctls.mkdir(exist_ok=True)
+        for key, value in KUBELET_SYSCTLS.items():
+            (sysctls / key.replace("/", ".")).write_text(f"{value}\n")
+            binds.append(f"mount --bind '{sysctls / key.replace('/', '.')}' '/proc/sys/{key}'")
         _run("unshare", f"--mount={self.mount_ns}", "--propagation", "slave", "sh", "-ec", " && ".join(binds))
         _make_cgroup(self.cgroup_root)
 

@@ -18,7 +18,14 @@ import kubernetes
 import pytest
 from mnv2_cluster import ascend, build, images
 from mnv2_cluster.launcher import Cluster
-from mnv2_cluster.realnode import CGROUP_ROOT, RUN_ROOT, NodeNetwork, RealNode, start_cluster_dns
+from mnv2_cluster.realnode import (
+    CGROUP_ROOT,
+    KUBELET_SYSCTLS,
+    RUN_ROOT,
+    NodeNetwork,
+    RealNode,
+    start_cluster_dns,
+)
 
 from tests.support.cluster import wait_for
 
@@ -27,9 +34,17 @@ NODES = ("real-1", "real-2")
 
 
 class Real:
-    def __init__(self, cluster: Cluster, network: NodeNetwork, nodes: list[RealNode], host_rules: set[str]):
+    def __init__(
+        self,
+        cluster: Cluster,
+        network: NodeNetwork,
+        nodes: list[RealNode],
+        host_rules: set[str],
+        host_sysctls: dict[str, str],
+    ):
         self.cluster, self.network, self.nodes = cluster, network, nodes
         self.host_rules_before = host_rules
+        self.host_sysctls_before = host_sysctls
         self.core = kubernetes.client.CoreV1Api(cluster.api_client())
 
     def kubectl(
@@ -80,13 +95,13 @@ def real(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None
     network = NodeNetwork.allocate()
     cluster = Cluster(tmp_path_factory.mktemp("real-nodes"), network=network)
     nodes: list[RealNode] = []
-    host_rules = _host_rules()
+    host_rules, host_sysctls = _host_rules(), _host_sysctls()
     try:
         cluster.start()
         for i, name in enumerate(NODES, start=1):
             # The second node is an Ascend node: the device-plugin stand-in with 2 devices.
             nodes.append(RealNode(cluster, name, i, ascend_devices=2 if i == 2 else 0).start())
-        yield Real(cluster, network, nodes, host_rules)
+        yield Real(cluster, network, nodes, host_rules, host_sysctls)
     finally:
         for node in reversed(nodes):
             node.stop()
@@ -234,6 +249,8 @@ def test_stop_leaves_no_processes_mounts_namespaces_or_rules(real: Real) -> None
     assert f" {real.network.bridge}:" not in links and f"mnv2v{real.network.slot}n" not in links
     # kube-proxy's and the CNI's iptables rules lived in the nodes' namespaces, gone with them.
     assert _host_rules() == real.host_rules_before
+    # The kubelets found the sysctls they want in their mount namespaces: the machine's are unchanged.
+    assert _host_sysctls() == real.host_sysctls_before
     assert not list(RUN_ROOT.glob(f"{real.network.slot}/*"))
 
 
@@ -241,6 +258,10 @@ def _host_rules() -> set[str]:
     """The host's iptables rules that mention kube-proxy's chains or this project's subnets."""
     out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     return {line for line in out.splitlines() if "KUBE-" in line or "10.127." in line}
+
+
+def _host_sysctls() -> dict[str, str]:
+    return {key: Path(f"/proc/sys/{key}").read_text().strip() for key in KUBELET_SYSCTLS}
 
 
 def _ns_inode(proc: Path) -> int | None:
