@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(run=_cmd_plot)
         p.add_argument("-n", "--namespace", default="default")
         p.add_argument(
-            "--kubeconfig", default=None, help="kubeconfig path (default: $KUBECONFIG or ~/.kube/config)"
+            "--kubeconfig",
+            default=None,
+            help="kubeconfig path (default: $KUBECONFIG, else the pod's ServiceAccount, else ~/.kube/config)",
         )
 
     p = sub.add_parser(

@@ -2,21 +2,21 @@
 
 The formatting functions are pure (a job dict in, text out) so they are tested without a cluster. The
 curves of `mnv2 plot` (matplotlib) live in the demo package, `mnv2_demo.plot`, which the operator
-never imports. Only `load_api_client` and `get_job` talk to the API, always through an explicit
-kubeconfig resolved at call time (never from the environment at import time), so the same code reads
-any cluster, the demo's local one included.
+never imports. Only `load_api_client` and `get_job` talk to the API; the cluster is found by the
+project's one client bootstrap, `kube.client_configuration` (`--kubeconfig`, else $KUBECONFIG read at
+call time, else the pod's ServiceAccount, else ~/.kube/config), so the same code reads any cluster,
+the demo's local one included.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from mnv2_operator import kube
 from mnv2_operator.constants import GROUP, KIND, PLURAL, VERSION
 
 
@@ -237,46 +237,21 @@ def format_progress_line(job: Mapping[str, Any], width: int = 20, elapsed: float
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_kubeconfig(kubeconfig: str | None) -> str | None:
-    """The kubeconfig file to use: the explicit one, else $KUBECONFIG (read now), else ~/.kube/config.
-
-    Returns None when none exists (then in-cluster configuration is tried).
-
-    Raises:
-        ShowError: an explicitly given kubeconfig does not exist.
-    """
-    if kubeconfig:
-        if not Path(kubeconfig).is_file():
-            raise ShowError(f"--kubeconfig {kubeconfig}: no such file")
-        return kubeconfig
-    env = os.environ.get("KUBECONFIG", "")
-    for candidate in [p for p in env.split(os.pathsep) if p] + [str(Path.home() / ".kube" / "config")]:
-        if Path(candidate).is_file():
-            return candidate
-    return None
-
-
 def load_api_client(kubeconfig: str | None = None) -> Any:
-    """A `kubernetes.client.ApiClient` for the given kubeconfig (see `resolve_kubeconfig`).
+    """A `kubernetes.client.ApiClient` for the cluster that `kube.client_configuration` finds.
 
     Raises:
-        ShowError: no kubeconfig and not inside a pod.
+        ShowError: the kubeconfig cannot be used, or there is none and this is not a pod.
     """
-    from kubernetes import config
-
-    path = resolve_kubeconfig(kubeconfig)
-    if path is not None:
-        return config.new_client_from_config(config_file=path)
     try:
-        config.load_incluster_config()
-    except config.ConfigException as exc:
+        return kube.api_client(kubeconfig)
+    except kube.NoCredentials as exc:
         raise ShowError(
             "no cluster configured: pass --kubeconfig, set KUBECONFIG, or run `mnv2 demo --keep` and "
             "use the kubeconfig it prints"
         ) from exc
-    from kubernetes import client
-
-    return client.ApiClient()
+    except kube.KubeConfigError as exc:
+        raise ShowError(str(exc)) from exc
 
 
 def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:

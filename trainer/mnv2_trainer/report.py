@@ -197,23 +197,25 @@ def kubernetes_patcher(name: str, namespace: str) -> Callable[[dict[str, Any]], 
 
     It takes the status fields (``{"progress": ...}``) and sends ``{"status": {...}}``.
 
-    In-cluster config first, else ``$KUBECONFIG`` (the process node agent sets it for pod processes where it cannot mount the token at its in-cluster path).
+    The cluster and credentials come from the project's one bootstrap,
+    :func:`mnv2_operator.kube.client_configuration`: ``$KUBECONFIG`` when set (the process node
+    agent sets it for pod processes where it cannot mount the token at its in-cluster path), else
+    the pod's ServiceAccount.
     """
     state: dict[str, Any] = {}
 
     def patch(body: dict[str, Any]) -> None:
         if "api" not in state:
-            from kubernetes import client, config
+            from kubernetes import client
 
-            # A private client configuration: never touch the library's global default.
-            conf = client.Configuration()
-            try:
-                config.load_incluster_config(client_configuration=conf)
-            except config.ConfigException:
-                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=conf)
-            # No urllib3 retries: each would log its own warning, and the next patch comes anyway.
-            conf.retries = False
-            state["api"] = client.CustomObjectsApi(client.ApiClient(conf))
+            # The trainer image installs the same distribution as the operator's, and
+            # `mnv2_operator.kube` imports only the standard library (kubernetes when called): no
+            # kopf, pydantic or jinja2 enter a training pod through it.
+            from mnv2_operator import kube
+
+            # A private client configuration (the library's global default is never touched), and
+            # no urllib3 retries: each would log its own warning, and the next patch comes anyway.
+            state["api"] = client.CustomObjectsApi(kube.api_client(retries=False))
         state["api"].patch_namespaced_custom_object_status(
             GROUP,
             VERSION,

@@ -472,9 +472,9 @@ def test_operator_requests_are_documented(cluster: Cluster, namespace: str) -> N
 
 def test_api_errors_are_retried(cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 500 on the first pod create and on the first status patch: retried, nothing duplicated."""
-    from mnv2_operator import handlers
+    from mnv2_operator import kube
 
-    real = handlers.Api._request_sync
+    real = kube.Api._request_sync
     failed: list[str] = []
 
     def flaky(
@@ -484,10 +484,10 @@ def test_api_errors_are_retried(cluster: Cluster, namespace: str, monkeypatch: p
             verb, suffix = what.split()
             if method == verb and path.endswith(suffix) and what not in failed:
                 failed.append(what)
-                raise handlers.ApiError(500, "Internal Server Error", "injected by the test")
+                raise kube.ApiError(500, "Internal Server Error", "injected by the test")
         return real(self, method, path, body, content_type)
 
-    monkeypatch.setattr(handlers.Api, "_request_sync", flaky)
+    monkeypatch.setattr(kube.Api, "_request_sync", flaky)
     ns, name = namespace, "unlucky"
     with operator(ns) as runner:
         cluster.create_job(ns, name, job_spec(nodes=2))

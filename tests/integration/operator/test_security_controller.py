@@ -131,7 +131,7 @@ def test_stricter_checks_after_an_operator_upgrade_leave_running_jobs_alone(
     namespace: str,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mnv2_operator import handlers
+    from mnv2_operator import controller
     from mnv2_operator.spec import SpecError
 
     ns, name = namespace, "veteran"
@@ -139,14 +139,14 @@ def test_stricter_checks_after_an_operator_upgrade_leave_running_jobs_alone(
         cluster.create_job(ns, name, job_spec(nodes=1))
         pods = wait_for("attempt 0 running", running_pods(cluster, ns, name, 1, 0))
         wait_for("phase Running", phase_is(cluster, ns, name, "Running"))
-    real = handlers.parse_spec
+    real = controller.parse_spec
 
     def stricter(mapping: Any) -> Any:
         if (mapping or {}).get("nodes") == 1:
             raise SpecError(["spec.nodes: this operator version wants 2 or more; set nodes: 2"])
         return real(mapping)
 
-    monkeypatch.setattr(handlers, "parse_spec", stricter)
+    monkeypatch.setattr(controller, "parse_spec", stricter)
     with operator(ns):
         s = wait_for(
             "the stricter check reported",
@@ -184,9 +184,9 @@ def test_an_object_the_api_server_refuses_fails_the_job_after_a_few_tries(
     """A value the API server refuses (422) that the spec's checks let through: Failed, not an
     endless CreateFailed retry. The pod is made invalid here by a wrapped renderer, as a spec check
     that lags the API server's would."""
-    from mnv2_operator import handlers
+    from mnv2_operator import controller
 
-    real = handlers.render_job
+    real = controller.render_job
 
     def lagging(*args: Any, **kwargs: Any) -> Any:
         rendered = real(*args, **kwargs)
@@ -194,7 +194,7 @@ def test_an_object_the_api_server_refuses_fails_the_job_after_a_few_tries(
             pod["metadata"]["labels"]["example.com/note"] = "not a label value!"
         return rendered
 
-    monkeypatch.setattr(handlers, "render_job", lagging)
+    monkeypatch.setattr(controller, "render_job", lagging)
     ns, name = namespace, "refused"
     with operator(ns) as runner:
         cluster.create_job(ns, name, job_spec(nodes=1))
@@ -211,7 +211,7 @@ def test_an_object_the_api_server_refuses_fails_the_job_after_a_few_tries(
         time.sleep(3)
         assert cluster.status(ns, name)["phase"] == "Failed"
         assert cluster.pods(ns, name) == []
-    assert runner.output.count("the API server refused Pod refused-worker-0") >= handlers.MAX_REFUSALS
+    assert runner.output.count("the API server refused Pod refused-worker-0") >= controller.MAX_REFUSALS
     assert "Traceback" not in runner.output
 
 
@@ -294,9 +294,9 @@ def test_rendering_runs_off_the_event_loop_and_only_for_what_is_created(
     2-core machine); on the event loop that would hold up every other job and kopf's watches."""
     import asyncio
 
-    from mnv2_operator import handlers
+    from mnv2_operator import controller
 
-    real = handlers.render_job
+    real = controller.render_job
     calls: list[tuple[bool, list[int] | None]] = []
 
     def watched(*args: Any, **kwargs: Any) -> Any:
@@ -309,7 +309,7 @@ def test_rendering_runs_off_the_event_loop_and_only_for_what_is_created(
         calls.append((on_loop, None if ranks is None else sorted(ranks)))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(handlers, "render_job", watched)
+    monkeypatch.setattr(controller, "render_job", watched)
     ns, name = namespace, "threaded"
     with operator(ns):
         cluster.create_job(ns, name, job_spec(nodes=2, backoffLimit=1))

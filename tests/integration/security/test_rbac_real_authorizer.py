@@ -29,7 +29,7 @@ from mnv2_cluster.launcher import Cluster
 from mnv2_operator import constants as C
 from mnv2_operator import render
 from mnv2_operator import spec as S
-from mnv2_operator.handlers import job_path, object_path
+from mnv2_operator.kube import job_path, object_path
 from support import REPO_ROOT
 from support.rbac import Request, allowed, grants_for_service_account
 

@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 import pytest
-from mnv2_operator import handlers
+from mnv2_operator import controller as ctrl
+from mnv2_operator import kube
 from mnv2_operator import status as st
 
 UID = "0b9f2a4e-1111-4222-8333-444455556666"
@@ -37,16 +38,16 @@ class ScriptedApi:
         if method == "POST":
             named = f"{path}/{body['metadata']['name']}"
             if self.refuse and self.refuse in named:
-                raise handlers.ApiError(
+                raise kube.ApiError(
                     422, "Unprocessable Entity", json.dumps({"message": "spec.x: Invalid value"})
                 )
             if named in self.existing:
-                raise handlers.ApiError(409, "Conflict", "exists")
+                raise kube.ApiError(409, "Conflict", "exists")
             return {"metadata": {"uid": "new"}}
         if method == "GET":
             if path in self.existing:
                 return copy.deepcopy(self.existing[path])
-            raise handlers.ApiError(404, "Not Found")
+            raise kube.ApiError(404, "Not Found")
         if method == "PATCH" and path.endswith("/status"):
             return None
         return {}
@@ -63,12 +64,10 @@ def job(status: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def controller(
-    api: ScriptedApi, monkeypatch: pytest.MonkeyPatch
-) -> tuple[handlers.Controller, list[st.Event]]:
+def controller(api: ScriptedApi, monkeypatch: pytest.MonkeyPatch) -> tuple[ctrl.Controller, list[st.Event]]:
     events: list[st.Event] = []
-    monkeypatch.setattr(handlers.Controller, "_post", lambda self, job, evs: events.extend(evs))
-    c = handlers.Controller(api, clock=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))  # type: ignore[arg-type]
+    monkeypatch.setattr(ctrl.Controller, "_post", lambda self, job, evs: events.extend(evs))
+    c = ctrl.Controller(api, clock=lambda: dt.datetime(2026, 1, 1, tzinfo=dt.UTC))  # type: ignore[arg-type]
     return c, events
 
 
@@ -151,7 +150,7 @@ async def test_a_refused_create_fails_the_job_after_three_tries(monkeypatch: pyt
     c, events = controller(api, monkeypatch)
     j = job()
     for attempt in (1, 2):
-        with pytest.raises(handlers.ApiError):  # retried by the scheduler, with backoff
+        with pytest.raises(kube.ApiError):  # retried by the scheduler, with backoff
             await c._reconcile((NS, NAME), j)
         assert f"try {attempt} of 3" in events[-1].message
     assert await c._reconcile((NS, NAME), j) is None

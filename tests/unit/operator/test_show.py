@@ -130,16 +130,16 @@ def test_progress_line_before_any_report_and_with_restarts() -> None:
     assert "Restarting" in line and "restarts 2" in line
 
 
-def test_kubeconfig_is_resolved_at_call_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = tmp_path / "kubeconfig"
-    cfg.write_text("{}", encoding="utf-8")
+def test_status_without_a_cluster_says_how_to_point_at_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KUBECONFIG", str(cfg))
-    assert show.resolve_kubeconfig(None) == str(cfg)
-    monkeypatch.delenv("KUBECONFIG")
-    assert show.resolve_kubeconfig(None) is None
-    with pytest.raises(show.ShowError, match="--kubeconfig /nonexistent: no such file"):
-        show.resolve_kubeconfig("/nonexistent")
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(show.ShowError, match="no cluster configured: pass --kubeconfig, set KUBECONFIG"):
+        show.load_api_client(None)
+    with pytest.raises(show.ShowError, match="kubeconfig /nonexistent: no such file"):
+        show.load_api_client("/nonexistent")
 
 
 class FakeCustomObjects:

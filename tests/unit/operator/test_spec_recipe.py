@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mnv2_operator import handlers, render
+from mnv2_operator import controller, render
 from mnv2_operator import spec as S
 from mnv2_trainer import config as C
 
@@ -86,4 +86,4 @@ def test_the_trainer_still_reads_recipe_files_given_on_its_command_line(tmp_path
     ],
 )
 def test_any_exception_from_reading_a_spec_becomes_a_message(err: Exception, expected: str) -> None:
-    assert handlers.spec_problem(err).startswith(expected)
+    assert controller.spec_problem(err).startswith(expected)

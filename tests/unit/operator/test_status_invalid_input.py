@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from mnv2_operator import constants as C
-from mnv2_operator import handlers
+from mnv2_operator import controller
 from mnv2_operator import status as st
 from mnv2_operator.constants import Reason
 from mnv2_trainer import termination
@@ -110,10 +110,12 @@ def test_the_quoted_message_is_one_bounded_line() -> None:
 
 def test_slim_pod_keeps_the_summary_only() -> None:
     body = pod(0, "Failed", 1, "noise\n" * 500 + REASON)
-    slim = handlers.slim_pod(body)
+    slim = controller.slim_pod(body)
     assert slim["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == REASON
     assert st.pod_invalid_input(slim)
     assert (
         "message"
-        not in handlers.slim_pod(pod(0, "Failed", 1))["status"]["containerStatuses"][0]["state"]["terminated"]
+        not in controller.slim_pod(pod(0, "Failed", 1))["status"]["containerStatuses"][0]["state"][
+            "terminated"
+        ]
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from mnv2_operator import constants as C
-from mnv2_operator import handlers
+from mnv2_operator import controller
 from mnv2_operator import status as st
 
 UID = "11111111-2222-3333-4444-555555555555"
@@ -49,8 +49,8 @@ def test_only_a_controller_reference_with_the_jobs_uid_makes_an_object_the_jobs(
 
 
 def test_the_operator_counts_only_pods_it_controls() -> None:
-    mine = handlers.slim_pod({"metadata": {"name": "j-worker-0", "ownerReferences": [ref()]}})
-    labelled = handlers.slim_pod(
+    mine = controller.slim_pod({"metadata": {"name": "j-worker-0", "ownerReferences": [ref()]}})
+    labelled = controller.slim_pod(
         {
             "metadata": {
                 "name": "j-worker-1",
@@ -59,7 +59,7 @@ def test_the_operator_counts_only_pods_it_controls() -> None:
             }
         }
     )
-    assert handlers.owned_pods([mine, labelled], UID) == [mine]
+    assert controller.owned_pods([mine, labelled], UID) == [mine]
 
 
 def test_a_conflict_says_whose_object_is_in_the_way_and_the_fix() -> None:

@@ -1,10 +1,11 @@
-"""The per-job reconcile scheduler and the pure helpers of handlers.py (no API)."""
+"""The per-job reconcile scheduler and the controller's pure helpers (no API)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from mnv2_operator import handlers
+from mnv2_operator import controller, kube, scheduler
+from mnv2_operator.constants import ANNOTATION_SPEC_HASH
 
 
 async def test_scheduler_coalesces_and_never_overlaps_one_job() -> None:
@@ -12,6 +13,7 @@ async def test_scheduler_coalesces_and_never_overlaps_one_job() -> None:
     calls: list[tuple[str, str]] = []
     overlap = False
     release = asyncio.Event()
+    a_ran_twice = asyncio.Event()
 
     async def fn(key: tuple[str, str]) -> None:
         nonlocal overlap
@@ -20,8 +22,10 @@ async def test_scheduler_coalesces_and_never_overlaps_one_job() -> None:
         calls.append(key)
         await release.wait()
         running.discard(key)
+        if calls.count(("ns", "a")) == 2:
+            a_ran_twice.set()
 
-    s = handlers.Scheduler(fn)
+    s = scheduler.Scheduler(fn)
     s.kick(("ns", "a"))
     s.kick(("ns", "a"))  # before the run started: the run will see the latest state anyway
     s.kick(("ns", "b"))
@@ -30,11 +34,9 @@ async def test_scheduler_coalesces_and_never_overlaps_one_job() -> None:
     for _ in range(9):
         s.kick(("ns", "a"))  # while running: must run once more afterwards
     release.set()
-    for _ in range(100):
-        if not s.busy:
-            break
-        await asyncio.sleep(0.01)
-    # The nine kicks during the first run collapse into exactly one more run.
+    await asyncio.wait_for(a_ran_twice.wait(), timeout=5)
+    # A third run would start in the same task right after the second returned, before this one
+    # resumes: the nine kicks during the first run collapse into exactly one more run.
     assert calls.count(("ns", "a")) == 2 and calls.count(("ns", "b")) == 1
     assert not overlap
     await s.close()
@@ -52,7 +54,7 @@ async def test_scheduler_requeue_and_retry_after_errors() -> None:
             return 0.1  # asks to be woken again
         return None
 
-    s = handlers.Scheduler(fn)
+    s = scheduler.Scheduler(fn)
     delays: list[float | None] = []
     kick = s.kick
 
@@ -83,7 +85,7 @@ async def test_scheduler_keeps_earliest_timer_and_forgets() -> None:
     async def fn(key: tuple[str, str]) -> None:
         calls.append(key[1])
 
-    s = handlers.Scheduler(fn)
+    s = scheduler.Scheduler(fn)
     s.kick(("ns", "x"), delay=0.05)
     s.kick(("ns", "x"), delay=5)  # later: ignored, the earlier one stays
     s.kick(("ns", "y"), delay=0.05)
@@ -95,14 +97,14 @@ async def test_scheduler_keeps_earliest_timer_and_forgets() -> None:
 
 def test_object_paths() -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j-worker-0"}}
-    assert handlers.object_path(pod, "ns") == "/api/v1/namespaces/ns/pods"
-    assert handlers.object_path(pod, "ns", named=True) == "/api/v1/namespaces/ns/pods/j-worker-0"
+    assert kube.object_path(pod, "ns") == "/api/v1/namespaces/ns/pods"
+    assert kube.object_path(pod, "ns", named=True) == "/api/v1/namespaces/ns/pods/j-worker-0"
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r"}}
-    assert handlers.object_path(role, "ns") == "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles"
+    assert kube.object_path(role, "ns") == "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles"
     pg = {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup", "metadata": {"name": "j"}}
-    assert handlers.object_path(pg, "ns").endswith("/scheduling.volcano.sh/v1beta1/namespaces/ns/podgroups")
+    assert kube.object_path(pg, "ns").endswith("/scheduling.volcano.sh/v1beta1/namespaces/ns/podgroups")
     assert (
-        handlers.job_path("ns", "j", "status")
+        kube.job_path("ns", "j", "status")
         == "/apis/training.mnv2.dev/v1alpha1/namespaces/ns/mobilenetv2trainingjobs/j/status"
     )
 
@@ -110,7 +112,7 @@ def test_object_paths() -> None:
 def test_owned_adds_one_controller_reference_in_the_jobs_namespace() -> None:
     job = {"metadata": {"name": "j", "uid": "u1", "namespace": "ns"}}
     obj = {"metadata": {"name": "x", "ownerReferences": [{"uid": "u1", "name": "j"}, {"uid": "other"}]}}
-    owned = handlers._owned(obj, job, "ns")
+    owned = controller._owned(obj, job, "ns")
     assert owned["metadata"]["namespace"] == "ns"
     refs = owned["metadata"]["ownerReferences"]
     assert [r["uid"] for r in refs] == ["other", "u1"]
@@ -124,7 +126,7 @@ def test_slim_pod_keeps_what_status_reads() -> None:
             "name": "j-worker-0",
             "uid": "u",
             "labels": {"a": "b"},
-            "annotations": {"big": "x" * 1000, handlers.ANNOTATION_SPEC_HASH: "h"},
+            "annotations": {"big": "x" * 1000, ANNOTATION_SPEC_HASH: "h"},
             "managedFields": [{"big": 1}],
         },
         "spec": {"containers": [{"name": "w"}], "nodeName": "node-a"},
@@ -133,9 +135,9 @@ def test_slim_pod_keeps_what_status_reads() -> None:
             "containerStatuses": [{"name": "w", "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}],
         },
     }
-    slim = handlers.slim_pod(pod)
+    slim = controller.slim_pod(pod)
     assert slim["spec"] == {"nodeName": "node-a"} and "managedFields" not in slim["metadata"]
-    assert slim["metadata"]["annotations"] == {handlers.ANNOTATION_SPEC_HASH: "h"}
+    assert slim["metadata"]["annotations"] == {ANNOTATION_SPEC_HASH: "h"}
     from mnv2_operator import status as st
 
     assert st.pod_failure(slim) == "exit code 2 (Error)"
@@ -145,8 +147,8 @@ def test_slim_pod_keeps_what_status_reads() -> None:
 def test_spec_hash_ignores_run_policy() -> None:
     a = {"nodes": 2, "runPolicy": {"suspend": False}}
     b = {"nodes": 2, "runPolicy": {"suspend": True, "backoffLimit": 9}}
-    assert handlers._spec_hash(a) == handlers._spec_hash(b)
-    assert handlers._spec_hash(a) != handlers._spec_hash({"nodes": 4, "runPolicy": {}})
+    assert controller._spec_hash(a) == controller._spec_hash(b)
+    assert controller._spec_hash(a) != controller._spec_hash({"nodes": 4, "runPolicy": {}})
 
 
 def test_only_pods_owned_by_this_job_count() -> None:
@@ -155,8 +157,8 @@ def test_only_pods_owned_by_this_job_count() -> None:
         "metadata": {"name": "j-worker-1", "ownerReferences": [{"uid": "old", "controller": True}]}
     }
     orphan = {"metadata": {"name": "j-worker-2"}}
-    assert handlers.owned_pods([mine, predecessor, orphan], "new") == [mine]
-    slim = handlers.slim_pod(
+    assert controller.owned_pods([mine, predecessor, orphan], "new") == [mine]
+    slim = controller.slim_pod(
         {"metadata": {"name": "p", "ownerReferences": [{"uid": "new", "kind": "X", "controller": True}]}}
     )
-    assert handlers.owned_pods([slim], "new") == [slim]
+    assert controller.owned_pods([slim], "new") == [slim]
