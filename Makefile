@@ -53,7 +53,8 @@ cluster: install-test
 ## make images: build the operator image and the CPU trainer image from docker/*.Dockerfile (buildah, on a
 ## Debian base made from packages; no registry) into docker archives in a cache folder keyed by their
 ## inputs; instant when built. Installs buildah, podman, runc, debootstrap and skopeo from Debian if
-## missing (as root). The first build takes ~15 min (the trainer image installs MindSpore).
+## missing (as root). The first build takes ~12 min (the trainer image installs MindSpore), a change of the
+## code ~2 min.
 images: install-test
 	$(BIN)/python -m mnv2_cluster.imagebuild
 
