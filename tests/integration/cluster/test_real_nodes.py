@@ -157,6 +157,14 @@ def test_logs_exec_and_deletion_end_the_container(real: Real) -> None:
     )
     wait_for("the pod's log", lambda: "started" in real.kubectl("logs", "talker").stdout, 30)
     assert real.kubectl("exec", "talker", "--", "cat", "/etc/hostname").stdout.strip() == "talker"
+
+    # The kubelet's events reach the API server asynchronously.
+    def described_with_events() -> str:
+        out = real.kubectl("describe", "pod", "talker").stdout
+        return out if "spec.containers{main}: Container started" in out else ""
+
+    described = wait_for("kubectl describe with the kubelet's Started event", described_with_events, 30, 0.5)
+    assert f"Node:             {NODES[1]}/" in described and "containerd://" in described, described
     node = real.nodes[1]
     before = node.rss().get("shims", 0)
     started = time.monotonic()
