@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from mnv2_cluster import host, images
+from mnv2_cluster import host, images, realnode
 from mnv2_cluster.realnode import NodeNetwork, RealNode
 
 
@@ -113,3 +113,13 @@ def test_missing_host_packages_are_named_once(monkeypatch: pytest.MonkeyPatch, t
          "busybox": (str(tmp_path / "no-busybox"), "busybox-static")},
     )  # fmt: skip
     assert host.missing_packages() == ["pkg-a", "busybox-static"]
+
+
+def test_a_node_network_names_what_the_machine_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 1000)
+    with pytest.raises(realnode.NodeError, match="real nodes need root"):
+        NodeNetwork.allocate()
+    monkeypatch.setattr(realnode.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(host, "missing_packages", lambda: ["containerd", "runc"])
+    with pytest.raises(realnode.NodeError, match=r"Debian packages containerd runc: `make cluster` installs"):
+        NodeNetwork.allocate()
