@@ -9,9 +9,12 @@ with the command and its error.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,52 @@ def test_archives_carry_the_reference_and_are_cached(name: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["Layers"]
+
+
+@pytest.fixture
+def containerd() -> Iterator[list[str]]:
+    """A containerd of its own (root, state, socket in a temporary folder, no CRI): the `ctr` command
+    that talks to it."""
+    missing = [tool for tool in ("containerd", "ctr", "runc") if not shutil.which(tool)]
+    assert not missing, f"{', '.join(missing)} not installed: `make cluster` installs them (Debian packages)"
+    folder = Path(tempfile.mkdtemp(prefix="mnv2-ctd-", dir="/tmp"))
+    socket = folder / "containerd.sock"
+    (folder / "config.toml").write_text(
+        f'version = 2\nroot = "{folder}/root"\nstate = "{folder}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n[ttrpc]\n  address = "{socket}.ttrpc"\n'
+    )
+    log = open(folder / "containerd.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(["containerd", "-c", str(folder / "config.toml")], stdout=log, stderr=log)
+    ctr = ["ctr", "--address", str(socket), "-n", "k8s.io"]
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([*ctr, "version"], capture_output=True).returncode != 0:
+            assert proc.poll() is None, (folder / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not answer within 30 s"
+            time.sleep(0.2)
+        yield ctr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        subprocess.run(["umount", "-R", str(folder / "root")], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_containerd_imports_the_operator_archive_and_runs_it(
+    operator_ref: str, containerd: list[str]
+) -> None:
+    archive = imagebuild.build("mnv2-operator")
+    ref = imagebuild.image_ref("mnv2-operator")
+    imported = subprocess.run([*containerd, "images", "import", str(archive)], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    listed = subprocess.run([*containerd, "images", "ls", "-q"], capture_output=True, text=True, check=True)
+    assert ref in listed.stdout.split()
+    run = subprocess.run(
+        [*containerd, "run", "--rm", "--runc-binary", shutil.which("runc") or "runc", ref, "mnv2-images-test",
+         "mnv2", "operator", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "--standalone" in run.stdout
