@@ -102,6 +102,8 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     CHILD_CONFLICT = "ChildConflict"
     CREATE_FAILED = "CreateFailed"
+    #: Event: the operator created worker pods of the current attempt.
+    PODS_CREATED = "PodsCreated"
     POD_STUCK_TERMINATING = "PodStuckTerminating"
     #: Event: the job's ttlSecondsAfterFinished passed and the operator deletes it.
     DELETED = "Deleted"

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from mnv2_operator import status as st
-from mnv2_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, KIND, TERMINAL_PHASES
+from mnv2_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, KIND, TERMINAL_PHASES, Phase, Reason
 from mnv2_operator.kube import Api, ApiError, job_path, object_path
 from mnv2_operator.render import FIXED_KINDS, RenderedJob, render_job
 from mnv2_operator.scheduler import Key, Scheduler
@@ -491,11 +491,11 @@ class Controller:
             attempt = int(previous.get("restarts") or 0)
             policy = st.lenient_policy(raw, pods, attempt)
             decision = st.reconcile(name, policy, pods, previous, generation, now)
-            if previous.get("phase") not in st.TERMINAL:
+            if previous.get("phase") not in TERMINAL_PHASES:
                 if decision.create_ranks:
                     await self._invalid(job, previous, problem, pods)  # the next start is now
                     return None
-                if decision.status["phase"] not in st.TERMINAL:  # (a job that just finished: done)
+                if decision.status["phase"] not in TERMINAL_PHASES:  # (a job that just finished: done)
                     decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
             return await self._apply(job, previous, decision, pods, None, "", {}, CreatePlan())
 
@@ -594,21 +594,19 @@ class Controller:
                     await self._invalid(job, decision.status, str(refused), pods)
                     return None
                 message = f"cannot create the job's children: {refused} (try {n} of {MAX_REFUSALS})"
-                await self._report_not_created(job, key, decision.status, st.REASON_CREATE_FAILED, message)
+                await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
                 raise refused.err from None  # retried with backoff
             except ApiError as err:
                 if err.status in (403, 404, 409, 422):
                     message = f"cannot create the job's children: {err}"
-                    await self._report_not_created(
-                        job, key, decision.status, st.REASON_CREATE_FAILED, message
-                    )
+                    await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
                 raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
             if conflicts:
                 # Blocked, not failed: the job starts by itself once the objects in its way are gone
                 # (a deleted predecessor's children are, within seconds). The operator watches none of
                 # these kinds, so it looks again, backing off to every 30 s.
                 await self._report_not_created(
-                    job, key, decision.status, st.REASON_CHILD_CONFLICT, st.conflicts_message(conflicts)
+                    job, key, decision.status, Reason.CHILD_CONFLICT, st.conflicts_message(conflicts)
                 )
                 n = self._blocked[key] = self._blocked.get(key, 0) + 1
                 retry_in = min(2.0 ** (n - 1), 30.0)
@@ -723,7 +721,7 @@ class Controller:
         generation = job["metadata"].get("generation")
         if previous.get("observedGeneration") in (None, generation):
             return
-        if decision.status["phase"] not in (st.PENDING, st.RUNNING, st.RESTARTING):
+        if decision.status["phase"] not in (Phase.PENDING, Phase.RUNNING, Phase.RESTARTING):
             return
         hashes = {(p["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) for p in pods}
         hashes.discard(None)
@@ -791,7 +789,9 @@ class Controller:
                 if conflict:
                     conflicts.append(conflict)
             if created:
-                self._post(job, [st.Event("Normal", "ChildrenCreated", "created " + ", ".join(created))])
+                self._post(
+                    job, [st.Event("Normal", Reason.CHILDREN_CREATED, "created " + ", ".join(created))]
+                )
             if conflicts:
                 return False, conflicts
             self._created[key] = Created.of(self._created.get(key), uid).made_children(
@@ -835,7 +835,7 @@ class Controller:
             )
         if made_pods:
             text = f"attempt {decision.attempt}: created {', '.join(made_pods)}"
-            self._post(job, [st.Event("Normal", "PodsCreated", text)])
+            self._post(job, [st.Event("Normal", Reason.PODS_CREATED, text)])
         return retry, conflicts
 
     async def _get(self, path: str) -> dict[str, Any] | None:

@@ -44,13 +44,6 @@ from mnv2_operator.constants import (
 )
 from mnv2_operator.spec import WorkerCounts
 
-# Names the controller reads from this module.
-PENDING = Phase.PENDING
-RUNNING = Phase.RUNNING
-RESTARTING = Phase.RESTARTING
-TERMINAL = TERMINAL_PHASES
-REASON_CHILD_CONFLICT = Reason.CHILD_CONFLICT
-REASON_CREATE_FAILED = Reason.CREATE_FAILED
 # The conditions every status carries (SpecInvalid only while a started job's spec does not validate).
 CONDITION_TYPES = tuple(t for t in ConditionType if t != ConditionType.SPEC_INVALID)
 
@@ -1008,7 +1001,7 @@ def trusted_status(
         attempt = max(pod_attempt(p) for p in live)
     out = {**api, "restarts": attempt}
     active = [p for p in live if pod_attempt(p) == attempt and pod_phase(p) in _ACTIVE_POD_PHASES]
-    if api.get("phase") in TERMINAL:
+    if api.get("phase") in TERMINAL_PHASES:
         if active:
             out["phase"] = None
             out["completionTime"] = None
@@ -1016,7 +1009,7 @@ def trusted_status(
         # A restart the status announces whose old pods are all still there (an operator that
         # died between the status patch and the deletes, or a rewrite): decided again, as the
         # running gang it was, from what caused it: a failed pod, or a member that is missing.
-        out["phase"] = RUNNING
+        out["phase"] = Phase.RUNNING
     return out
 
 
