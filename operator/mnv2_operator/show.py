@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mnv2_operator import kube
-from mnv2_operator.constants import GROUP, KIND, PLURAL, VERSION
+from mnv2_operator.constants import GROUP, KIND, PLURAL, VERSION, Phase
 
 
 class ShowError(Exception):
@@ -222,7 +222,7 @@ def format_progress_line(job: Mapping[str, Any], width: int = 20, elapsed: float
         epoch_text,
         f"loss {fmt_loss(progress.get('loss'))}",
         f"top-1 {fmt_fraction(metrics.get('top1'))}",
-        str(status.get("phase") or "Pending"),
+        str(status.get("phase") or Phase.PENDING),
     ]
     restarts = status.get("restarts") or 0
     if restarts:
