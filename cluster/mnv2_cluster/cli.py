@@ -74,10 +74,19 @@ def run(args: argparse.Namespace) -> int:
             dead = [
                 n for n, c in cluster.components.items() if c.proc is not None and c.proc.poll() is not None
             ]
+            dead += [
+                f"{node.name}'s {n}" for node in nodes if isinstance(node, RealNode) for n in node.exited()
+            ]
             if dead:
+                logs = [cluster.dump_logs()] + [
+                    f"---- {c.log} ----\n{c.tail()}"
+                    for node in nodes
+                    if isinstance(node, RealNode)
+                    for c in node.components.values()
+                    if c.name in node.exited()
+                ]
                 print(
-                    f"mnv2 cluster: {', '.join(dead)} exited; stopping.\n{cluster.dump_logs()}",
-                    file=sys.stderr,
+                    f"mnv2 cluster: {', '.join(dead)} exited; stopping.\n" + "\n".join(logs), file=sys.stderr
                 )
                 return 1
     except NodeError as e:

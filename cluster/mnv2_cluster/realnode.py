@@ -487,6 +487,10 @@ class RealNode:
             raise NodeError(f"node binaries not found: {', '.join(missing)}: build them with `make cluster`")
         return paths
 
+    def exited(self) -> list[str]:
+        """The node's components that have exited since `start()` (what a launcher watches)."""
+        return [n for n, c in self.components.items() if c.proc is not None and c.proc.poll() is not None]
+
     def _running(self, name: str) -> bool:
         c = self.components.get(name)
         return c is not None and c.proc is not None and c.proc.poll() is None
