@@ -14,23 +14,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator/ operator/
-COPY trainer/ trainer/
-# Core dependencies only (kopf, kubernetes, pydantic, jinja2, PyYAML): no extras, so no MindSpore or
-# numpy. The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
-# which imports neither. The check fails the build if the operator ever imports MindSpore, numpy, the
-# demo package, the local cluster's launcher, matplotlib or a test helper. pip compiles the modules to
-# bytecode at install time, so a read-only root filesystem costs nothing at start.
-RUN --mount=type=cache,id=mnv2-pip,target=/root/.cache/pip \
-    pip install . \
- && python -c "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_operator.show, mnv2_trainer.config; bad = {'mindspore', 'numpy', 'mindcv', 'mnv2_demo', 'mnv2_cluster', 'matplotlib', 'support'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
- && rm -rf /src
-
 # A fixed numeric non-root user, so the chart's runAsNonRoot/runAsUser: 10001 holds.
 RUN groupadd --gid 10001 mnv2 \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mnv2
+
+WORKDIR /src
+# Core dependencies only (kopf, kubernetes, pydantic, jinja2, PyYAML): no extras, so no MindSpore or
+# numpy. They are installed from pyproject.toml alone first (with an empty README.md, which the
+# metadata names), so a change of the code rebuilds only the layers after them.
+COPY pyproject.toml ./
+RUN --mount=type=cache,id=mnv2-pip,target=/root/.cache/pip \
+    touch README.md && pip install .
+# The trainer package comes along because the operator resolves recipes with mnv2_trainer.config,
+# which imports neither. The check fails the build if the operator ever imports MindSpore, numpy, the
+# demo package, the local cluster's launcher, matplotlib or a test helper. pip compiles the modules to
+# bytecode at install time, so a read-only root filesystem costs nothing at start.
+COPY README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+RUN --mount=type=cache,id=mnv2-pip,target=/root/.cache/pip \
+    pip install --no-deps --force-reinstall . \
+ && python -c "import sys, mnv2_operator.cli, mnv2_operator.handlers, mnv2_operator.render, mnv2_operator.show, mnv2_trainer.config; bad = {'mindspore', 'numpy', 'mindcv', 'mnv2_demo', 'mnv2_cluster', 'matplotlib', 'support'} & set(sys.modules); sys.exit(f'operator image imports {bad}') if bad else None" \
+ && rm -rf /src
+
 USER 10001:10001
 WORKDIR /tmp
 
