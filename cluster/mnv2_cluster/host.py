@@ -68,24 +68,37 @@ def ensure_packages() -> list[str]:
     missing = missing_packages()
     if not missing:
         return []
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-    if os.geteuid() != 0:
-        raise HostError(
-            f"real nodes need the Debian packages {' '.join(missing)}: run `sudo {' '.join(command)}`"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        # A fresh machine has no package lists yet.
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
-        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    apt_install(missing, "real nodes")
     still = missing_packages()
-    if proc.returncode != 0 or still:
-        raise HostError(
-            f"`{' '.join(command)}` failed (exit {proc.returncode}); still missing: {' '.join(still)}\n"
-            + (proc.stderr or proc.stdout)[-2000:]
-        )
+    if still:
+        raise HostError(f"still missing after installing {' '.join(missing)}: {' '.join(still)}")
     return missing
+
+
+def apt_install(packages: list[str], needed_by: str) -> None:
+    """Install Debian packages with apt-get as root, refreshing the package lists once if needed
+    (a fresh machine has none).
+
+    Raises:
+        HostError: not root or no apt-get (the message gives the command to run), or apt-get failed
+        (the end of its output in the message).
+    """
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise HostError(
+            f"{needed_by} need the Debian packages {' '.join(packages)}: run `sudo {' '.join(command)}`"
+        )
+    print(f"installing {' '.join(packages)} from Debian's packages for {needed_by}...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]  # another apt-get (a parallel build) finishes first
+    proc = subprocess.run([*command, *lock], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q", *lock], capture_output=True, env=env)
+        proc = subprocess.run([*command, *lock], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise HostError(
+            f"`{' '.join(command)}` failed (exit {proc.returncode}):\n" + (proc.stderr or proc.stdout)[-2000:]
+        )
 
 
 def _file_type(path: Path) -> str:

@@ -68,6 +68,8 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from mnv2_cluster import host
+
 __all__ = [
     "IMAGES",
     "ImageBuildError",
@@ -175,23 +177,10 @@ def ensure_tools() -> None:
     missing = sorted({pkg for tool, pkg in TOOLS.items() if not _which(tool)})
     if not missing:
         return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ImageBuildError(
-            f"missing tools: {', '.join(missing)}; install them as root with "
-            f"`apt-get install --no-install-recommends {' '.join(missing)}` (Debian 12 packages)"
-        )
-    print(f"installing {', '.join(missing)} from Debian's packages...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=600"]
-    for cmd in (
-        ["apt-get", "update", "-q", *lock],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock, *missing],
-    ):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ImageBuildError(
-                f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-            )
+    try:
+        host.apt_install(missing, "image builds")
+    except host.HostError as e:
+        raise ImageBuildError(str(e)) from None
     still = [tool for tool in TOOLS if not _which(tool)]
     if still:
         raise ImageBuildError(f"{', '.join(still)} still missing after installing {', '.join(missing)}")

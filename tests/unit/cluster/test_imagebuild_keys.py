@@ -117,7 +117,8 @@ def test_missing_tools_name_the_install_command(monkeypatch: pytest.MonkeyPatch)
     )
     monkeypatch.setattr(imagebuild.os, "geteuid", lambda: 1000)
     with pytest.raises(
-        imagebuild.ImageBuildError, match=r"apt-get install --no-install-recommends buildah runc"
+        imagebuild.ImageBuildError,
+        match=r"image builds need the Debian packages buildah runc: run `sudo apt-get install -y -q --no-install-recommends buildah runc`",
     ):
         imagebuild.ensure_tools()
 
