@@ -200,6 +200,20 @@ class OperatorPolicy:
                 a job's selector unless the policy lets jobs change them.
             default_hw_hi_ai_user_gid: the operator's default HwHiAiUser GID (always allowed).
         """
+        return [
+            *self._check_host_paths(spec),
+            *self._check_image(spec, default_image),
+            *self._check_priority_class(spec),
+            *self._check_queue(spec),
+            *self._check_scheduler(spec),
+            *self._check_tolerations(spec),
+            *self._check_node_selector(spec, default_node_selector),
+            *self._check_hw_hi_ai_user_gid(spec, default_hw_hi_ai_user_gid),
+            *self._check_image_pull_secrets(spec),
+        ]
+
+    def _check_host_paths(self, spec: JobSpec) -> list[str]:
+        """The dataset's and the output's host folders lie under the allowed prefixes."""
         problems: list[str] = []
         ds, out = spec.dataset, spec.output
         for where, source, prefixes, value in (
@@ -216,54 +230,72 @@ class OperatorPolicy:
                     self._refused(where, f"host folder {source.path!r}", prefixes, f"policy.hostPath.{value}")
                     + " (or use a pvc)"
                 )
+        return problems
+
+    def _check_image(self, spec: JobSpec, default_image: str) -> list[str]:
+        """spec.image is the default image or starts with an allowed prefix."""
         image = spec.image
-        if image is not None and image != default_image and not _image_allowed(image, self.image_prefixes):
-            problems.append(
-                self._refused(
-                    "spec.image",
-                    f"image {image!r}",
-                    (default_image, *self.image_prefixes),
-                    "policy.imagePrefixes",
-                )
-                + " (or remove spec.image for the default)"
+        if image is None or image == default_image or _image_allowed(image, self.image_prefixes):
+            return []
+        return [
+            self._refused(
+                "spec.image",
+                f"image {image!r}",
+                (default_image, *self.image_prefixes),
+                "policy.imagePrefixes",
             )
+            + " (or remove spec.image for the default)"
+        ]
+
+    def _check_priority_class(self, spec: JobSpec) -> list[str]:
+        """spec.scheduling.priorityClassName is one the admin allows."""
+        name = spec.scheduling.priority_class_name
+        if name is None or name in self.priority_class_names:
+            return []
+        return [
+            self._refused(
+                "spec.scheduling.priorityClassName",
+                f"PriorityClass {name!r}",
+                self.priority_class_names,
+                "policy.priorityClassNames",
+            )
+        ]
+
+    def _check_queue(self, spec: JobSpec) -> list[str]:
+        """spec.scheduling.queue is a Volcano queue the admin allows."""
+        queue = spec.scheduling.queue
+        if queue is None or queue in self.queue_names:
+            return []
+        return [
+            self._refused(
+                "spec.scheduling.queue",
+                f"Volcano queue {queue!r}",
+                self.queue_names,
+                "policy.queueNames",
+            )
+        ]
+
+    def _check_scheduler(self, spec: JobSpec) -> list[str]:
+        """The scheduler the pods get (named, or volcano for gang and NPU-plugin jobs) is allowed."""
         sched = spec.scheduling
-        if (
-            sched.priority_class_name is not None
-            and sched.priority_class_name not in self.priority_class_names
-        ):
-            problems.append(
-                self._refused(
-                    "spec.scheduling.priorityClassName",
-                    f"PriorityClass {sched.priority_class_name!r}",
-                    self.priority_class_names,
-                    "policy.priorityClassNames",
-                )
-            )
-        if sched.queue is not None and sched.queue not in self.queue_names:
-            problems.append(
-                self._refused(
-                    "spec.scheduling.queue",
-                    f"Volcano queue {sched.queue!r}",
-                    self.queue_names,
-                    "policy.queueNames",
-                )
-            )
         npu_plugin = bool(spec.accelerator.volcano_npu_plugin)
         scheduler = sched.scheduler_name or ("volcano" if sched.gang or npu_plugin else None)
-        if scheduler not in (None, DEFAULT_SCHEDULER) and scheduler not in self.scheduler_names:
-            where = (
-                "spec.scheduling.schedulerName"
-                if sched.scheduler_name
-                else "spec.scheduling.gang"
-                if sched.gang
-                else "spec.accelerator.volcanoNpuPlugin"
-            )
-            problems.append(
-                self._refused(
-                    where, f"scheduler {scheduler!r}", self.scheduler_names, "policy.schedulerNames"
-                )
-            )
+        if scheduler in (None, DEFAULT_SCHEDULER) or scheduler in self.scheduler_names:
+            return []
+        where = (
+            "spec.scheduling.schedulerName"
+            if sched.scheduler_name
+            else "spec.scheduling.gang"
+            if sched.gang
+            else "spec.accelerator.volcanoNpuPlugin"
+        )
+        return [
+            self._refused(where, f"scheduler {scheduler!r}", self.scheduler_names, "policy.schedulerNames")
+        ]
+
+    def _check_tolerations(self, spec: JobSpec) -> list[str]:
+        """Each of spec.accelerator.tolerations matches a toleration the admin allows."""
+        problems: list[str] = []
         for i, toleration in enumerate(spec.accelerator.tolerations):
             dumped = toleration.model_dump(by_alias=True, exclude_none=True)
             if not self.toleration_allowed(dumped):
@@ -276,45 +308,57 @@ class OperatorPolicy:
                         "policy.tolerations",
                     )
                 )
-        selector = spec.accelerator.node_selector
-        if selector is not None:
-            base = dict(default_node_selector or {}) if spec.accelerator.type == "ascend" else {}
-            changed = sorted(
-                {k for k, v in selector.items() if base.get(k) != v} | {k for k in base if k not in selector}
-            )
-            for key in changed:
-                if key not in self.node_selector_keys:
-                    problems.append(
-                        self._refused(
-                            "spec.accelerator.nodeSelector",
-                            f"node label {key!r}"
-                            + (" (the operator's default selector sets it)" if key in base else ""),
-                            self.node_selector_keys,
-                            "policy.nodeSelectorKeys",
-                        )
-                    )
-        gid = spec.accelerator.hw_hi_ai_user_gid
-        if gid is not None and gid != default_hw_hi_ai_user_gid and gid not in self.hw_hi_ai_user_gids:
-            problems.append(
-                self._refused(
-                    "spec.accelerator.hwHiAiUserGid",
-                    f"supplemental group {gid}",
-                    tuple(str(g) for g in (default_hw_hi_ai_user_gid, *self.hw_hi_ai_user_gids) if g),
-                    "policy.hwHiAiUserGids",
-                )
-                + " (or remove it for the cluster's jobDefaults.hwHiAiUserGid)"
-            )
-        for i, secret in enumerate(spec.image_pull_secrets):
-            if secret not in self.image_pull_secrets:
-                problems.append(
-                    self._refused(
-                        f"spec.imagePullSecrets[{i}]",
-                        f"Secret {secret!r}",
-                        self.image_pull_secrets,
-                        "policy.imagePullSecrets",
-                    )
-                )
         return problems
+
+    def _check_node_selector(
+        self, spec: JobSpec, default_node_selector: Mapping[str, str] | None
+    ) -> list[str]:
+        """Every node label the job's selector sets, changes or drops (against the default) is allowed."""
+        selector = spec.accelerator.node_selector
+        if selector is None:
+            return []
+        base = dict(default_node_selector or {}) if spec.accelerator.type == "ascend" else {}
+        changed = sorted(
+            {k for k, v in selector.items() if base.get(k) != v} | {k for k in base if k not in selector}
+        )
+        return [
+            self._refused(
+                "spec.accelerator.nodeSelector",
+                f"node label {key!r}" + (" (the operator's default selector sets it)" if key in base else ""),
+                self.node_selector_keys,
+                "policy.nodeSelectorKeys",
+            )
+            for key in changed
+            if key not in self.node_selector_keys
+        ]
+
+    def _check_hw_hi_ai_user_gid(self, spec: JobSpec, default_gid: int | None) -> list[str]:
+        """spec.accelerator.hwHiAiUserGid is the operator's default or one the admin allows."""
+        gid = spec.accelerator.hw_hi_ai_user_gid
+        if gid is None or gid == default_gid or gid in self.hw_hi_ai_user_gids:
+            return []
+        return [
+            self._refused(
+                "spec.accelerator.hwHiAiUserGid",
+                f"supplemental group {gid}",
+                tuple(str(g) for g in (default_gid, *self.hw_hi_ai_user_gids) if g),
+                "policy.hwHiAiUserGids",
+            )
+            + " (or remove it for the cluster's jobDefaults.hwHiAiUserGid)"
+        ]
+
+    def _check_image_pull_secrets(self, spec: JobSpec) -> list[str]:
+        """Every Secret in spec.imagePullSecrets is one the admin allows."""
+        return [
+            self._refused(
+                f"spec.imagePullSecrets[{i}]",
+                f"Secret {secret!r}",
+                self.image_pull_secrets,
+                "policy.imagePullSecrets",
+            )
+            for i, secret in enumerate(spec.image_pull_secrets)
+            if secret not in self.image_pull_secrets
+        ]
 
 
 def _image_allowed(image: str, prefixes: tuple[str, ...]) -> bool:
