@@ -336,6 +336,169 @@ def _render(template: str, **context: Any) -> dict[str, Any]:
     return obj
 
 
+@dataclass(frozen=True)
+class _PodSettings:
+    """The pod-level choices of a job, its spec resolved against the cluster defaults."""
+
+    ascend: bool
+    resource_name: str
+    node_selector: dict[str, str]
+    chip: str
+    npu_plugin: bool
+    hw_hi_ai_user_gid: int | None
+    scheduler_name: str | None
+    image: str
+    tolerations: list[dict[str, Any]]
+    resources: dict[str, Any]
+
+
+def _node_selector(spec: S.JobSpec, defaults: S.OperatorDefaults, chip: str) -> dict[str, str]:
+    """The job's selector, else the default one of Ascend jobs, plus the chip's accelerator-type label."""
+    ascend = spec.accelerator.type == "ascend"
+    if spec.accelerator.node_selector is not None:
+        node_selector = dict(spec.accelerator.node_selector)
+    else:
+        node_selector = dict(defaults.node_selector) if ascend else {}
+    accelerator_type = defaults.accelerator_types.get(chip, "")
+    if ascend and accelerator_type:
+        # A selector that names the label itself wins (e.g. module-910b-16 servers).
+        node_selector.setdefault(S.ACCELERATOR_TYPE_LABEL, accelerator_type)
+    return node_selector
+
+
+def _scheduler_name(spec: S.JobSpec, npu_plugin: bool) -> str | None:
+    """The pods' scheduler: the named one, else volcano for gang and NPU-plugin jobs.
+
+    Raises:
+        SpecError: the NPU plugin is on and the job names a scheduler other than volcano.
+    """
+    named = spec.scheduling.scheduler_name
+    if npu_plugin and named not in (None, "volcano"):
+        raise S.SpecError(
+            [
+                f"spec.scheduling.schedulerName: the Volcano NPU plugin (on by the operator's default) only "
+                f"annotates pods that volcano schedules, not {named!r}; remove "
+                "schedulerName or set accelerator.volcanoNpuPlugin: false"
+            ]
+        )
+    return named or ("volcano" if spec.scheduling.gang or npu_plugin else None)
+
+
+def _pod_settings(spec: S.JobSpec, defaults: S.OperatorDefaults) -> _PodSettings:
+    """Resolve the spec's pod-level fields against ``defaults`` (raises SpecError like ``_scheduler_name``)."""
+    acc = spec.accelerator
+    ascend = acc.type == "ascend"
+    resource_name = acc.resource_name or defaults.resource_name
+    chip = acc.chip or defaults.chip
+    node_selector = _node_selector(spec, defaults, chip)
+    npu_plugin = ascend and (
+        defaults.volcano_npu_plugin if acc.volcano_npu_plugin is None else acc.volcano_npu_plugin
+    )
+    return _PodSettings(
+        ascend=ascend,
+        resource_name=resource_name,
+        node_selector=node_selector,
+        chip=chip,
+        npu_plugin=npu_plugin,
+        hw_hi_ai_user_gid=acc.hw_hi_ai_user_gid or defaults.hw_hi_ai_user_gid,
+        scheduler_name=_scheduler_name(spec, npu_plugin),
+        image=spec.image or defaults.image,
+        tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in acc.tolerations],
+        resources=_resources(spec, resource_name),
+    )
+
+
+def _config_text(name: str, namespace: str, spec: S.JobSpec, config: Mapping[str, Any], lr_note: str) -> str:
+    """The ConfigMap's config.yaml: a header saying where the values come from, then the config."""
+    return (
+        f"# Resolved training config of MobileNetV2TrainingJob {namespace}/{name} (MindCV key names):\n"
+        f"# recipe {spec.recipe} + spec.config overrides + the spec's own keys.\n"
+        f"# {lr_note}\n"
+        "# Paths are also given as command-line flags, which take precedence.\n"
+    ) + _dump_config(config)
+
+
+def _common_context(name: str, namespace: str, uid: str, spec: S.JobSpec) -> dict[str, Any]:
+    """What every template sees: the job's identity, its spec, the children's labels, the master port."""
+    job = {
+        "name": name,
+        "namespace": namespace,
+        "uid": uid,
+        "api_version": C.API_VERSION,
+        "kind": C.KIND,
+        "group": C.GROUP,
+        "plural": C.PLURAL,
+    }
+    return {"job": job, "spec": spec, "labels": job_labels(name), "master_port": MASTER_PORT}
+
+
+def _render_objects(
+    name: str, spec: S.JobSpec, settings: _PodSettings, config_text: str, common: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The job's Service, ConfigMap, ServiceAccount, Role, RoleBinding and (gang) PodGroup."""
+    objects = [
+        _render("service.yaml.j2", selector=pod_selector(name), **common),
+        _render("configmap.yaml.j2", config_text=config_text, **common),
+        _render("serviceaccount.yaml.j2", **common),
+        _render("role.yaml.j2", **common),
+        _render("rolebinding.yaml.j2", **common),
+    ]
+    if spec.scheduling.gang:
+        # minResources lets Volcano hold the whole gang's devices before binding any pod.
+        min_resources = {
+            k: str(_times(v, spec.nodes))
+            for k, v in settings.resources.get("requests", {}).items()
+            if k == settings.resource_name
+        }
+        objects.append(_render("podgroup.yaml.j2", min_resources=min_resources, **common))
+    return objects
+
+
+def _render_pod(
+    name: str,
+    namespace: str,
+    spec: S.JobSpec,
+    index: int,
+    attempt: int,
+    settings: _PodSettings,
+    common: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Worker ``index``'s pod of attempt ``attempt``."""
+    pod_labels = {
+        **common["labels"],
+        **pod_selector(name),
+        LABEL_INDEX: str(index),
+        LABEL_ATTEMPT: str(attempt),
+    }
+    return _render(
+        "pod.yaml.j2",
+        pod_name=pod_name(name, index),
+        pod_labels=pod_labels,
+        pod_annotations={ANNOTATION_POD_GROUP: name} if spec.scheduling.gang else {},
+        index=index,
+        attempt=attempt,
+        command=trainer_command(name, namespace, spec, index, attempt),
+        wait_command=wait_command(name, namespace, spec),
+        termination_message_path=TERMINATION_MESSAGE_PATH,
+        token_dir=TOKEN_DIR,
+        token_seconds=TOKEN_SECONDS,
+        ascend=settings.ascend,
+        resource_name=settings.resource_name,
+        process_log_path=f"{log_dir(spec, attempt)}/ascend/node-{index}",
+        chip=settings.chip,
+        npu_plugin=settings.npu_plugin,
+        hw_hi_ai_user_gid=settings.hw_hi_ai_user_gid,
+        image=settings.image,
+        scheduler_name=settings.scheduler_name,
+        node_selector=settings.node_selector,
+        tolerations=settings.tolerations,
+        resources=settings.resources,
+        data_volume=_data_volume(spec),
+        output_volume=_output_volume(spec),
+        **common,
+    )
+
+
 def render_job(
     name: str,
     namespace: str,
@@ -366,106 +529,14 @@ def render_job(
     refused = defaults.policy.check(spec, defaults.image, defaults.node_selector, defaults.hw_hi_ai_user_gid)
     if refused:
         raise S.SpecError(refused)
-    ascend = spec.accelerator.type == "ascend"
-    resource_name = spec.accelerator.resource_name or defaults.resource_name
-    if spec.accelerator.node_selector is not None:
-        node_selector = dict(spec.accelerator.node_selector)
-    else:
-        node_selector = dict(defaults.node_selector) if ascend else {}
-    chip = spec.accelerator.chip or defaults.chip
-    accelerator_type = defaults.accelerator_types.get(chip, "")
-    if ascend and accelerator_type:
-        # A selector that names the label itself wins (e.g. module-910b-16 servers).
-        node_selector.setdefault(S.ACCELERATOR_TYPE_LABEL, accelerator_type)
-    npu_plugin = ascend and (
-        defaults.volcano_npu_plugin
-        if spec.accelerator.volcano_npu_plugin is None
-        else spec.accelerator.volcano_npu_plugin
-    )
-    gang = spec.scheduling.gang
-    if npu_plugin and spec.scheduling.scheduler_name not in (None, "volcano"):
-        raise S.SpecError(
-            [
-                f"spec.scheduling.schedulerName: the Volcano NPU plugin (on by the operator's default) only "
-                f"annotates pods that volcano schedules, not {spec.scheduling.scheduler_name!r}; remove "
-                "schedulerName or set accelerator.volcanoNpuPlugin: false"
-            ]
-        )
-    scheduler_name = spec.scheduling.scheduler_name or ("volcano" if gang or npu_plugin else None)
-    ascend_context = {
-        "chip": chip,
-        "npu_plugin": npu_plugin,
-        "hw_hi_ai_user_gid": spec.accelerator.hw_hi_ai_user_gid or defaults.hw_hi_ai_user_gid,
-    }
-
+    settings = _pod_settings(spec, defaults)
     config, lr_note = training_config(spec)
-    config_text = (
-        f"# Resolved training config of MobileNetV2TrainingJob {namespace}/{name} (MindCV key names):\n"
-        f"# recipe {spec.recipe} + spec.config overrides + the spec's own keys.\n"
-        f"# {lr_note}\n"
-        "# Paths are also given as command-line flags, which take precedence.\n"
-    ) + _dump_config(config)
-
-    labels = job_labels(name)
-    job = {
-        "name": name,
-        "namespace": namespace,
-        "uid": uid,
-        "api_version": C.API_VERSION,
-        "kind": C.KIND,
-        "group": C.GROUP,
-        "plural": C.PLURAL,
-    }
-    common = {"job": job, "spec": spec, "labels": labels, "master_port": MASTER_PORT}
-    objects = [
-        _render("service.yaml.j2", selector=pod_selector(name), **common),
-        _render("configmap.yaml.j2", config_text=config_text, **common),
-        _render("serviceaccount.yaml.j2", **common),
-        _render("role.yaml.j2", **common),
-        _render("rolebinding.yaml.j2", **common),
-    ]
-    resources = _resources(spec, resource_name)
-    if gang:
-        # minResources lets Volcano hold the whole gang's devices before binding any pod.
-        min_resources = {
-            k: str(_times(v, spec.nodes))
-            for k, v in resources.get("requests", {}).items()
-            if k == resource_name
-        }
-        objects.append(_render("podgroup.yaml.j2", min_resources=min_resources, **common))
-
-    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.accelerator.tolerations]
-    pods = []
-    for index in range(spec.nodes) if ranks is None else sorted(r for r in set(ranks) if 0 <= r < spec.nodes):
-        pname = pod_name(name, index)
-        pod_labels = {**labels, **pod_selector(name), LABEL_INDEX: str(index), LABEL_ATTEMPT: str(attempt)}
-        pods.append(
-            _render(
-                "pod.yaml.j2",
-                pod_name=pname,
-                pod_labels=pod_labels,
-                pod_annotations={ANNOTATION_POD_GROUP: name} if gang else {},
-                index=index,
-                attempt=attempt,
-                command=trainer_command(name, namespace, spec, index, attempt),
-                wait_command=wait_command(name, namespace, spec),
-                termination_message_path=TERMINATION_MESSAGE_PATH,
-                token_dir=TOKEN_DIR,
-                token_seconds=TOKEN_SECONDS,
-                ascend=ascend,
-                resource_name=resource_name,
-                process_log_path=f"{log_dir(spec, attempt)}/ascend/node-{index}",
-                **ascend_context,
-                image=spec.image or defaults.image,
-                scheduler_name=scheduler_name,
-                node_selector=node_selector,
-                tolerations=tolerations,
-                resources=resources,
-                data_volume=_data_volume(spec),
-                output_volume=_output_volume(spec),
-                **common,
-            )
-        )
+    common = _common_context(name, namespace, uid, spec)
+    objects = _render_objects(
+        name, spec, settings, _config_text(name, namespace, spec, config, lr_note), common
+    )
+    indices = range(spec.nodes) if ranks is None else sorted(r for r in set(ranks) if 0 <= r < spec.nodes)
+    pods = [_render_pod(name, namespace, spec, index, attempt, settings, common) for index in indices]
     return RenderedJob(objects=objects, pods=pods, config=config, warnings=spec.warnings())
 
 
