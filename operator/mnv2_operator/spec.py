@@ -30,7 +30,7 @@ import json
 import os
 import re
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -914,58 +914,79 @@ class OperatorDefaults:
         """
         env = os.environ if environ is None else environ
         base = cls()
-
-        def text(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
-
-        def string_map(name: str, default: dict[str, str], example: str) -> dict[str, str]:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{name} is not JSON: {err}") from None
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise ValueError(f"{name} must be a JSON object of strings, e.g. {example}")
-            return value
-
-        selector = string_map(
+        selector = _env_string_map(
+            env,
             "MNV2_DEFAULT_ACCELERATOR_NODE_SELECTOR",
             base.node_selector,
             '{"accelerator": "huawei-Ascend910"}',
         )
-        types = string_map(
-            "MNV2_DEFAULT_ACCELERATOR_TYPES", base.accelerator_types, '{"Ascend910": "module"}'
+        types = _env_string_map(
+            env, "MNV2_DEFAULT_ACCELERATOR_TYPES", base.accelerator_types, '{"Ascend910": "module"}'
         )
-        chip = text("MNV2_DEFAULT_ACCELERATOR_CHIP", base.chip)
-        if chip not in ASCEND_CHIPS:
-            raise ValueError(
-                f"MNV2_DEFAULT_ACCELERATOR_CHIP: {chip!r} is not one of {', '.join(ASCEND_CHIPS)}"
-            )
-        unknown = sorted(set(types) - set(ASCEND_CHIPS))
-        if unknown:
-            raise ValueError(
-                f"MNV2_DEFAULT_ACCELERATOR_TYPES: unknown chip {', '.join(unknown)}; use {', '.join(ASCEND_CHIPS)}"
-            )
-        plugin = text("MNV2_DEFAULT_VOLCANO_NPU_PLUGIN", "false").lower()
+        chip = _env_chip(env, base.chip)
+        _check_type_chips(types)
+        plugin = _env_text(env, "MNV2_DEFAULT_VOLCANO_NPU_PLUGIN", "false").lower()
         if plugin not in ("true", "false"):
             raise ValueError(f"MNV2_DEFAULT_VOLCANO_NPU_PLUGIN: {plugin!r} is not true or false")
-        gid_text = text("MNV2_DEFAULT_HWHIAIUSER_GID", str(base.hw_hi_ai_user_gid))
-        if not gid_text.isdigit() or int(gid_text) < 1:
-            raise ValueError(f"MNV2_DEFAULT_HWHIAIUSER_GID: {gid_text!r} is not a positive group id")
+        gid = _env_gid(env, base.hw_hi_ai_user_gid)
         return cls(
-            image=text("MNV2_DEFAULT_TRAINER_IMAGE", base.image),
-            resource_name=text("MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", base.resource_name),
+            image=_env_text(env, "MNV2_DEFAULT_TRAINER_IMAGE", base.image),
+            resource_name=_env_text(env, "MNV2_DEFAULT_ACCELERATOR_RESOURCE_NAME", base.resource_name),
             node_selector=selector,
             policy=OperatorPolicy.from_env(env),
             chip=chip,
             accelerator_types={**base.accelerator_types, **types},
             volcano_npu_plugin=plugin == "true",
-            hw_hi_ai_user_gid=int(gid_text),
+            hw_hi_ai_user_gid=gid,
         )
+
+
+def _env_text(env: Mapping[str, str], name: str, default: str) -> str:
+    """Variable ``name``, stripped; ``default`` when unset or empty."""
+    return env.get(name, "").strip() or default
+
+
+def _env_string_map(
+    env: Mapping[str, str], name: str, default: dict[str, str], example: str
+) -> dict[str, str]:
+    """Variable ``name`` as a JSON object of strings; ``default`` when unset or empty."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not JSON: {err}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError(f"{name} must be a JSON object of strings, e.g. {example}")
+    return value
+
+
+def _env_chip(env: Mapping[str, str], default: str) -> str:
+    """``MNV2_DEFAULT_ACCELERATOR_CHIP``, one of ``ASCEND_CHIPS``."""
+    chip = _env_text(env, "MNV2_DEFAULT_ACCELERATOR_CHIP", default)
+    if chip not in ASCEND_CHIPS:
+        raise ValueError(f"MNV2_DEFAULT_ACCELERATOR_CHIP: {chip!r} is not one of {', '.join(ASCEND_CHIPS)}")
+    return chip
+
+
+def _check_type_chips(types: Mapping[str, str]) -> None:
+    """Every chip ``MNV2_DEFAULT_ACCELERATOR_TYPES`` names is one of ``ASCEND_CHIPS``."""
+    unknown = sorted(set(types) - set(ASCEND_CHIPS))
+    if unknown:
+        raise ValueError(
+            f"MNV2_DEFAULT_ACCELERATOR_TYPES: unknown chip {', '.join(unknown)}; use {', '.join(ASCEND_CHIPS)}"
+        )
+
+
+def _env_gid(env: Mapping[str, str], default: int) -> int:
+    """``MNV2_DEFAULT_HWHIAIUSER_GID``, a positive group id."""
+    gid_text = _env_text(env, "MNV2_DEFAULT_HWHIAIUSER_GID", str(default))
+    if not gid_text.isdigit() or int(gid_text) < 1:
+        raise ValueError(f"MNV2_DEFAULT_HWHIAIUSER_GID: {gid_text!r} is not a positive group id")
+    return int(gid_text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1058,45 +1079,67 @@ def _describe_error(err: Mapping[str, Any], missing: Collection[tuple[Any, ...]]
 
 def _cross_checks(spec: JobSpec) -> list[str]:
     """Checks that involve several fields (pydantic has checked each field already)."""
-    problems: list[str] = []
-    ds, out = spec.dataset, spec.output
+    return [problem for rule in _CROSS_CHECK_RULES for problem in rule(spec)]
+
+
+def _check_dataset_volume(spec: JobSpec) -> list[str]:
+    """An imagefolder dataset has exactly one volume; a generated dataset has none."""
+    ds = spec.dataset
     if ds.type == "imagefolder":
         if (ds.pvc is None) == (ds.host_path is None):
-            problems.append(
+            return [
                 "spec.dataset: an imagefolder dataset needs exactly one of pvc or hostPath; "
                 "e.g. dataset: {type: imagefolder, pvc: {claimName: imagenet}}"
-            )
+            ]
     elif ds.pvc is not None or ds.host_path is not None:
-        problems.append(
-            f"spec.dataset: type {ds.type} generates its data and takes no volume; remove pvc/hostPath"
-        )
+        return [f"spec.dataset: type {ds.type} generates its data and takes no volume; remove pvc/hostPath"]
+    return []
+
+
+def _check_output_volume(spec: JobSpec) -> list[str]:
+    """Train mode has an output; an output has exactly one volume, and a restartable one keeps checkpoints."""
+    out = spec.output
     if out is None:
         if spec.mode == "train":
-            problems.append(
+            return [
                 "spec.output: required in train mode (checkpoints, metrics, logs); "
                 "e.g. output: {pvc: {claimName: mnv2-runs}}"
-            )
-    else:
-        given = [k for k in ("pvc", "hostPath", "emptyDir") if getattr(out, to_snake(k)) is not None]
-        if len(given) != 1:
-            problems.append(
-                f"spec.output: exactly one of pvc, hostPath, emptyDir is needed (got {', '.join(given) or 'none'}); keep one"
-            )
-        elif out.empty_dir is not None and spec.mode == "train" and spec.run_policy.backoff_limit > 0:
-            problems.append(
-                "spec.output.emptyDir: checkpoints are deleted with the pods, so a restart could not resume; "
-                "use output.pvc, or set runPolicy.backoffLimit: 0"
-            )
-    if spec.mode == "validate" and spec.world_size != 1:
+            ]
+        return []
+    given = [k for k in ("pvc", "hostPath", "emptyDir") if getattr(out, to_snake(k)) is not None]
+    if len(given) != 1:
+        return [
+            f"spec.output: exactly one of pvc, hostPath, emptyDir is needed (got {', '.join(given) or 'none'}); keep one"
+        ]
+    if out.empty_dir is not None and spec.mode == "train" and spec.run_policy.backoff_limit > 0:
+        return [
+            "spec.output.emptyDir: checkpoints are deleted with the pods, so a restart could not resume; "
+            "use output.pvc, or set runPolicy.backoffLimit: 0"
+        ]
+    return []
+
+
+def _check_validate_mode(spec: JobSpec) -> list[str]:
+    """Validate mode runs one process and evaluates a given checkpoint."""
+    if spec.mode != "validate":
+        return []
+    problems: list[str] = []
+    if spec.world_size != 1:
         problems.append(
             f"spec.devicesPerNode: validate mode runs one process (mnv2_trainer.validate is not distributed), "
             f"not {spec.nodes} x {spec.devices_per_node}; set nodes: 1 and devicesPerNode: 1"
         )
-    if spec.mode == "validate" and spec.checkpoint is None:
+    if spec.checkpoint is None:
         problems.append(
             "spec.checkpoint: validate mode evaluates a checkpoint; set it, e.g. /output/ckpt/mobilenet_v2_075_best.ckpt"
         )
-    mounts = [DATA_MOUNT] + ([OUTPUT_MOUNT] if out is not None else [])
+    return problems
+
+
+def _check_checkpoint_paths(spec: JobSpec) -> list[str]:
+    """spec.checkpoint and a path in spec.resume lie inside a mounted volume."""
+    mounts = [DATA_MOUNT] + ([OUTPUT_MOUNT] if spec.output is not None else [])
+    problems: list[str] = []
     for name, value in (("checkpoint", spec.checkpoint), ("resume", spec.resume)):
         if value is None or (name == "resume" and value in ("auto", "never")):
             continue
@@ -1104,34 +1147,53 @@ def _cross_checks(spec: JobSpec) -> list[str]:
             fix = " or ".join(m + "/..." for m in mounts)
             what = "auto, never, or a checkpoint path" if name == "resume" else "a checkpoint path"
             problems.append(f"spec.{name}: {value!r} is not inside a mounted volume; use {what} under {fix}")
+    return problems
+
+
+def _check_ascend_devices(spec: JobSpec) -> list[str]:
+    """An Ascend job's devicesPerNode is a device group its chip can allocate."""
     acc = spec.accelerator
     # A job that names no chip is held to the 910's groups (valid on every generation).
     counts = ASCEND_DEVICE_COUNTS_BY_CHIP[acc.chip or "Ascend910"]
-    if acc.type == "ascend" and spec.devices_per_node not in counts:
-        hint = "" if acc.chip else " (or set accelerator.chip: Ascend910B, which takes 1 to 8)"
-        problems.append(
-            f"spec.devicesPerNode: {spec.devices_per_node} NPUs per node is not a valid "
-            f"{acc.chip or 'Ascend910'} group; use one of {', '.join(map(str, counts))}{hint}"
-        )
-    if acc.type == "cpu" and acc.resource_name is not None:
+    if acc.type != "ascend" or spec.devices_per_node in counts:
+        return []
+    hint = "" if acc.chip else " (or set accelerator.chip: Ascend910B, which takes 1 to 8)"
+    return [
+        f"spec.devicesPerNode: {spec.devices_per_node} NPUs per node is not a valid "
+        f"{acc.chip or 'Ascend910'} group; use one of {', '.join(map(str, counts))}{hint}"
+    ]
+
+
+def _check_cpu_accelerator(spec: JobSpec) -> list[str]:
+    """A cpu job sets none of the NPU-only accelerator fields."""
+    acc = spec.accelerator
+    if acc.type != "cpu":
+        return []
+    problems: list[str] = []
+    if acc.resource_name is not None:
         problems.append(
             "spec.accelerator.resourceName: cpu jobs request no device resource; remove it or use type ascend"
         )
-    if acc.type == "cpu":
-        for key, value in (
-            ("chip", acc.chip),
-            ("volcanoNpuPlugin", acc.volcano_npu_plugin or None),
-            ("hwHiAiUserGid", acc.hw_hi_ai_user_gid),
-        ):
-            if value is not None:
-                problems.append(f"spec.accelerator.{key}: cpu jobs use no NPU; remove it or use type ascend")
-    if acc.volcano_npu_plugin and spec.scheduling.scheduler_name not in (None, "volcano"):
+    for key, value in (
+        ("chip", acc.chip),
+        ("volcanoNpuPlugin", acc.volcano_npu_plugin or None),
+        ("hwHiAiUserGid", acc.hw_hi_ai_user_gid),
+    ):
+        if value is not None:
+            problems.append(f"spec.accelerator.{key}: cpu jobs use no NPU; remove it or use type ascend")
+    return problems
+
+
+def _check_scheduling(spec: JobSpec) -> list[str]:
+    """The NPU plugin and gang scheduling need volcano; a queue needs gang scheduling."""
+    sched = spec.scheduling
+    problems: list[str] = []
+    if spec.accelerator.volcano_npu_plugin and sched.scheduler_name not in (None, "volcano"):
         problems.append(
             f"spec.scheduling.schedulerName: the Volcano NPU plugin only annotates pods that volcano "
-            f"schedules, not {spec.scheduling.scheduler_name!r}; remove schedulerName or set "
+            f"schedules, not {sched.scheduler_name!r}; remove schedulerName or set "
             "accelerator.volcanoNpuPlugin: false"
         )
-    sched = spec.scheduling
     if sched.gang and sched.scheduler_name not in (None, "volcano"):
         problems.append(
             f"spec.scheduling.schedulerName: gang scheduling uses Volcano, not {sched.scheduler_name!r}; "
@@ -1139,11 +1201,34 @@ def _cross_checks(spec: JobSpec) -> list[str]:
         )
     if sched.queue is not None and not sched.gang:
         problems.append("spec.scheduling.queue: a Volcano queue needs a PodGroup; set scheduling.gang: true")
-    for key in sorted(set(spec.env) & set(RESERVED_ENV)):
-        problems.append(f"spec.env.{key}: set by the operator ({RESERVED_ENV[key]}); remove it")
-    for key in sorted(set(spec.config) & set(SPEC_OWNED_CONFIG_KEYS)):
-        problems.append(f"spec.config.{key}: set by the spec; use {SPEC_OWNED_CONFIG_KEYS[key]} instead")
     return problems
+
+
+def _check_operator_owned_keys(spec: JobSpec) -> list[str]:
+    """spec.env and spec.config set no key the operator or the spec's own fields set."""
+    return [
+        *(
+            f"spec.env.{key}: set by the operator ({RESERVED_ENV[key]}); remove it"
+            for key in sorted(set(spec.env) & set(RESERVED_ENV))
+        ),
+        *(
+            f"spec.config.{key}: set by the spec; use {SPEC_OWNED_CONFIG_KEYS[key]} instead"
+            for key in sorted(set(spec.config) & set(SPEC_OWNED_CONFIG_KEYS))
+        ),
+    ]
+
+
+#: The rules of ``_cross_checks``, in the order their messages are listed.
+_CROSS_CHECK_RULES: tuple[Callable[[JobSpec], list[str]], ...] = (
+    _check_dataset_volume,
+    _check_output_volume,
+    _check_validate_mode,
+    _check_checkpoint_paths,
+    _check_ascend_devices,
+    _check_cpu_accelerator,
+    _check_scheduling,
+    _check_operator_owned_keys,
+)
 
 
 def to_snake(camel: str) -> str:
