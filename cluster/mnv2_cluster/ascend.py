@@ -36,6 +36,20 @@ KUBELET_DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 # HwHiAiUser's GID, the group of the NPU device nodes (MindCluster's default; the same on every node).
 HWHIAIUSER_GID = 1000
 DRIVER_CONTAINER_PATH = "/usr/local/Ascend/driver"
+# Where a real Ascend node has the driver and the installer's info file (the operator's Ascend pods
+# mount both from the node, hostPath).
+DRIVER_NODE_PATH = "/usr/local/Ascend/driver"
+INSTALL_INFO_NODE_PATH = "/etc/ascend_install.info"
+# What the driver installer writes there (its run user and group, install folder, status).
+INSTALL_INFO = """\
+UserName=HwHiAiUser
+UserGroup=HwHiAiUser
+Driver_Install_Type=full
+Driver_Install_Path_Param=/usr/local/Ascend
+Driver_Install_For_All=no
+Driver_Install_Mode=normal
+Driver_Install_Status=complete
+"""
 
 
 def device_plugin_command(
@@ -68,6 +82,35 @@ def make_driver_dir(path: Path, version: str = "stand-in") -> Path:
     (path / "lib64").mkdir(parents=True, exist_ok=True)
     (path / "version.info").write_text(f"Version={version}\n")
     return path
+
+
+def node_root_mounts(folder: Path) -> tuple[Path, list[str]]:
+    """The host paths of an Ascend node, made in `folder` for a node in a mount namespace of its own:
+    the driver folder (`make_driver_dir`) and the installer's info file. Returns the driver folder
+    (the device plugin's `--driver-dir`) and the shell commands that, run in the node's mount
+    namespace, show them at `/usr/local/Ascend/driver` and `/etc/ascend_install.info` as on a real
+    node. Neither path exists on the machine itself, and nothing is made there: an overlay on
+    `/usr/local` and one on `/etc` (the machine's folders below, `folder`'s additions on top) give
+    them a place, visible only in the node's namespace."""
+    driver = make_driver_dir(folder / "driver")
+    commands = []
+    for lower, upper_file in (
+        ("/usr/local", Path(DRIVER_NODE_PATH).relative_to("/usr/local")),
+        ("/etc", Path(INSTALL_INFO_NODE_PATH).relative_to("/etc")),
+    ):
+        name = lower.strip("/").replace("/", "-")
+        upper, work = folder / f"{name}-upper", folder / f"{name}-work"
+        work.mkdir(parents=True, exist_ok=True)
+        (upper / upper_file).parent.mkdir(parents=True, exist_ok=True)
+        if lower == "/etc":
+            (upper / upper_file).write_text(INSTALL_INFO)
+        else:
+            (upper / upper_file).mkdir(exist_ok=True)
+        commands.append(
+            f"mount -t overlay overlay -o 'lowerdir={lower},upperdir={upper},workdir={work}' '{lower}'"
+        )
+    commands.append(f"mount --bind '{driver}' '{DRIVER_NODE_PATH}'")
+    return driver, commands
 
 
 def start_device_plugin(

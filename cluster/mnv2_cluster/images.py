@@ -45,6 +45,7 @@ class ImageSpec:
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=lambda: ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"])
+    user: str = ""  # the image's USER ("uid:gid"); empty: root
 
 
 def pause_image(pause_binary: Path) -> ImageSpec:
@@ -105,6 +106,7 @@ def write_oci_archive(spec: ImageSpec, path: Path) -> str:
                 "Env": spec.env,
                 "Entrypoint": spec.entrypoint or None,
                 "Cmd": spec.cmd or None,
+                **({"User": spec.user} if spec.user else {}),
             },
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
             "history": [{"created_by": f"mnv2_cluster.images ({spec.name})"}],

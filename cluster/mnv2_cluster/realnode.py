@@ -384,6 +384,7 @@ class RealNode:
         self.timings: dict[str, float] = {}
         self._kubenode = ""
         self._device_plugin: subprocess.Popen[bytes] | None = None
+        self._driver_dir: Path | None = None
 
     @property
     def socket(self) -> Path:
@@ -542,7 +543,7 @@ class RealNode:
             self.state_dir / "dev",
             log=self.logs_dir / "ascend-device-plugin.log",
             count=self.ascend_devices,
-            driver_dir=ascend.make_driver_dir(self.state_dir / "driver"),
+            driver_dir=self._driver_dir,  # the folder at /usr/local/Ascend/driver in the node
             binary=binary,
         )
 
@@ -594,6 +595,12 @@ class RealNode:
         for key, value in KUBELET_SYSCTLS.items():
             (sysctls / key.replace("/", ".")).write_text(f"{value}\n")
             binds.append(f"mount --bind '{sysctls / key.replace('/', '.')}' '/proc/sys/{key}'")
+        if self.ascend_devices:
+            from mnv2_cluster import ascend
+
+            # The driver folder and /etc/ascend_install.info where a real Ascend node has them.
+            self._driver_dir, ascend_mounts = ascend.node_root_mounts(self.state_dir / "ascend")
+            binds += ascend_mounts
         _run("unshare", f"--mount={self.mount_ns}", "--propagation", "slave", "sh", "-ec", " && ".join(binds))
         _make_cgroup(self.cgroup_root)
 
