@@ -117,11 +117,20 @@ def format_status(job: Mapping[str, Any], now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     meta = job.get("metadata") or {}
     status = job.get("status") or {}
-    progress = status.get("progress") or {}
-    metrics = status.get("metrics") or {}
-    checkpoints = status.get("checkpoints") or {}
-    workers = status.get("workers") or {}
+    rows = [
+        *_state_rows(meta, status),
+        *_time_rows(meta, status, now),
+        _progress_row(status.get("progress") or {}, now),
+        _metrics_row(status.get("metrics") or {}),
+        *_checkpoint_rows(status.get("checkpoints") or {}),
+    ]
+    lines = [*_table(rows, indent=""), *_condition_lines(status.get("conditions") or [], now)]
+    return "\n".join(lines) + "\n"
 
+
+def _state_rows(meta: Mapping[str, Any], status: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The Job, Phase, Message (when there is one) and Workers rows."""
+    workers = status.get("workers") or {}
     name = f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
     rows: list[tuple[str, str]] = [("Job", name)]
     phase = status.get("phase") or "Pending (not yet seen by the operator)"
@@ -135,6 +144,12 @@ def format_status(job: Mapping[str, Any], now: datetime | None = None) -> str:
             f"failed {workers.get('failed', 0) or 0}",
         )
     )
+    return rows
+
+
+def _time_rows(meta: Mapping[str, Any], status: Mapping[str, Any], now: datetime) -> list[tuple[str, str]]:
+    """The Age, Started and Completed rows, each only when its time is known."""
+    rows: list[tuple[str, str]] = []
     started = parse_time(status.get("startTime"))
     completed = parse_time(status.get("completionTime"))
     created = parse_time(meta.get("creationTimestamp"))
@@ -148,52 +163,63 @@ def format_status(job: Mapping[str, Any], now: datetime | None = None) -> str:
         )
     if completed:
         rows.append(("Completed", str(status["completionTime"])))
+    return rows
 
+
+def _progress_row(progress: Mapping[str, Any], now: datetime) -> tuple[str, str]:
+    """Epoch, step, loss, learning rate, throughput and the age of the trainer's last report."""
     epoch, total = progress.get("epoch"), progress.get("totalEpochs")
     epoch_text = "-" if epoch is None else f"{epoch}/{total if total is not None else '?'}"
     updated = parse_time(progress.get("updatedAt"))
     updated_text = f"   (updated {fmt_duration((now - updated).total_seconds())} ago)" if updated else ""
-    rows.append(
-        (
-            "Progress",
-            f"epoch {epoch_text}   step {progress.get('step', '-')}   loss {fmt_loss(progress.get('loss'))}   "
-            f"lr {fmt_lr(progress.get('lr'))}   images/s {fmt_rate(progress.get('imagesPerSecond'))}"
-            f"{updated_text}",
-        )
+    return (
+        "Progress",
+        f"epoch {epoch_text}   step {progress.get('step', '-')}   loss {fmt_loss(progress.get('loss'))}   "
+        f"lr {fmt_lr(progress.get('lr'))}   images/s {fmt_rate(progress.get('imagesPerSecond'))}"
+        f"{updated_text}",
     )
+
+
+def _metrics_row(metrics: Mapping[str, Any]) -> tuple[str, str]:
+    """Top-1, top-5 and the best top-1 with its epoch."""
     best_epoch = metrics.get("bestEpoch")
     best = fmt_fraction(metrics.get("bestTop1"))
     if best_epoch is not None and best != "-":
         best += f" (epoch {best_epoch})"
-    rows.append(
-        (
-            "Metrics",
-            f"top-1 {fmt_fraction(metrics.get('top1'))}   top-5 {fmt_fraction(metrics.get('top5'))}   best top-1 {best}",
-        )
+    return (
+        "Metrics",
+        f"top-1 {fmt_fraction(metrics.get('top1'))}   top-5 {fmt_fraction(metrics.get('top5'))}   best top-1 {best}",
     )
-    rows.append(("Checkpoints", f"latest {checkpoints.get('latest') or '-'}"))
-    rows.append(("", f"best   {checkpoints.get('best') or '-'}"))
 
-    lines = _table(rows, indent="")
-    conditions = status.get("conditions") or []
-    lines.append("Conditions")
+
+def _checkpoint_rows(checkpoints: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The latest and the best checkpoint's paths."""
+    return [
+        ("Checkpoints", f"latest {checkpoints.get('latest') or '-'}"),
+        ("", f"best   {checkpoints.get('best') or '-'}"),
+    ]
+
+
+def _condition_lines(conditions: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
+    """The Conditions section: a table of type, status, reason, age and message, or ``-``."""
+    lines = ["Conditions"]
     if not conditions:
         lines.append("  -")
-    else:
-        table = [("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")]
-        for cond in conditions:
-            since = parse_time(cond.get("lastTransitionTime"))
-            table.append(
-                (
-                    str(cond.get("type", "?")),
-                    str(cond.get("status", "?")),
-                    str(cond.get("reason", "") or "-"),
-                    fmt_duration((now - since).total_seconds()) + " ago" if since else "-",
-                    str(cond.get("message", "") or ""),
-                )
+        return lines
+    table = [("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")]
+    for cond in conditions:
+        since = parse_time(cond.get("lastTransitionTime"))
+        table.append(
+            (
+                str(cond.get("type", "?")),
+                str(cond.get("status", "?")),
+                str(cond.get("reason", "") or "-"),
+                fmt_duration((now - since).total_seconds()) + " ago" if since else "-",
+                str(cond.get("message", "") or ""),
             )
-        lines.extend(_table(table))
-    return "\n".join(lines) + "\n"
+        )
+    lines.extend(_table(table))
+    return lines
 
 
 def format_progress_line(job: Mapping[str, Any], width: int = 20, elapsed: float | None = None) -> str:
