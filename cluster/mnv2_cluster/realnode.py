@@ -785,20 +785,22 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 images.write_oci_archive(spec, archive)
             self.import_image(archive, spec.name)
 
-    def import_image(self, archive: Path, name: str = "") -> None:
+    def import_image(self, archive: Path, name: str = "", timeout: float = 900.0) -> None:
         """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace).
+        The trainer image (3.6 GB) takes ~105 s on a quiet machine, several minutes when busy.
 
         Raises:
-            NodeError: ctr's exit code and error.
+            NodeError: ctr's exit code and error, or `timeout` seconds passed.
         """
-        proc = subprocess.run(
-            self._in_node(
-                "ctr", f"--address={self.socket}", "-n", "k8s.io", "images", "import", str(archive)
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        cmd = self._in_node(
+            "ctr", f"--address={self.socket}", "-n", "k8s.io", "images", "import", str(archive)
         )
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NodeError(
+                f"importing {name or archive} into containerd of node {self.name} took over {timeout:.0f} s"
+            ) from None
         if proc.returncode != 0:
             raise NodeError(
                 f"importing {name or archive} into containerd of node {self.name} failed "
