@@ -132,3 +132,34 @@ def local_cluster(
         for agent in local.nodes.values():
             agent.stop()
         control_plane.stop()
+
+
+@contextlib.contextmanager
+def real_node_cluster(
+    state_dir: Path,
+    nodes: Sequence[str],
+    *,
+    dns: bool = True,
+    ascend_devices: Mapping[str, int] | None = None,
+) -> Iterator[tuple[Cluster, list[Any]]]:
+    """The control plane on a node network of its own with real Nodes (`RealNode`: the upstream kubelet
+    on containerd + runc, kube-proxy), as `mnv2 cluster --real-nodes` wires them: `nodes` started in
+    order (each returns once Ready; `ascend_devices`: a node's number of `huawei.com/Ascend910`), then
+    cluster DNS unless `dns` is false. Yields the cluster and the started nodes; stops the nodes (last
+    first), then the control plane, also when a start fails half way (its NodeError propagates)."""
+    from mnv2_cluster.realnode import NodeNetwork, RealNode, start_cluster_dns
+
+    cluster = Cluster(state_dir, network=NodeNetwork.allocate())
+    started: list[RealNode] = []
+    try:
+        cluster.start()
+        for index, name in enumerate(nodes, start=1):
+            devices = (ascend_devices or {}).get(name, 0)
+            started.append(RealNode(cluster, name, index, ascend_devices=devices).start())
+        if dns:
+            start_cluster_dns(cluster)
+        yield cluster, started
+    finally:
+        for node in reversed(started):
+            node.stop()
+        cluster.stop()
