@@ -101,30 +101,52 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool = T
         defs: pydantic's ``$defs`` (every ``$ref`` is inlined).
         defaults: carry scalar defaults over (the API server then stores them in the object).
     """
-    description = node.get("description")
     if "$ref" in node:
-        target = defs[node["$ref"].rsplit("/", 1)[-1]]
-        out = structural(target, defs, defaults=defaults)
-        if description:
-            out["description"] = description
-        return out
+        return _structural_ref(node, defs, defaults=defaults)
     if "anyOf" in node:
-        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
-        types = sorted(b.get("type", "") for b in branches)
-        if types == ["integer", "string"]:
-            # Kubernetes quantities are written as 4 or "500m".
-            out = {"x-kubernetes-int-or-string": True}
-        elif len(branches) == 1:
-            out = structural(branches[0], defs, defaults=defaults)
-        else:
-            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
-        if description:
-            out["description"] = description
-        default = node.get("default")
-        if defaults and isinstance(default, str | int | float | bool):
-            out["default"] = default
-        return out
+        return _structural_any_of(node, defs, defaults=defaults)
+    out = _structural_keywords(node)
+    kind = node.get("type")
+    if kind == "object":
+        out.update(_structural_object(node, defs, defaults=defaults))
+    elif kind == "array":
+        out["items"] = structural(node["items"], defs, defaults=defaults)
+    elif kind is None and "enum" not in out:
+        raise ValueError(f"schema node without a type: {node}")
+    if kind is None and "enum" in out:
+        out["type"] = "string"
+    _copy_default(node, out, defaults=defaults)
+    return out
 
+
+def _structural_ref(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
+    """A ``$ref`` node: the referenced definition inlined, with the referring node's description."""
+    target = defs[node["$ref"].rsplit("/", 1)[-1]]
+    out = structural(target, defs, defaults=defaults)
+    if node.get("description"):
+        out["description"] = node["description"]
+    return out
+
+
+def _structural_any_of(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
+    """An ``anyOf`` node: an optional field's one type, or int-or-string for quantities."""
+    branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+    types = sorted(b.get("type", "") for b in branches)
+    if types == ["integer", "string"]:
+        # Kubernetes quantities are written as 4 or "500m".
+        out: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+    elif len(branches) == 1:
+        out = structural(branches[0], defs, defaults=defaults)
+    else:
+        raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+    if node.get("description"):
+        out["description"] = node["description"]
+    _copy_default(node, out, defaults=defaults)
+    return out
+
+
+def _structural_keywords(node: dict[str, Any]) -> dict[str, Any]:
+    """The node's own keywords in OpenAPI v3.0 terms: kept ones, const as enum, bounds, description."""
     out = {k: node[k] for k in _KEEP if k in node}
     if "const" in node:
         out["enum"] = [node["const"]]
@@ -133,31 +155,31 @@ def structural(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool = T
         if key in node:
             out[bound] = node[key]
             out[key] = True
-    if description:
-        out["description"] = description
-    kind = node.get("type")
-    if kind == "object":
-        props = node.get("properties")
-        extra = node.get("additionalProperties")
-        if props:
-            out["properties"] = {k: structural(v, defs, defaults=defaults) for k, v in props.items()}
-            if node.get("required"):
-                out["required"] = list(node["required"])
-        elif isinstance(extra, dict):
-            out["additionalProperties"] = structural(extra, defs, defaults=defaults)
-        else:
-            # A free-form map (spec.config): validated by the operator with the trainer's config code.
-            out["x-kubernetes-preserve-unknown-fields"] = True
-    elif kind == "array":
-        out["items"] = structural(node["items"], defs, defaults=defaults)
-    elif kind is None and "enum" not in out:
-        raise ValueError(f"schema node without a type: {node}")
-    if kind is None and "enum" in out:
-        out["type"] = "string"
+    if node.get("description"):
+        out["description"] = node["description"]
+    return out
+
+
+def _structural_object(node: dict[str, Any], defs: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
+    """An object node's properties (and required), its value schema, or preserve-unknown-fields."""
+    props = node.get("properties")
+    extra = node.get("additionalProperties")
+    if props:
+        out = {"properties": {k: structural(v, defs, defaults=defaults) for k, v in props.items()}}
+        if node.get("required"):
+            out["required"] = list(node["required"])
+        return out
+    if isinstance(extra, dict):
+        return {"additionalProperties": structural(extra, defs, defaults=defaults)}
+    # A free-form map (spec.config): validated by the operator with the trainer's config code.
+    return {"x-kubernetes-preserve-unknown-fields": True}
+
+
+def _copy_default(node: dict[str, Any], out: dict[str, Any], *, defaults: bool) -> None:
+    """Carry a scalar default over into ``out`` when ``defaults`` is on."""
     default = node.get("default")
     if defaults and isinstance(default, str | int | float | bool):
         out["default"] = default
-    return out
 
 
 def _model_schema(model: type[BaseModel], *, defaults: bool) -> dict[str, Any]:
@@ -187,19 +209,6 @@ def _object_defaults(model: type[BaseModel], node: dict[str, Any]) -> None:
 
 def crd_object() -> dict[str, Any]:
     """The CustomResourceDefinition as a dict."""
-    spec_schema = _model_schema(S.JobSpec, defaults=True)
-    # The model name is a plain string in Python (its validator gives a better message than an enum
-    # error), but the API server and `kubectl explain` should know the list too.
-    from mnv2_trainer.model_names import MODEL_NAMES
-
-    spec_schema["properties"]["model"]["properties"]["name"]["enum"] = list(MODEL_NAMES)
-    # Status defaults would be written by the API server on every status patch: none there.
-    status_schema = _model_schema(S.JobStatus, defaults=False)
-    status_schema["description"] = (S.JobStatus.__doc__ or "").strip().splitlines()[0]
-    # metav1.Condition lists are maps keyed by type (server-side apply merges them entry by entry).
-    conditions = status_schema["properties"]["conditions"]
-    conditions["x-kubernetes-list-type"] = "map"
-    conditions["x-kubernetes-list-map-keys"] = ["type"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -228,28 +237,54 @@ def crd_object() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (
-                                "Trains (or validates) MobileNetV2 with MindSpore's msrun on Ascend NPU "
-                                "or CPU nodes: one pod per node, a gang restart from the latest checkpoint "
-                                "on failure, progress and accuracy in the status."
-                            ),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
+                    "schema": {"openAPIV3Schema": _root_schema()},
                 }
             ],
         },
     }
+
+
+def _root_schema() -> dict[str, Any]:
+    """The schema of the whole object: apiVersion, kind, metadata, spec and status."""
+    return {
+        "type": "object",
+        "description": (
+            "Trains (or validates) MobileNetV2 with MindSpore's msrun on Ascend NPU "
+            "or CPU nodes: one pod per node, a gang restart from the latest checkpoint "
+            "on failure, progress and accuracy in the status."
+        ),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": _spec_schema(),
+            "status": _status_schema(),
+        },
+    }
+
+
+def _spec_schema() -> dict[str, Any]:
+    """``JobSpec``'s schema, with defaults and the list of model names."""
+    spec_schema = _model_schema(S.JobSpec, defaults=True)
+    # The model name is a plain string in Python (its validator gives a better message than an enum
+    # error), but the API server and `kubectl explain` should know the list too.
+    from mnv2_trainer.model_names import MODEL_NAMES
+
+    spec_schema["properties"]["model"]["properties"]["name"]["enum"] = list(MODEL_NAMES)
+    return spec_schema
+
+
+def _status_schema() -> dict[str, Any]:
+    """``JobStatus``'s schema: no defaults, conditions a list-map keyed by type."""
+    # Status defaults would be written by the API server on every status patch: none there.
+    status_schema = _model_schema(S.JobStatus, defaults=False)
+    status_schema["description"] = (S.JobStatus.__doc__ or "").strip().splitlines()[0]
+    # metav1.Condition lists are maps keyed by type (server-side apply merges them entry by entry).
+    conditions = status_schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    return status_schema
 
 
 def crd_yaml() -> str:
