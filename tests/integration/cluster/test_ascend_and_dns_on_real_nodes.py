@@ -158,6 +158,8 @@ done
 echo "driver:$(cat {ascend.DRIVER_CONTAINER_PATH}/version.info)"
 echo "driver-write:$(touch {ascend.DRIVER_CONTAINER_PATH}/probe 2>&1)"
 echo "install-info:$(grep '^UserGroup=' /etc/ascend_install.info)"
+awk '$5 == "{ascend.DRIVER_CONTAINER_PATH}" || $5 == "/etc/ascend_install.info" {{split($6, o, ","); print "mount:" $5 " " o[1]}}' \
+  /proc/self/mountinfo
 """
 
 
@@ -230,7 +232,12 @@ def run_rendered_job(
             raise AssertionError(f"pod {pname} failed: {got.status}")
         return got if got.status.phase == "Succeeded" else None
 
-    got = wait_for(f"pod {pname} Succeeded", done, 90)
+    try:
+        got = wait_for(f"pod {pname} Succeeded", done, 60)
+    except AssertionError as err:
+        # What kept it from running (e.g. a hostPath the node lacks: its events name the path).
+        described = nodes.cluster.kubectl("describe", "pod", pname, check=False).stdout
+        raise AssertionError(f"{err}\n{described[-3000:]}") from None
     lines: dict[str, list[str]] = {}
     for line in nodes.core.read_namespaced_pod_log(pname, NS).splitlines():
         key, _, value = line.partition(":")
@@ -271,6 +278,13 @@ def test_a_rendered_ascend_pod_gets_its_npus_the_driver_and_the_install_info(ren
     assert check["driver"] == ["Version=stand-in"]
     assert "Read-only file system" in check["driver-write"][0], check["driver-write"]
     assert check["install-info"] == ["UserGroup=HwHiAiUser"]
+    # Both come read-only from the rendered hostPath volumes; the driver folder also from the stand-in's
+    # Allocate answer (the same folder: a real node's Ascend Docker Runtime mounts libraries below it).
+    assert sorted(check["mount"]) == [
+        "/etc/ascend_install.info ro",
+        f"{ascend.DRIVER_CONTAINER_PATH} ro",
+        f"{ascend.DRIVER_CONTAINER_PATH} ro",
+    ], check["mount"]
 
 
 def test_a_rendered_ascend_pod_with_another_group_cannot_open_the_npus(rendered_jobs: Nodes) -> None:
