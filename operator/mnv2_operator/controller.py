@@ -43,7 +43,7 @@ from mnv2_operator.constants import ANNOTATION_SPEC_HASH, API_VERSION, KIND, TER
 from mnv2_operator.kube import Api, ApiError, job_path, object_path
 from mnv2_operator.render import FIXED_KINDS, RenderedJob, render_job
 from mnv2_operator.scheduler import Key, Scheduler
-from mnv2_operator.spec import OperatorDefaults, SpecError, parse_spec
+from mnv2_operator.spec import JobSpec, OperatorDefaults, SpecError, parse_spec
 from mnv2_operator.status import Decision, worker_pod_name
 
 logger = logging.getLogger("mnv2_operator")
@@ -406,6 +406,7 @@ class Controller:
         self.monotonic: Callable[[], float] = time.monotonic  # the clock of `controller.Created`
 
     def kick(self, key: Key, pods_index: Any) -> None:
+        """Schedule a reconcile of the job (`pods_index`: kopf's current pod index)."""
         self.pods_index = pods_index
         self.scheduler.kick(key)
 
@@ -433,11 +434,13 @@ class Controller:
         self._created.pop(key, None)
 
     def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        """The job's labelled pods (slim copies) as the index shows them now."""
         if self.pods_index is None or key not in self.pods_index:
             return []
         return list(self.pods_index[key])
 
     async def reconcile(self, key: Key) -> float | None:
+        """Reconcile one job (the scheduler's function); returns when to run again (seconds) or None."""
         namespace, name = key
         view = self._views.setdefault(key, JobView())
         job = view.body
@@ -459,11 +462,10 @@ class Controller:
             return None
 
     async def _reconcile(self, key: Key, job: Mapping[str, Any]) -> float | None:
-        namespace, name = key
+        """Decide on this copy of the job and its pods, and carry the decision out."""
         meta = job.get("metadata", {})
         if meta.get("deletionTimestamp"):
             return None  # the garbage collector removes the children with the job
-        generation = meta.get("generation")
         now = self.clock()
 
         labelled = self.pods_of(key)
@@ -478,27 +480,55 @@ class Controller:
         previous = st.trusted_status(job.get("status"), remembered, pods)
         raw = job.get("spec") or {}
         try:
-            # Off the event loop, like rendering below: other jobs' reconciles never wait on a spec.
+            # Off the event loop, like rendering: other jobs' reconciles never wait on a spec.
             spec = await asyncio.to_thread(parse_spec, raw)
         except Exception as err:  # any exception: an unusable spec, never a retry loop
-            problem = spec_problem(err)
-            if (previous.get("phase") is None and not pods) or st.failed_by_invalid_spec(previous):
-                await self._invalid(job, previous, problem, pods)  # never started: Failed, at once
-                return None
-            # A job that has started goes on with its pods (created from a valid spec); a finished
-            # one keeps its outcome. Its run policy (TTL, cleanup, deadline, backoff) is read
-            # leniently from the raw spec. The problem applies at the next start.
-            attempt = int(previous.get("restarts") or 0)
-            policy = st.lenient_policy(raw, pods, attempt)
-            decision = st.reconcile(name, policy, pods, previous, generation, now)
-            if previous.get("phase") not in TERMINAL_PHASES:
-                if decision.create_ranks:
-                    await self._invalid(job, previous, problem, pods)  # the next start is now
-                    return None
-                if decision.status["phase"] not in TERMINAL_PHASES:  # (a job that just finished: done)
-                    decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
-            return await self._apply(job, previous, decision, pods, None, "", {}, CreatePlan())
+            return await self._reconcile_unreadable(key, job, previous, pods, raw, spec_problem(err), now)
+        return await self._reconcile_spec(key, job, previous, pods, foreign, spec, now)
 
+    async def _reconcile_unreadable(
+        self,
+        key: Key,
+        job: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        pods: list[dict[str, Any]],
+        raw: Mapping[str, Any],
+        problem: str,
+        now: dt.datetime,
+    ) -> float | None:
+        """Reconcile a job whose spec does not parse (`problem` says why)."""
+        name, generation = key[1], job.get("metadata", {}).get("generation")
+        if (previous.get("phase") is None and not pods) or st.failed_by_invalid_spec(previous):
+            await self._invalid(job, previous, problem, pods)  # never started: Failed, at once
+            return None
+        # A job that has started goes on with its pods (created from a valid spec); a finished one
+        # keeps its outcome. Its run policy (TTL, cleanup, deadline, backoff) is read leniently
+        # from the raw spec. The problem applies at the next start.
+        attempt = int(previous.get("restarts") or 0)
+        policy = st.lenient_policy(raw, pods, attempt)
+        decision = st.reconcile(name, policy, pods, previous, generation, now)
+        if previous.get("phase") not in TERMINAL_PHASES:
+            if decision.create_ranks:
+                await self._invalid(job, previous, problem, pods)  # the next start is now
+                return None
+            if decision.status["phase"] not in TERMINAL_PHASES:  # (a job that just finished: done)
+                decision = st.spec_invalid_deferred(decision, previous, problem, generation, now)
+        return await self._apply(job, previous, decision, pods, None, "", {}, CreatePlan())
+
+    async def _reconcile_spec(
+        self,
+        key: Key,
+        job: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        pods: list[dict[str, Any]],
+        foreign: Mapping[str, Mapping[str, Any]],
+        spec: JobSpec,
+        now: dt.datetime,
+    ) -> float | None:
+        """Reconcile a job with a valid spec (`spec`, the parsed model): decide, render, apply."""
+        namespace, name = key
+        meta = job.get("metadata", {})
+        generation = meta.get("generation")
         spec_json = spec.model_dump(by_alias=True, mode="json")
         policy = st.Policy.from_spec(spec_json)
         spec_hash = _spec_hash(spec_json)
@@ -511,7 +541,7 @@ class Controller:
         decision = st.reconcile(name, policy, pods, previous, generation, now)
         # Children are made on the first pass (even for a job created suspended) and again when pods
         # are created from a spec they were not made for. Pods this process created a moment ago and
-        # the index does not show yet are not created again (controller.Created, controller.plan_creates).
+        # the index does not show yet are not created again (Created, plan_creates).
         created = Created.of(self._created.get(key), meta.get("uid", "")).seen_in(pods)
         if key in self._created:
             self._created[key] = created  # (entries are made by _create, for jobs that create)
@@ -578,45 +608,13 @@ class Controller:
             if st.pod_name(pod) in decision.delete_pods:
                 await self._delete_pod(namespace, pod)
         if rendered is not None and self._views.get(key) is view:  # (not if the job went meanwhile)
-            try:
-                retry, conflicts = await self._create(job, rendered, decision, spec_hash, foreign, plan)
-            except _Refused as refused:
-                # Counted per job and spec: a bounded number of tries, then Failed (InvalidSpec)
-                # with the API's message; never an endless CreateFailed loop.
-                uid = job["metadata"]["uid"]
-                prior = self._refusals.get(key)
-                n = prior[2] + 1 if prior is not None and prior[:2] == (uid, spec_hash) else 1
-                self._refusals[key] = (uid, spec_hash, n)
-                if n >= MAX_REFUSALS:
-                    self._refusals.pop(key, None)
-                    self._create_errors.pop(key, None)
-                    self._created.pop(key, None)
-                    await self._invalid(job, decision.status, str(refused), pods)
-                    return None
-                message = f"cannot create the job's children: {refused} (try {n} of {MAX_REFUSALS})"
-                await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
-                raise refused.err from None  # retried with backoff
-            except ApiError as err:
-                if err.status in (403, 404, 409, 422):
-                    message = f"cannot create the job's children: {err}"
-                    await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
-                raise  # retried with backoff: the cause may be fixed (RBAC granted, CRD installed)
-            if conflicts:
-                # Blocked, not failed: the job starts by itself once the objects in its way are gone
-                # (a deleted predecessor's children are, within seconds). The operator watches none of
-                # these kinds, so it looks again, backing off to every 30 s.
-                await self._report_not_created(
-                    job, key, decision.status, Reason.CHILD_CONFLICT, st.conflicts_message(conflicts)
-                )
-                n = self._blocked[key] = self._blocked.get(key, 0) + 1
-                retry_in = min(2.0 ** (n - 1), 30.0)
+            failed, retry_in = await self._create_reporting_failures(
+                job, rendered, decision, pods, spec_hash, foreign, plan
+            )
+            if failed:
+                return None
+            if retry_in is not None:
                 requeue = retry_in if requeue is None else min(requeue, retry_in)
-            else:
-                self._create_errors.pop(key, None)
-                self._blocked.pop(key, None)
-                self._refusals.pop(key, None)
-                if retry:
-                    requeue = 1.0 if requeue is None else min(requeue, 1.0)
         if decision.delete_job:
             try:
                 await self.api.request(
@@ -635,6 +633,65 @@ class Controller:
             else:
                 self._created[key] = remembered
         return requeue
+
+    async def _create_reporting_failures(
+        self,
+        job: Mapping[str, Any],
+        rendered: RenderedJob,
+        decision: st.Decision,
+        pods: list[dict[str, Any]],
+        spec_hash: str,
+        foreign: Mapping[str, Mapping[str, Any]],
+        plan: CreatePlan,
+    ) -> tuple[bool, float | None]:
+        """Create what `plan` says, and say in the status why it cannot be created when it cannot.
+
+        Returns:
+            (failed, retry_in): `failed` when the API server refused the job's objects
+            `MAX_REFUSALS` times in a row (the job is Failed now); `retry_in`, seconds until the job
+            should be looked at again (None: no need).
+
+        Raises:
+            ApiError: the creates failed and are retried with backoff (the cause may be fixed: RBAC
+                granted, a CRD installed, an admission webhook back).
+        """
+        key = (job["metadata"]["namespace"], job["metadata"]["name"])
+        try:
+            retry, conflicts = await self._create(job, rendered, decision, spec_hash, foreign, plan)
+        except _Refused as refused:
+            # Counted per job and spec: a bounded number of tries, then Failed (InvalidSpec) with
+            # the API's message; never an endless CreateFailed loop.
+            uid = job["metadata"]["uid"]
+            prior = self._refusals.get(key)
+            n = prior[2] + 1 if prior is not None and prior[:2] == (uid, spec_hash) else 1
+            self._refusals[key] = (uid, spec_hash, n)
+            if n >= MAX_REFUSALS:
+                self._refusals.pop(key, None)
+                self._create_errors.pop(key, None)
+                self._created.pop(key, None)
+                await self._invalid(job, decision.status, str(refused), pods)
+                return True, None
+            message = f"cannot create the job's children: {refused} (try {n} of {MAX_REFUSALS})"
+            await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
+            raise refused.err from None  # retried with backoff
+        except ApiError as err:
+            if err.status in (403, 404, 409, 422):
+                message = f"cannot create the job's children: {err}"
+                await self._report_not_created(job, key, decision.status, Reason.CREATE_FAILED, message)
+            raise
+        if conflicts:
+            # Blocked, not failed: the job starts by itself once the objects in its way are gone (a
+            # deleted predecessor's children are, within seconds). The operator watches none of
+            # these kinds, so it looks again, backing off to every 30 s.
+            await self._report_not_created(
+                job, key, decision.status, Reason.CHILD_CONFLICT, st.conflicts_message(conflicts)
+            )
+            n = self._blocked[key] = self._blocked.get(key, 0) + 1
+            return False, min(2.0 ** (n - 1), 30.0)
+        self._create_errors.pop(key, None)
+        self._blocked.pop(key, None)
+        self._refusals.pop(key, None)
+        return False, 1.0 if retry else None
 
     async def _invalid(
         self, job: Mapping[str, Any], previous: Mapping[str, Any], message: str, pods: list[dict[str, Any]]
@@ -781,17 +838,7 @@ class Controller:
         uid = job["metadata"]["uid"]
         conflicts: list[str] = []
         if plan.children:
-            created = []
-            for obj in rendered.objects:
-                made, conflict = await self._apply_child(_owned(obj, job, namespace), namespace, job)
-                if made:
-                    created.append(f"{obj['kind']} {obj['metadata']['name']}")
-                if conflict:
-                    conflicts.append(conflict)
-            if created:
-                self._post(
-                    job, [st.Event("Normal", Reason.CHILDREN_CREATED, "created " + ", ".join(created))]
-                )
+            conflicts = await self._make_children(job, rendered)
             if conflicts:
                 return False, conflicts
             self._created[key] = Created.of(self._created.get(key), uid).made_children(
@@ -811,25 +858,14 @@ class Controller:
                 else:
                     conflicts.append(st.conflict("Pod", name, foreign[name], KIND, job_name))
                 continue
-            pod = _owned(pod, job, namespace)
-            pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
-            try:
-                answer = await self.api.request("POST", object_path(pod, namespace), pod)
-            except ApiError as err:
-                if err.status in (400, 422):
-                    raise _Refused("Pod", name, err) from err
-                if err.status != 409:
-                    raise
-                # A pod of that name exists that the index does not show: ours (the index lags a
-                # create before an operator restart) or one without the job's labels.
-                existing = await self._get(object_path(pod, namespace, named=True))
-                if existing is None or st.owned_by(existing, uid) or st.pod_deleting(existing):
+            pod_uid, conflict = await self._create_pod(job, pod, spec_hash)
+            if pod_uid is None:
+                if conflict is None:
                     retry = True  # gone meanwhile, ours, or on its way out: look again shortly
                 else:
-                    conflicts.append(st.conflict("Pod", name, existing, KIND, job_name))
+                    conflicts.append(conflict)
                 continue
             made_pods.append(name)
-            pod_uid = str(((answer or {}).get("metadata") or {}).get("uid") or "")
             self._created[key] = Created.of(self._created.get(key), uid).made_pods(
                 decision.attempt, {name: pod_uid}, self.monotonic()
             )
@@ -837,6 +873,56 @@ class Controller:
             text = f"attempt {decision.attempt}: created {', '.join(made_pods)}"
             self._post(job, [st.Event("Normal", Reason.PODS_CREATED, text)])
         return retry, conflicts
+
+    async def _create_pod(
+        self, job: Mapping[str, Any], pod: Mapping[str, Any], spec_hash: str
+    ) -> tuple[str | None, str | None]:
+        """Create one of the job's rendered pods, owned by the job and marked with the spec's hash.
+
+        Returns:
+            (uid, conflict): the new pod's uid (empty if the answer has none) when it was created.
+            Otherwise None and, when an object that is not the job's holds the name, why; None
+            when it is the job's own (the index lags), gone meanwhile or on its way out.
+
+        Raises:
+            _Refused: the API server refused the pod as invalid.
+        """
+        namespace, job_name, uid = (job["metadata"][k] for k in ("namespace", "name", "uid"))
+        name = pod["metadata"]["name"]
+        pod = _owned(pod, job, namespace)
+        pod["metadata"].setdefault("annotations", {})[ANNOTATION_SPEC_HASH] = spec_hash
+        try:
+            answer = await self.api.request("POST", object_path(pod, namespace), pod)
+        except ApiError as err:
+            if err.status in (400, 422):
+                raise _Refused("Pod", name, err) from err
+            if err.status != 409:
+                raise
+            # A pod of that name exists that the index does not show: ours (the index lags a
+            # create before an operator restart) or one without the job's labels.
+            existing = await self._get(object_path(pod, namespace, named=True))
+            if existing is None or st.owned_by(existing, uid) or st.pod_deleting(existing):
+                return None, None
+            return None, st.conflict("Pod", name, existing, KIND, job_name)
+        return str(((answer or {}).get("metadata") or {}).get("uid") or ""), None
+
+    async def _make_children(self, job: Mapping[str, Any], rendered: RenderedJob) -> list[str]:
+        """Create the children other than pods, or bring the job's own to their rendered form.
+
+        Returns:
+            Why objects of a child's name that are not the job's stand in the way (`_apply_child`).
+        """
+        namespace = job["metadata"]["namespace"]
+        created, conflicts = [], []
+        for obj in rendered.objects:
+            made, conflict = await self._apply_child(_owned(obj, job, namespace), namespace, job)
+            if made:
+                created.append(f"{obj['kind']} {obj['metadata']['name']}")
+            if conflict:
+                conflicts.append(conflict)
+        if created:
+            self._post(job, [st.Event("Normal", Reason.CHILDREN_CREATED, "created " + ", ".join(created))])
+        return conflicts
 
     async def _get(self, path: str) -> dict[str, Any] | None:
         """GET an object; None when it does not exist."""
