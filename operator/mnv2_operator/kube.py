@@ -2,7 +2,8 @@
 
 `client_configuration()` is the one bootstrap of the project's clients: the operator (its own
 requests and kopf's watches), `mnv2 status` and the trainer's status reporter all find their
-cluster through it, in this order (the one `kubectl` and controller-runtime's `GetConfig` use):
+cluster through it, in this order (controller-runtime's `GetConfig` order; `kubectl` differs only in
+reading `~/.kube/config` before a pod's ServiceAccount):
 
 1. the kubeconfig passed explicitly (`mnv2 status --kubeconfig`);
 2. `$KUBECONFIG`, read when called (one path or several joined by `os.pathsep`, merged as `kubectl`
