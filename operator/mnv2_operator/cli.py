@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-
-
-def _not_implemented(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"mnv2 {name}: not implemented yet", file=sys.stderr)
-        return 2
-
-    return run
+from collections.abc import Sequence
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
@@ -83,10 +75,27 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     return cluster_cli.run(args)
 
 
+#: What ``ArgumentParser.add_subparsers`` returns.
+_Subparsers = argparse._SubParsersAction
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnv2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_operator_parser,
+        _add_demo_parser,
+        _add_render_parser,
+        _add_crd_parser,
+        _add_status_parser,
+        _add_plot_parser,
+        _add_cluster_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_operator_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("operator", help="run the operator (kopf) against the configured cluster")
     p.add_argument(
         "-n",
@@ -101,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="no peering with other operator replicas")
     p.set_defaults(run=_cmd_operator)
 
+
+def _add_demo_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "demo", help="train MobileNetV2 on digits through the operator on a local Kubernetes control plane"
     )
@@ -113,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", default=None, help="job manifest (default: the digits CPU example)")
     p.set_defaults(run=_cmd_demo)
 
+
+def _add_render_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "render",
         help="print the Kubernetes objects a job would create (dry run)",
@@ -126,28 +139,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     p.set_defaults(run=_cmd_render)
 
+
+def _add_crd_parser(sub: _Subparsers) -> None:
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the spec models")
     p.set_defaults(run=_cmd_crd)
 
-    for name, helptext in (
-        ("status", "show a job's phase, progress and metrics"),
-        ("plot", "plot loss and accuracy curves to a PNG"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        if name == "status":
-            p.add_argument("job", help="job name")
-            p.set_defaults(run=_cmd_status)
-        else:
-            p.add_argument("source", help="job name or path to a metrics.jsonl file")
-            p.add_argument("-o", "--output", default=None, help="PNG path (default: <job>-curves.png)")
-            p.set_defaults(run=_cmd_plot)
-        p.add_argument("-n", "--namespace", default="default")
-        p.add_argument(
-            "--kubeconfig",
-            default=None,
-            help="kubeconfig path (default: $KUBECONFIG, else the pod's ServiceAccount, else ~/.kube/config)",
-        )
 
+def _add_status_parser(sub: _Subparsers) -> None:
+    p = sub.add_parser("status", help="show a job's phase, progress and metrics")
+    p.add_argument("job", help="job name")
+    p.set_defaults(run=_cmd_status)
+    _add_cluster_access(p)
+
+
+def _add_plot_parser(sub: _Subparsers) -> None:
+    p = sub.add_parser("plot", help="plot loss and accuracy curves to a PNG")
+    p.add_argument("source", help="job name or path to a metrics.jsonl file")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default: <job>-curves.png)")
+    p.set_defaults(run=_cmd_plot)
+    _add_cluster_access(p)
+
+
+def _add_cluster_access(p: argparse.ArgumentParser) -> None:
+    """The namespace and kubeconfig flags of the commands that read a job from the cluster."""
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig path (default: $KUBECONFIG, else the pod's ServiceAccount, else ~/.kube/config)",
+    )
+
+
+def _add_cluster_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "cluster",
         help="run the local control plane (etcd, kube-apiserver, controller manager, scheduler) in the foreground",
@@ -180,7 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         "8 huawei.com/Ascend910 each",
     )
     p.set_defaults(run=_cmd_cluster)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,7 +165,9 @@ def _structural_object(node: dict[str, Any], defs: dict[str, Any], *, defaults: 
     props = node.get("properties")
     extra = node.get("additionalProperties")
     if props:
-        out = {"properties": {k: structural(v, defs, defaults=defaults) for k, v in props.items()}}
+        out: dict[str, Any] = {
+            "properties": {k: structural(v, defs, defaults=defaults) for k, v in props.items()}
+        }
         if node.get("required"):
             out["required"] = list(node["required"])
         return out
