@@ -105,5 +105,7 @@ class Reason(StrEnum):
     #: Event: the operator created worker pods of the current attempt.
     PODS_CREATED = "PodsCreated"
     POD_STUCK_TERMINATING = "PodStuckTerminating"
+    #: Event: the spec changed while pods run; the change applies when pods are next created.
+    SPEC_CHANGE_DEFERRED = "SpecChangeDeferred"
     #: Event: the job's ttlSecondsAfterFinished passed and the operator deletes it.
     DELETED = "Deleted"

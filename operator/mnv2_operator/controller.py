@@ -792,7 +792,7 @@ class Controller:
             [
                 st.Event(
                     "Warning",
-                    "SpecChangeDeferred",
+                    Reason.SPEC_CHANGE_DEFERRED,
                     f"spec changed (generation {generation}) while the job is "
                     f"{decision.status['phase']}: running pods keep the spec they started with; "
                     "the change applies when pods are next created (after a gang restart, or "
