@@ -180,7 +180,12 @@ def test_helm_install_runs_the_operator_image_and_it_trains_a_job(installed: Ins
     started = time.monotonic()
     custom.create_namespaced_custom_object(GROUP, VERSION, JOB_NS, PLURAL, digits_job())
 
+    worker_ips: set[str] = set()  # recorded while the workers run
+
     def finished() -> Any:
+        for pod in core.list_namespaced_pod(JOB_NS, label_selector=f"{LABEL_JOB}={JOB}").items:
+            if pod.status.pod_ip:
+                worker_ips.add(pod.status.pod_ip)
         job = custom.get_namespaced_custom_object(GROUP, VERSION, JOB_NS, PLURAL, JOB)
         phase = (job.get("status") or {}).get("phase")
         if phase == "Failed":
@@ -197,10 +202,36 @@ def test_helm_install_runs_the_operator_image_and_it_trains_a_job(installed: Ins
     assert status["progress"]["epoch"] == EPOCHS == status["progress"]["totalEpochs"], status
     metrics = status["metrics"]
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0, metrics
-    worker = core.list_namespaced_pod(JOB_NS, label_selector=f"{LABEL_JOB}={JOB}").items
-    assert {p.spec.containers[0].image for p in worker} <= {imagebuild.image_ref("mnv2-trainer")}
+    (worker,) = core.list_namespaced_pod(JOB_NS, label_selector=f"{LABEL_JOB}={JOB}").items
+    assert worker.spec.node_name == NODE
+    assert worker.spec.containers[0].image == imagebuild.image_ref("mnv2-trainer")
+    assert worker_ips, "the worker pod never had an address"
 
     # The operator's own log (the pod's container, through the kubelet) shows it handled the job.
     assert logs.returncode == 0, logs.stderr
-    assert f"{JOB_NS}/{JOB}" in logs.stdout or JOB in logs.stdout, logs.stdout[-3000:]
+    for transition in ("PodsCreated", "Running", "Succeeded"):
+        assert f"{JOB_NS}/{JOB}: {transition}:" in logs.stdout, logs.stdout[-3000:]
+    # kopf's /healthz answered the kubelet's liveness probe all along: the container never restarted.
+    pod = core.read_namespaced_pod(name, OPERATOR_NS)
+    assert pod.status.container_statuses[0].restart_count == 0, pod.status.container_statuses
+
+    # The API server's audit log: the operator's requests came from its pod's address as the chart's
+    # ServiceAccount, and the job's metrics from the trainer pod's reporter as the job's ServiceAccount.
+    operator_user = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}-mnv2-operator"
+    trainer_user = f"system:serviceaccount:{JOB_NS}:{JOB}-trainer"
+    sources: dict[str, set[str]] = {operator_user: set(), trainer_user: set()}
+    status_patches: dict[str, int] = {operator_user: 0, trainer_user: 0}
+    for event in cluster.audit_events():
+        user = (event.get("user") or {}).get("username")
+        if user not in sources or event.get("stage") != "ResponseComplete":
+            continue
+        sources[user].update(event.get("sourceIPs") or [])
+        ref = event.get("objectRef") or {}
+        code = int((event.get("responseStatus") or {}).get("code", 0))
+        patched = event.get("verb") == "patch" and ref.get("subresource") == "status"
+        if patched and ref.get("name") == JOB and code == 200:
+            status_patches[user] += 1
+    assert sources[operator_user] == {pod.status.pod_ip}, sources
+    assert sources[trainer_user] and sources[trainer_user] <= worker_ips, (sources, worker_ips)
+    assert status_patches[operator_user] > 0 and status_patches[trainer_user] > 0, status_patches
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
