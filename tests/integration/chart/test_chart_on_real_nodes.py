@@ -33,7 +33,8 @@ from support.cluster import real_node_cluster, wait_for
 
 from manifests import CHART_DIR
 
-pytestmark = pytest.mark.cluster
+# A cold run builds both images first (about 12 minutes, `make images`), beyond the default 900 s.
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 NODE = "real-1"
 RELEASE, OPERATOR_NS, JOB_NS, JOB = "mnv2", "mnv2-system", "default", "helm-digits"
