@@ -8,6 +8,7 @@ values that are expanded or interpreted inside the pod, loader variables, unboun
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from typing import Any
 
@@ -418,6 +419,38 @@ def test_policy_allows_what_the_admin_allows() -> None:
     assert volumes["output"]["hostPath"] == {"path": "/mnt/runs", "type": "Directory"}
     mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
     assert mounts["data"]["readOnly"] is True
+
+
+def test_a_job_beyond_every_policy_area_gets_one_refusal_per_area_in_spec_order() -> None:
+    """Every area is checked (none stops the others), each refusal once, in the order of the spec's fields."""
+    mapping = {
+        **MINIMAL,
+        "dataset": {"hostPath": {"path": "/etc"}},
+        "output": {"hostPath": {"path": "/var/lib/kubelet"}},
+        "image": "docker.io/attacker/miner:1",
+        "scheduling": {"gang": True, "priorityClassName": "system-node-critical", "queue": "other-team"},
+        "accelerator": {
+            "type": "ascend",
+            "nodeSelector": {"kubernetes.io/hostname": "control-plane-1"},
+            "tolerations": [{"operator": "Exists"}],
+            "hwHiAiUserGid": 4242,
+        },
+        "imagePullSecrets": ["other-teams-secret"],
+    }
+    found = policy_refusal(mapping, dataclasses.replace(SITE, scheduler_names=("kai",)))
+    assert [p.split(":", 1)[0] for p in found] == [
+        "spec.dataset.hostPath.path",
+        "spec.output.hostPath.path",
+        "spec.image",
+        "spec.scheduling.priorityClassName",
+        "spec.scheduling.queue",
+        "spec.scheduling.gang",
+        "spec.accelerator.tolerations[0]",
+        "spec.accelerator.nodeSelector",
+        "spec.accelerator.nodeSelector",
+        "spec.accelerator.hwHiAiUserGid",
+        "spec.imagePullSecrets[0]",
+    ]
 
 
 def test_the_built_in_policy_allows_no_pod_level_choice() -> None:

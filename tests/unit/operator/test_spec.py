@@ -265,6 +265,31 @@ def test_every_problem_is_reported_at_once() -> None:
     ]
 
 
+def test_every_cross_field_rule_is_checked_and_reported_in_rule_order() -> None:
+    found = problems(
+        with_(
+            mode="validate",
+            nodes=2,
+            devicesPerNode=1,
+            dataset={"type": "synthetic", "pvc": {"claimName": "imagenet"}},
+            output=None,
+            resume="/tmp/x.ckpt",
+            accelerator={"type": "cpu", "chip": "Ascend910B"},
+            scheduling={"queue": "default"},
+            env={"MNV2_NODE_RANK": "0"},
+        )
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "spec.dataset",
+        "spec.devicesPerNode",
+        "spec.checkpoint",
+        "spec.resume",
+        "spec.accelerator.chip",
+        "spec.scheduling.queue",
+        "spec.env.MNV2_NODE_RANK",
+    ]
+
+
 def test_spec_error_message_lists_every_problem() -> None:
     with pytest.raises(S.SpecError) as info:
         S.parse_spec(with_(nodes=0, mode="x"))
