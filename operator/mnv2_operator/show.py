@@ -14,7 +14,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from mnv2_operator import kube
 from mnv2_operator.constants import GROUP, KIND, PLURAL, VERSION, Phase
@@ -293,7 +293,8 @@ def get_job(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
     api = client.CustomObjectsApi(api_client)
     host = api_client.configuration.host
     try:
-        return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        return cast(dict[str, Any], job)  # the client types it as object
     except ApiException as exc:
         if exc.status != 404:
             raise ShowError(

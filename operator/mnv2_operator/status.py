@@ -391,6 +391,7 @@ def build_conditions(
     prev = {c.get("type"): c for c in previous or []}
     out = []
     for ctype in CONDITION_TYPES:
+        status: Literal["True", "False"]
         if ctype in reasons:
             status, (reason, message) = "True", reasons[ctype]
         else:
