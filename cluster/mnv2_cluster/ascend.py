@@ -35,6 +35,8 @@ ASCEND_RESOURCE = "huawei.com/Ascend910"
 KUBELET_DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 # HwHiAiUser's GID, the group of the NPU device nodes (MindCluster's default; the same on every node).
 HWHIAIUSER_GID = 1000
+# HwHiAiUser's UID: the owner of the device nodes on nodes whose driver makes them HwHiAiUser's.
+HWHIAIUSER_UID = 1000
 DRIVER_CONTAINER_PATH = "/usr/local/Ascend/driver"
 # Where a real Ascend node has the driver and the installer's info file (the operator's Ascend pods
 # mount both from the node, hostPath).
@@ -60,6 +62,7 @@ def device_plugin_command(
     count: int = 8,
     driver_dir: Path | None = None,
     gid: int = HWHIAIUSER_GID,
+    uid: int = 0,
     resource: str = ASCEND_RESOURCE,
 ) -> list[str]:
     """The stand-in's command line for one node (pure)."""
@@ -71,6 +74,8 @@ def device_plugin_command(
         f"--device-dir={device_dir}",
         f"--device-gid={gid}",
     ]
+    if uid:
+        cmd.append(f"--device-uid={uid}")
     if driver_dir is not None:
         cmd.append(f"--driver-dir={driver_dir}")
     return cmd
@@ -121,6 +126,7 @@ def start_device_plugin(
     count: int = 8,
     driver_dir: Path | None = None,
     gid: int = HWHIAIUSER_GID,
+    uid: int = 0,
     resource: str = ASCEND_RESOURCE,
     binary: Path | None = None,
     prefix: Sequence[str] = (),
@@ -135,7 +141,14 @@ def start_device_plugin(
     cmd = [
         *prefix,
         *device_plugin_command(
-            binary, plugin_dir, device_dir, count=count, driver_dir=driver_dir, gid=gid, resource=resource
+            binary,
+            plugin_dir,
+            device_dir,
+            count=count,
+            driver_dir=driver_dir,
+            gid=gid,
+            uid=uid,
+            resource=resource,
         ),
     ]
     with log.open("ab") as out:

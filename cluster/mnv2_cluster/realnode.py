@@ -544,6 +544,7 @@ class RealNode:
             log=self.logs_dir / "ascend-device-plugin.log",
             count=self.ascend_devices,
             driver_dir=self._driver_dir,  # the folder at /usr/local/Ascend/driver in the node
+            uid=ascend.HWHIAIUSER_UID,  # HwHiAiUser:HwHiAiUser 0660 (some drivers make them root's)
             binary=binary,
         )
 

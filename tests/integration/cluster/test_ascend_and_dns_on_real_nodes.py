@@ -35,6 +35,8 @@ pytestmark = pytest.mark.cluster
 NS = "default"
 PLAIN, NPU_NODE = "plain-1", "ascend-2"
 NPUS = 8  # an Atlas 800 training server's
+# The device nodes' owner and group as the Ascend RealNode makes them: HwHiAiUser:HwHiAiUser.
+OWNER = [str(ascend.HWHIAIUSER_UID), str(ascend.HWHIAIUSER_GID)]
 
 
 class Nodes:
@@ -120,7 +122,7 @@ def test_an_npu_pod_gets_one_npu_its_device_nodes_and_the_driver(nodes: Nodes) -
         listing
     )
     for path, fields in found.items():
-        assert fields[0] == "crw-rw----" and fields[2:4] == ["0", str(ascend.HWHIAIUSER_GID)], (path, fields)
+        assert fields[0] == "crw-rw----" and fields[2:4] == OWNER, (path, fields)
 
     opened = nodes.exec("npu-user", f"echo x > /dev/davinci{npu} && cat /dev/davinci{npu} && echo opened")
     assert opened.stdout.strip() == "opened", opened
@@ -158,7 +160,7 @@ done
 echo "driver:$(cat {ascend.DRIVER_CONTAINER_PATH}/version.info)"
 echo "driver-write:$(touch {ascend.DRIVER_CONTAINER_PATH}/probe 2>&1)"
 echo "install-info:$(grep '^UserGroup=' /etc/ascend_install.info)"
-awk '$5 == "{ascend.DRIVER_CONTAINER_PATH}" || $5 == "/etc/ascend_install.info" {{split($6, o, ","); print "mount:" $5 " " o[1]}}' \
+awk '$5 == "{ascend.DRIVER_CONTAINER_PATH}" || $5 == "/etc/ascend_install.info" || $5 == "/etc/localtime" {{split($6, o, ","); print "mount:" $5 " " o[1]}}' \
   /proc/self/mountinfo
 """
 
@@ -175,7 +177,7 @@ def nonroot_image() -> images.ImageSpec:
 
 
 def run_rendered_job(
-    nodes: Nodes, name: str, devices: int, gid: int | None = None
+    nodes: Nodes, name: str, devices: int, gid: int | None = None, image: str = USER_IMAGE
 ) -> tuple[Any, dict[str, list[str]]]:
     """An Ascend job as the operator renders it (its objects created, owned by the job) with the check
     in place of the trainer's command; the pod once Succeeded, and the check's lines by key."""
@@ -195,7 +197,7 @@ def run_rendered_job(
             "runPolicy": {"backoffLimit": 0},
             "nodes": 1,
             "devicesPerNode": devices,
-            "image": USER_IMAGE,
+            "image": image,
             "imagePullPolicy": "Never",
             "accelerator": accelerator,
         },
@@ -273,7 +275,7 @@ def test_a_rendered_ascend_pod_gets_its_npus_the_driver_and_the_install_info(ren
     listed = {line.split()[-1]: line.split() for line in check["dev"]}
     assert set(listed) == wanted, check["dev"]
     for path, fields in listed.items():
-        assert fields[0] == "crw-rw----" and fields[2:4] == ["0", str(ascend.HWHIAIUSER_GID)], (path, fields)
+        assert fields[0] == "crw-rw----" and fields[2:4] == OWNER, (path, fields)
     assert set(check.get("open", [])) == wanted, check
     assert check["driver"] == ["Version=stand-in"]
     assert "Read-only file system" in check["driver-write"][0], check["driver-write"]
@@ -282,16 +284,26 @@ def test_a_rendered_ascend_pod_gets_its_npus_the_driver_and_the_install_info(ren
     # Allocate answer (the same folder: a real node's Ascend Docker Runtime mounts libraries below it).
     assert sorted(check["mount"]) == [
         "/etc/ascend_install.info ro",
+        "/etc/localtime ro",
         f"{ascend.DRIVER_CONTAINER_PATH} ro",
         f"{ascend.DRIVER_CONTAINER_PATH} ro",
     ], check["mount"]
 
 
-def test_a_rendered_ascend_pod_with_another_group_cannot_open_the_npus(rendered_jobs: Nodes) -> None:
-    pod, check = run_rendered_job(rendered_jobs, "mnv2-npu-othergid", 1, gid=1001)
+def test_a_rendered_ascend_pod_running_as_root_opens_the_npus_only_through_the_group(
+    rendered_jobs: Nodes,
+) -> None:
+    """As a CANN image runs (root): with every capability dropped, root is neither the device nodes'
+    owner nor exempt from their mode, so the rendered HwHiAiUser group is what opens them."""
+    pod, check = run_rendered_job(rendered_jobs, "mnv2-npu-root", 1, image=images.BUSYBOX_IMAGE)
+    assert check["uid"] == ["0"] and pod.spec.security_context.run_as_user is None
+    assert len(check["open"]) == 4 and "refused" not in check, check
+    pod, check = run_rendered_job(
+        rendered_jobs, "mnv2-npu-root-othergid", 1, gid=1001, image=images.BUSYBOX_IMAGE
+    )
     assert pod.spec.security_context.supplemental_groups == [1001]
-    assert check.get("open") is None, check
-    assert all("Permission denied" in r for r in check["refused"]) and len(check["refused"]) == 4, check
+    assert check["uid"] == ["0"] and "open" not in check, check
+    assert len(check["refused"]) == 4 and all("Permission denied" in r for r in check["refused"]), check
 
 
 def test_a_worker_pod_resolves_the_api_server_and_its_own_name(nodes: Nodes) -> None:

@@ -23,6 +23,8 @@ def test_device_plugin_command(tmp_path: Path) -> None:
     assert not any(
         a.startswith("--driver-dir") for a in ascend.device_plugin_command(Path("b"), tmp_path, tmp_path)
     )
+    owned = ascend.device_plugin_command(Path("b"), tmp_path, tmp_path, uid=ascend.HWHIAIUSER_UID)
+    assert "--device-uid=1000" in owned
 
 
 def test_driver_dir_stand_in(tmp_path: Path) -> None:
