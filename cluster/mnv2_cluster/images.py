@@ -88,9 +88,9 @@ def layer_tar(spec: ImageSpec) -> bytes:
             info = tarfile.TarInfo(path)
             info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
             entries.append((path, info, None))
-        for _, info, data in sorted(entries, key=lambda e: e[0]):
+        for _, info, content in sorted(entries, key=lambda e: e[0]):
             info.mtime = 0
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+            tar.addfile(info, io.BytesIO(content) if content is not None else None)
     return buffer.getvalue()
 
 

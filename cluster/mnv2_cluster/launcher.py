@@ -580,7 +580,7 @@ class Cluster:
         folder.mkdir(parents=True, exist_ok=True)
         volume = f"{namespace}-{claim}"
         access = ["ReadWriteMany"]
-        objects = [
+        objects: list[tuple[str, dict[str, Any]]] = [
             ("/api/v1/persistentvolumes", {
                 "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
                 "spec": {"capacity": {"storage": size}, "accessModes": access, "storageClassName": "",

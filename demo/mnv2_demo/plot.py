@@ -149,12 +149,13 @@ def plot_cli(
             default_output = metrics_file.with_name("curves.png")
         else:
             job = show.get_job(show.load_api_client(kubeconfig), source, namespace)
-            metrics_file = metrics_path_from_status(job)
-            if metrics_file is None:
+            found = metrics_path_from_status(job)
+            if found is None:
                 raise ShowError(
                     f"job {namespace}/{source} has no checkpoint in its status yet, so its metrics.jsonl "
                     "cannot be located; try again after its first epoch"
                 )
+            metrics_file = found
             if not metrics_file.is_file():
                 raise ShowError(
                     f"job {namespace}/{source} writes its metrics to {metrics_file}, which is on the job's "
