@@ -141,15 +141,16 @@ def real_node_cluster(
     *,
     dns: bool = True,
     ascend_devices: Mapping[str, int] | None = None,
+    crds: Sequence[str] = (),
 ) -> Iterator[tuple[Cluster, list[Any]]]:
     """The control plane on a node network of its own with real Nodes (`RealNode`: the upstream kubelet
     on containerd + runc, kube-proxy), as `mnv2 cluster --real-nodes` wires them: `nodes` started in
     order (each returns once Ready; `ascend_devices`: a node's number of `huawei.com/Ascend910`), then
-    cluster DNS unless `dns` is false. Yields the cluster and the started nodes; stops the nodes (last
+    cluster DNS unless `dns` is false; `crds` are created before the controller manager starts. Yields the cluster and the started nodes; stops the nodes (last
     first), then the control plane, also when a start fails half way (its NodeError propagates)."""
     from mnv2_cluster.realnode import NodeNetwork, RealNode, start_cluster_dns
 
-    cluster = Cluster(state_dir, network=NodeNetwork.allocate())
+    cluster = Cluster(state_dir, network=NodeNetwork.allocate(), crds=list(crds))
     started: list[RealNode] = []
     try:
         cluster.start()
