@@ -66,7 +66,8 @@ def _timed(timings: dict[str, float], what: str, started: float) -> None:
 
 
 def digits_job() -> dict[str, Any]:
-    """The CPU digits example as 2 nodes x 1 worker for EPOCHS epochs, in the trainer image."""
+    """The CPU digits example as 2 nodes x 1 worker for EPOCHS epochs (in the operator's default trainer
+    image)."""
     (job,) = [
         d
         for d in yaml.safe_load_all((REPO_ROOT / "manifests" / "examples" / "digits-cpu.yaml").read_text())
@@ -77,7 +78,6 @@ def digits_job() -> dict[str, Any]:
     spec.update(
         nodes=2,
         devicesPerNode=1,
-        image=imagebuild.image_ref("mnv2-trainer"),
         imagePullPolicy="Never",
         output={"pvc": {"claimName": "runs"}},
         runPolicy={"backoffLimit": 2},
@@ -138,6 +138,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None)
             output_volume(kubernetes.client.CoreV1Api(admin), tmp / "runs")
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("KUBECONFIG", str(cluster.kubeconfig_for_user(OPERATOR_USER)))
+                # As the chart's jobDefaults.trainerImage sets it: the image the nodes hold.
+                mp.setenv("MNV2_DEFAULT_TRAINER_IMAGE", ref)
                 with operator(NS):
                     yield Env(cluster, tmp / "runs", timings)
     except NodeError as err:
@@ -160,6 +162,7 @@ def test_two_node_job_resumes_after_a_deleted_pod_and_reaches_top1_090(env: Env)
         return status
 
     def pods(attempt: int) -> list[Any]:
+        job_status()  # fails the wait at once when the job failed
         return [
             p
             for p in core.list_namespaced_pod(NS, label_selector=f"{LABEL_JOB}={JOB}").items
@@ -185,6 +188,7 @@ def test_two_node_job_resumes_after_a_deleted_pod_and_reaches_top1_090(env: Env)
     rank0_dns = f"{JOB}-worker-0.{JOB}.{NS}.svc"
     for rank, pod in by_rank.items():
         container = pod.spec.containers[0]
+        assert container.image == imagebuild.image_ref("mnv2-trainer"), container.image
         args = " ".join((container.command or []) + (container.args or []))
         assert f"--node_rank={rank}" in args and f"--master_addr={rank0_dns}" in args, args
         (init,) = pod.spec.init_containers
