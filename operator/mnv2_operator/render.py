@@ -474,6 +474,7 @@ def _render_pod(
         "pod.yaml.j2",
         pod_name=pod_name(name, index),
         pod_labels=pod_labels,
+        anti_affinity_keys=[LABEL_JOB, LABEL_ATTEMPT],
         pod_annotations={ANNOTATION_POD_GROUP: name} if spec.scheduling.gang else {},
         index=index,
         attempt=attempt,

@@ -383,6 +383,24 @@ def test_multi_node_msrun_lines() -> None:
         assert pod["metadata"]["labels"][render.LABEL_ATTEMPT] == "2"
 
 
+def test_multi_node_pods_of_an_attempt_never_share_a_node() -> None:
+    """`nodes: 2` means two machines: without it the scheduler may put both pods (CPU, or Ascend pods that
+    fit one node's devices) on one node. A previous attempt's terminating pods do not block the next."""
+    result = rendered_case("ascend-2x8", attempt=2)
+    for pod in result.pods:
+        (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term == {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {render.LABEL_JOB: "mnv2-075-2x8", render.LABEL_ATTEMPT: "2"}},
+        }
+        assert term["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    single = [c for c in sorted(CASES) if CASES[c]["spec"].get("nodes", 1) == 1]
+    assert single
+    for case in single:
+        for pod in rendered_case(case).pods:
+            assert "affinity" not in pod["spec"], case
+
+
 def _catches_sigterm(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status").read_text()
     caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
