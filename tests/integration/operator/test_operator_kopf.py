@@ -278,7 +278,7 @@ def test_invalid_spec_fails_creates_nothing_and_operator_continues(cluster: Clus
         s = wait_for("phase Failed", phase_is(cluster, ns, "bad", "Failed"))
         assert "spec.output.emptyDir" in s["message"]
         assert condition(s, "Failed")["reason"] == "InvalidSpec"
-        assert "InvalidSpec" in wait_for("InvalidSpec event", lambda: events_of(cluster, ns, "bad"))
+        wait_for("InvalidSpec event", lambda: "InvalidSpec" in events_of(cluster, ns, "bad"))
         # Nothing was created for it, and nothing is retried.
         time.sleep(0.5)
         assert cluster.pods(ns, "bad") == []
@@ -585,7 +585,8 @@ def test_gang_job_without_volcano_says_why_then_recovers(cluster: Cluster, names
         assert s["phase"] == "Pending"
         assert condition(s, "Created")["status"] == "False"
         assert condition(s, "Created")["reason"] == "CreateFailed"
-        assert "CreateFailed" in wait_for("CreateFailed event", lambda: events_of(cluster, ns, name))
+        # Waits for that Event itself: the job's other Events can be listed before it is posted.
+        wait_for("CreateFailed event", lambda: "CreateFailed" in events_of(cluster, ns, name))
         assert cluster.pods(ns, name) == []
         ext.create_custom_resource_definition(PODGROUP_CRD)
         try:
