@@ -19,8 +19,9 @@ if [ $# -eq 0 ]; then
     set -- \
         tests/unit/trainer/test_cpu_depthwise.py \
         tests/unit/operator/test_status_scheduling.py \
-        tests/contract/test_sandbox.py::test_create_throughput \
-        tests/contract/test_pods.py::test_pod_succeeds_and_goes_through_running
+        tests/contract/test_pods.py::test_pod_succeeds_and_goes_through_running \
+        tests/integration/operator/test_operator_kopf.py::test_operator_restart_mid_job_duplicates_nothing \
+        tests/integration/operator/test_operator_kopf.py::test_gang_job_without_volcano_says_why_then_recovers
 fi
 python=${PYTHON:-}
 if [ -z "$python" ]; then
