@@ -74,6 +74,22 @@ class Component:
     proc: subprocess.Popen[bytes] | None = None
     ready_after: float | None = None
 
+    def start(self, cwd: Path) -> None:
+        """Start the process in a session of its own (a terminal's Ctrl-C reaches only the launcher), its
+        output appended to its log after a line naming the command; it dies with the launcher."""
+        with self.log.open("ab") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
             text = self.log.read_text(errors="replace").splitlines()
@@ -239,18 +255,7 @@ class Cluster:
 
     def _start(self, component: Component) -> None:
         self.components[component.name] = component
-        with component.log.open("ab") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(component.cmd)}\n".encode())
-            log.flush()
-            component.proc = subprocess.Popen(
-                component.cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        component.start(self.state_dir)
 
     def _wait(self, name: str, probe: Any, what: str | None = None) -> None:
         component = self.components[name]

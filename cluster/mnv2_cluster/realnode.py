@@ -48,7 +48,7 @@ from typing import IO, Any
 import yaml
 
 from mnv2_cluster import build, host, images
-from mnv2_cluster.launcher import Component, _die_with_parent, _terminate
+from mnv2_cluster.launcher import Component, _terminate
 
 RUN_ROOT = Path("/run/mnv2-nodes")  # short paths: unix sockets, mount-namespace files, slot locks
 SLOTS = 64
@@ -504,18 +504,7 @@ class RealNode:
     def _start(self, name: str, cmd: list[str]) -> None:
         component = Component(name, self._in_node(*cmd), self.logs_dir / f"{name}.log")
         self.components[name] = component
-        with component.log.open("ab") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(component.cmd)}\n".encode())
-            log.flush()
-            component.proc = subprocess.Popen(
-                component.cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        component.start(self.state_dir)
 
     def _wait(self, name: str, probe: Any, what: str) -> None:
         deadline = time.monotonic() + self.start_timeout
