@@ -112,7 +112,9 @@ def output_volume(core: Any, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Env]:
     if kubeconfig_option:
-        pytest.skip("the trainer image is imported into the local cluster's real nodes")
+        pytest.skip(
+            "--kubeconfig names another cluster: the trainer image is imported only into the local cluster's real nodes"
+        )
     timings: dict[str, float] = {}
     started = time.monotonic()
     try:

@@ -98,7 +98,9 @@ def digits_job() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Installed]:
     if kubeconfig_option:
-        pytest.skip("the images are imported into the local cluster's real nodes")
+        pytest.skip(
+            "--kubeconfig names another cluster: the images are imported only into the local cluster's real nodes"
+        )
     timings: dict[str, float] = {}
     started = time.monotonic()
     try:

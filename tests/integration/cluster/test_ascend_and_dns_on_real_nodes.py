@@ -85,7 +85,9 @@ class Nodes:
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Nodes]:
     if kubeconfig_option:
-        pytest.skip("real nodes join the local control plane: its CA signs their credentials")
+        pytest.skip(
+            "--kubeconfig names another cluster: real nodes join only the local control plane (its CA signs their credentials)"
+        )
     cluster = Cluster(tmp_path_factory.mktemp("ascend-dns"), network=NodeNetwork.allocate())
     started: list[RealNode] = []
     try:

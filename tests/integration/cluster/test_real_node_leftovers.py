@@ -18,7 +18,9 @@ def _sh(*cmd: str) -> str:
 
 def test_a_slot_taken_again_loses_what_a_killed_run_left(kubeconfig_option: str | None) -> None:
     if kubeconfig_option:
-        pytest.skip("node networks are made on this machine")
+        pytest.skip(
+            "--kubeconfig names another cluster: node networks are made only for the local control plane"
+        )
     network = NodeNetwork.allocate()
     slot = network.slot
     network.up()

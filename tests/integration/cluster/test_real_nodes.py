@@ -91,7 +91,9 @@ class Real:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Real]:
     if kubeconfig_option:
-        pytest.skip("real nodes join the local control plane: its CA signs their credentials")
+        pytest.skip(
+            "--kubeconfig names another cluster: real nodes join only the local control plane (its CA signs their credentials)"
+        )
     network = NodeNetwork.allocate()
     cluster = Cluster(tmp_path_factory.mktemp("real-nodes"), network=network)
     nodes: list[RealNode] = []
