@@ -1,4 +1,11 @@
-"""`mnv2 cluster`: run the local control plane and its nodes in the foreground until Ctrl-C or SIGTERM."""
+"""`mnv2 cluster`: run the local cluster in the foreground until Ctrl-C or SIGTERM.
+
+The control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) on a node network of
+its own, real Nodes (the upstream kubelet and kube-proxy on containerd + runc, `mnv2_cluster.realnode`):
+`--nodes` CPU nodes (node-1, ...) and `--ascend-nodes` Ascend nodes (ascend-1, ...; the device-plugin
+stand-in advertises 8 `huawei.com/Ascend910` each, and they are labelled and tainted as MindCluster's
+are), then cluster DNS (CoreDNS in kube-system). Needs root and what `make cluster` builds and installs.
+"""
 
 from __future__ import annotations
 
@@ -12,76 +19,95 @@ from typing import Any
 from mnv2_cluster.build import BuildError
 from mnv2_cluster.launcher import Cluster, ClusterError
 
+ASCEND_DEVICES = 8
+# `kubectl get nodes` with what the default columns leave out: the runtime and the Ascend devices.
+NODE_COLUMNS = (
+    "NAME:.metadata.name,RUNTIME:.status.nodeInfo.containerRuntimeVersion,"
+    "INTERNAL-IP:.status.addresses[0].address,ASCEND910:.status.allocatable.huawei\\.com/Ascend910,"
+    "TAINTS:.spec.taints[*].key"
+)
+
+
+def node_names(nodes: int, ascend_nodes: int) -> list[tuple[str, int]]:
+    """(name, Ascend devices) of each node to start, CPU nodes first.
+
+    Raises:
+        ValueError: no node at all, or a negative count.
+    """
+    if nodes < 0 or ascend_nodes < 0:
+        raise ValueError("--nodes and --ascend-nodes count nodes: use 0 or more")
+    if nodes + ascend_nodes == 0:
+        raise ValueError("no nodes: --nodes and --ascend-nodes are both 0 (pods would never run)")
+    return [(f"node-{i}", 0) for i in range(1, nodes + 1)] + [
+        (f"ascend-{i}", ASCEND_DEVICES) for i in range(1, ascend_nodes + 1)
+    ]
+
 
 def run(args: argparse.Namespace) -> int:
-    """Start the cluster in args.state_dir with args.nodes node agents (pods as local processes),
-    args.ascend_nodes simulated Ascend nodes, args.real_nodes real nodes (kubelet on containerd) and
-    args.real_ascend_nodes real Ascend nodes (with the device-plugin stand-in), with cluster DNS when
-    there are real nodes; print how to reach it, stop everything on a signal."""
-    from mnv2_cluster.node import NodeAgent, ascend_node_options
+    """Start the control plane in args.state_dir, args.nodes CPU and args.ascend_nodes Ascend real
+    nodes and cluster DNS; print `kubectl get nodes` and how to reach it; stop everything on a signal."""
     from mnv2_cluster.realnode import NodeError, NodeNetwork, RealNode, start_cluster_dns
 
+    try:
+        wanted = node_names(args.nodes, args.ascend_nodes)
+    except ValueError as e:
+        print(f"mnv2 cluster: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    real_nodes = getattr(args, "real_nodes", 0)
-    real_ascend_nodes = getattr(args, "real_ascend_nodes", 0)
     try:
-        network = NodeNetwork.allocate() if real_nodes + real_ascend_nodes else None
+        network = NodeNetwork.allocate()
     except NodeError as e:
         print(f"mnv2 cluster: {e}", file=sys.stderr)
         return 1
     cluster = Cluster(args.state_dir, start_timeout=args.timeout, network=network)
     print(
-        f"mnv2 cluster: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler in {cluster.state_dir}",
+        "mnv2 cluster: starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler in "
+        f"{cluster.state_dir}",
         flush=True,
     )
-    try:
-        cluster.start()
-    except (BuildError, ClusterError, NodeError) as e:
-        print(f"mnv2 cluster: {e}", file=sys.stderr)
-        return 1
     nodes: list[Any] = []
     try:
-        for i in range(1, args.nodes + 1):
-            nodes.append(NodeAgent.for_cluster(cluster, f"node-{i}").start())
-        for i in range(1, args.ascend_nodes + 1):
-            agent = NodeAgent.for_cluster(cluster, f"ascend-{i}", mode="simulated", **ascend_node_options())
-            nodes.append(agent.start())
-        for i in range(1, real_nodes + 1):
-            nodes.append(RealNode(cluster, f"real-{i}", i).start())
-        for i in range(1, real_ascend_nodes + 1):
-            node = RealNode(cluster, f"real-ascend-{i}", real_nodes + i, ascend_devices=8)
-            nodes.append(node.start())
-        if network is not None:
-            print(f"cluster DNS (CoreDNS) Ready in {start_cluster_dns(cluster):.1f} s", flush=True)
+        try:
+            cluster.start()
+        except (BuildError, ClusterError) as e:
+            print(f"mnv2 cluster: {e}", file=sys.stderr)
+            return 1
         print(f"API server {cluster.server}, ready in {cluster.timings['ready']:.1f} s:")
-        print(cluster.describe())
-        for node in nodes:
-            print(f"  node {node.name:<14} {node.mode} pods, folder {node.state_dir}")
-        print(f"logs in {cluster.logs_dir}, audit log {cluster.audit_log}")
-        print("Ctrl-C stops it (etcd's data stays in the state folder).")
-        print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
-        if network is not None:
-            columns = (
-                "NAME:.metadata.name,RUNTIME:.status.nodeInfo.containerRuntimeVersion,"
-                "INTERNAL-IP:.status.addresses[0].address,"
-                "ASCEND910:.status.allocatable.huawei\\.com/Ascend910"
+        print(cluster.describe(), flush=True)
+        for index, (name, devices) in enumerate(wanted, start=1):
+            node = RealNode(cluster, name, index, ascend_devices=devices)
+            nodes.append(node)
+            node.start()
+            what = f"{devices} huawei.com/Ascend910 (device-plugin stand-in)" if devices else "CPU"
+            print(
+                f"  node {name:<10} Ready in {node.timings['ready']:.1f} s: {node.ip}, {what}, "
+                f"folder {node.state_dir}",
+                flush=True,
             )
-            print(cluster.kubectl("get", "nodes", "-o", f"custom-columns={columns}").stdout.rstrip())
-            print(cluster.kubectl("get", "pods", "-A", "-o", "wide").stdout.rstrip(), flush=True)
+        print(f"cluster DNS (CoreDNS) Ready in {start_cluster_dns(cluster):.1f} s", flush=True)
+        for command in (
+            ("get", "nodes", "-o", "wide"),
+            ("get", "nodes", "-o", f"custom-columns={NODE_COLUMNS}"),
+            ("get", "pods", "-n", "kube-system", "-o", "wide"),
+        ):
+            print(f"$ kubectl {' '.join(command)}")
+            print(cluster.kubectl(*command).stdout.rstrip(), flush=True)
+        print(
+            f"logs in {cluster.logs_dir} (nodes: {cluster.state_dir / 'nodes'}), audit log {cluster.audit_log}"
+        )
+        print("Ctrl-C stops it (etcd's data and the nodes' images stay in the state folder).")
+        print(f"export KUBECONFIG={cluster.kubeconfig}", flush=True)
         while not stop.wait(1.0):
             dead = [
                 n for n, c in cluster.components.items() if c.proc is not None and c.proc.poll() is not None
             ]
-            dead += [
-                f"{node.name}'s {n}" for node in nodes if isinstance(node, RealNode) for n in node.exited()
-            ]
+            dead += [f"{node.name}'s {n}" for node in nodes for n in node.exited()]
             if dead:
                 logs = [cluster.dump_logs()] + [
                     f"---- {c.log} ----\n{c.tail()}"
                     for node in nodes
-                    if isinstance(node, RealNode)
                     for c in node.components.values()
                     if c.name in node.exited()
                 ]
@@ -94,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         started = time.monotonic()
-        for node in nodes:
+        for node in reversed(nodes):
             node.stop()
         cluster.stop()
         print(f"mnv2 cluster: stopped in {time.monotonic() - started:.1f} s", flush=True)

@@ -173,34 +173,26 @@ def _add_cluster_access(p: argparse.ArgumentParser) -> None:
 def _add_cluster_parser(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "cluster",
-        help="run the local control plane (etcd, kube-apiserver, controller manager, scheduler) in the foreground",
+        help="run the local cluster in the foreground: the control plane, real nodes (a CPU and an Ascend "
+        "stand-in by default) and cluster DNS",
     )
     p.add_argument(
         "--state-dir", default=".cluster", help="where the PKI, etcd data, logs and the kubeconfig go"
     )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every component")
     p.add_argument(
-        "--nodes", type=int, default=1, help="nodes that run pods as local processes (node-1, node-2, ...)"
+        "--nodes",
+        type=int,
+        default=1,
+        help="real CPU nodes (node-1, node-2, ...): the kubelet on containerd with pod networking and "
+        "kube-proxy (root; see docs/real-nodes.md)",
     )
     p.add_argument(
         "--ascend-nodes",
         type=int,
-        default=0,
-        help="simulated Ascend training nodes (8 huawei.com/Ascend910 each; pods run nothing)",
-    )
-    p.add_argument(
-        "--real-nodes",
-        type=int,
-        default=0,
-        help="real nodes (real-1, real-2, ...): the kubelet on containerd with pod networking and kube-proxy, "
-        "and cluster DNS on them (root; see docs/real-nodes.md)",
-    )
-    p.add_argument(
-        "--real-ascend-nodes",
-        type=int,
-        default=0,
-        help="real nodes that are Ascend nodes (real-ascend-1, ...): the device-plugin stand-in advertises "
-        "8 huawei.com/Ascend910 each",
+        default=1,
+        help="real Ascend nodes (ascend-1, ...): the device-plugin stand-in advertises 8 huawei.com/Ascend910 "
+        "each; labelled and tainted as MindCluster's Ascend nodes are",
     )
     p.set_defaults(run=_cmd_cluster)
 

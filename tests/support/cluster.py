@@ -144,7 +144,7 @@ def real_node_cluster(
     crds: Sequence[str] = (),
 ) -> Iterator[tuple[Cluster, list[Any]]]:
     """The control plane on a node network of its own with real Nodes (`RealNode`: the upstream kubelet
-    on containerd + runc, kube-proxy), as `mnv2 cluster --real-nodes` wires them: `nodes` started in
+    on containerd + runc, kube-proxy), as `mnv2 cluster` wires them: `nodes` started in
     order (each returns once Ready; `ascend_devices`: a node's number of `huawei.com/Ascend910`), then
     cluster DNS unless `dns` is false; `crds` are created before the controller manager starts. Yields the cluster and the started nodes; stops the nodes (last
     first), then the control plane, also when a start fails half way (its NodeError propagates)."""
