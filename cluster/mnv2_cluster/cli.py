@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         started = time.monotonic()
         for node in reversed(nodes):
-            node.stop()
+            node.stop(keep_state=True)  # its images, for the next start on this state folder
         cluster.stop()
         print(f"mnv2 cluster: stopped in {time.monotonic() - started:.1f} s", flush=True)
     return 0

@@ -32,6 +32,12 @@ BUSYBOX_APPLETS = (
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+# Media types of image indexes (their `manifests` are per platform) and of manifests (their `layers`).
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+MANIFEST_TYPES = (OCI_MANIFEST, "application/vnd.docker.distribution.manifest.v2+json")
 
 
 @dataclass
@@ -151,6 +157,21 @@ def write_oci_archive(spec: ImageSpec, path: Path) -> str:
             tar.addfile(info, io.BytesIO(data))
     tmp.replace(path)
     return manifest_digest
+
+
+def manifest_children(doc: dict) -> tuple[list[str], list[str]]:
+    """What an image index or manifest (OCI or Docker, parsed JSON) names: `(manifests, layers)`, the
+    digests of an index's manifests and of a manifest's layers.
+
+    Raises:
+        ValueError: `doc` is neither an index nor a manifest (its mediaType, or its missing keys).
+    """
+    media_type = doc.get("mediaType", "")
+    if media_type in INDEX_TYPES or (not media_type and "manifests" in doc):
+        return [m["digest"] for m in doc.get("manifests") or []], []
+    if media_type in MANIFEST_TYPES or (not media_type and "layers" in doc):
+        return [], [layer["digest"] for layer in doc.get("layers") or []]
+    raise ValueError(f"not an image index or manifest: mediaType {media_type!r}, keys {sorted(doc)}")
 
 
 def _json(obj: object) -> bytes:

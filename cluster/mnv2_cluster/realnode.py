@@ -26,7 +26,10 @@ pod logs folder. `stop()` goes kube-proxy, kubelet, then every pod sandbox stopp
 the CRI (`kubenode clean-runtime`: the containers get SIGTERM, the CNI releases their addresses),
 containerd, then whatever still runs in the node's mount namespace is killed, and the mount
 namespace, the network namespace, the routes and the cgroups are removed: no mounts, namespaces,
-iptables rules or processes are left behind.
+iptables rules or processes are left behind. Then the node's state (containerd's root: images and
+snapshots; the kubelet's folder: pods' volumes) is removed unless `stop(keep_state=True)`; the
+logs stay. `import_image()` drops an image's layer blobs once containerd has unpacked them: a node
+keeps an image's snapshots only.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +78,11 @@ KUBELET_SYSCTLS = {
     "kernel/keys/root_maxbytes": 25000000,
 }
 STOP_GRACE = {"kube-proxy": 5.0, "kubelet": 10.0, "containerd": 10.0}
+# What `stop()` removes of a node's folder: containerd's root (content store, snapshots, metadata) and
+# the kubelet's folder (pods' volumes). The logs, the pod logs and the configurations stay.
+NODE_STATE = ("containerd", PRIVATE_PATHS["/var/lib/kubelet"])
+# `ctr images import` prints this line for each image it imported and unpacked.
+UNPACKED_LINE = re.compile(r"^unpacking (\S+) \((sha256:[0-9a-f]{64})\)\.\.\.done$", re.MULTILINE)
 
 
 class NodeError(RuntimeError):
@@ -235,6 +245,25 @@ class NodeNetwork:
         _run("ip", "route", "del", cidr, check=False)
 
 
+def unpacked_images(ctr_output: str) -> dict[str, str]:
+    """The images `ctr images import` says it unpacked: `{name: digest of its index or manifest}`."""
+    return {m[1]: m[2] for m in UNPACKED_LINE.finditer(ctr_output)}
+
+
+def mounts_under(mountinfo: str, folder: Path) -> list[str]:
+    """The mount points at or under `folder` in a /proc/<pid>/mountinfo text, deepest first."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # Spaces, tabs, newlines and backslashes are octal escapes (\040 ...) in mountinfo.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        if point == str(folder) or point.startswith(f"{folder}/"):
+            found.append(point)
+    return sorted(found, key=lambda p: p.count("/"), reverse=True)
+
+
 def _namespace_inode(path: Path) -> int | None:
     try:
         return path.stat().st_ino
@@ -385,6 +414,7 @@ class RealNode:
         self._kubenode = ""
         self._device_plugin: subprocess.Popen[bytes] | None = None
         self._driver_dir: Path | None = None
+        self._import_lock = threading.Lock()
 
     @property
     def socket(self) -> Path:
@@ -433,8 +463,15 @@ class RealNode:
         self.timings["ready"] = time.monotonic() - started
         return self
 
-    def stop(self) -> None:
-        """kube-proxy, kubelet, the pods through the CRI, containerd; then namespaces, routes, cgroups."""
+    def stop(self, keep_state: bool = False) -> None:
+        """kube-proxy, kubelet, the pods through the CRI, containerd; then namespaces, routes, cgroups,
+        and the node's state (`NODE_STATE`: images, snapshots, pods' volumes) unless `keep_state`; its
+        logs stay.
+
+        Raises:
+            NodeError: a folder of the node's state is still mounted on the host, or cannot be removed
+                (everything else is stopped and removed first).
+        """
         started = time.monotonic()
         if self._device_plugin is not None:
             from mnv2_cluster import ascend
@@ -471,7 +508,30 @@ class RealNode:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         for path in CGROUP_ROOT.glob(f"*/{self.cgroup_root}"):
             _remove_cgroup(path)
+        if not keep_state:
+            self._remove_state()
         self.timings["stop"] = time.monotonic() - started
+
+    def _remove_state(self) -> None:
+        """Remove `NODE_STATE` of the node's folder. Its processes and mount namespace are gone, so
+        its containers' mounts are; a mount the host still has under it is unmounted first (never
+        removed through)."""
+        for name in NODE_STATE:
+            folder = self.state_dir / name
+            for point in mounts_under(Path("/proc/self/mountinfo").read_text(), folder):
+                _run("umount", point, check=False)
+            left = mounts_under(Path("/proc/self/mountinfo").read_text(), folder)
+            if left:
+                raise NodeError(
+                    f"node {self.name}'s {folder} is left in place: still mounted at {', '.join(left)} "
+                    "(`umount` them, then remove it)"
+                )
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise NodeError(f"removing node {self.name}'s {folder} failed: {e}") from None
 
     def __enter__(self) -> RealNode:
         return self.start()
@@ -776,26 +836,66 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             self.import_image(archive, spec.name)
 
     def import_image(self, archive: Path, name: str = "", timeout: float = 900.0) -> None:
-        """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace).
+        """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace), then
+        drop the image's layer blobs from its content store: once unpacked, the snapshots are what the
+        CRI runs containers from (as with the CRI's `discard_unpacked_layers` for pulls), so the image
+        takes its unpacked size on disk rather than twice that. One import at a time per node.
         The trainer image (3.6 GB) takes ~105 s on a quiet machine, several minutes when busy.
 
         Raises:
             NodeError: ctr's exit code and error, or `timeout` seconds passed.
         """
-        cmd = self._in_node(
-            "ctr", f"--address={self.socket}", "-n", "k8s.io", "images", "import", str(archive)
-        )
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise NodeError(
-                f"importing {name or archive} into containerd of node {self.name} took over {timeout:.0f} s"
-            ) from None
-        if proc.returncode != 0:
-            raise NodeError(
-                f"importing {name or archive} into containerd of node {self.name} failed "
-                f"(exit {proc.returncode}): {proc.stderr.strip()}"
-            )
+        what = f"importing {name or archive} into containerd of node {self.name}"
+        with self._import_lock:
+            try:
+                proc = self._ctr("images", "import", str(archive), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise NodeError(f"{what} took over {timeout:.0f} s") from None
+            if proc.returncode != 0:
+                raise NodeError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+            unpacked = unpacked_images(proc.stdout)
+            if not unpacked:
+                raise NodeError(f"{what}: ctr imported no image from it; its output: {proc.stdout.strip()}")
+            self.drop_layers(unpacked.values())
+
+    def drop_layers(self, targets: Any) -> list[str]:
+        """Remove the layer blobs of the unpacked images whose index or manifest digests are `targets`
+        from the node's content store; the digests removed. containerd's garbage collector frees their
+        files a moment later (the images' snapshots stay referenced by their configs).
+
+        Raises:
+            NodeError: a manifest cannot be read, or ctr cannot remove a layer.
+        """
+        layers: list[str] = []
+        pending = list(targets)
+        while pending:
+            digest = pending.pop()
+            proc = self._ctr("content", "get", digest)
+            if proc.returncode != 0:
+                if "not found" in proc.stderr:  # an index's manifest of another platform, not imported
+                    continue
+                raise NodeError(
+                    f"reading {digest} from containerd of node {self.name} failed: {proc.stderr.strip()}"
+                )
+            try:
+                manifests, found = images.manifest_children(json.loads(proc.stdout))
+            except ValueError as e:
+                raise NodeError(f"{digest} in containerd of node {self.name}: {e}") from None
+            pending += manifests
+            layers += [layer for layer in found if layer not in layers]
+        if layers:
+            proc = self._ctr("content", "rm", *layers)
+            if proc.returncode != 0:
+                raise NodeError(
+                    f"removing the unpacked layers {', '.join(layers)} from containerd of node {self.name} "
+                    f"failed (exit {proc.returncode}): {proc.stderr.strip()}"
+                )
+        return layers
+
+    def _ctr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`ctr ARGS` on the node's containerd, in the CRI's namespace (output captured as text)."""
+        cmd = self._in_node("ctr", f"--address={self.socket}", "-n", "k8s.io", *args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     # ---- measurements ----------------------------------------------------------------------------
 

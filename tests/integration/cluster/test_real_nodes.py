@@ -7,6 +7,7 @@ fixture fails with the piece and its exact error (NodeError, HostError, ClusterE
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import subprocess
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from mnv2_cluster import ascend, build, images
+from mnv2_cluster import ascend, build, host, images
 from mnv2_cluster.launcher import Cluster
 from mnv2_cluster.realnode import (
     CGROUP_ROOT,
@@ -53,9 +54,16 @@ class Real:
         return self.cluster.kubectl(*args, check=check, timeout=timeout)
 
     def run_pod(
-        self, name: str, node: str, script: str, timeout: float = 90, resources: dict[str, Any] | None = None
+        self,
+        name: str,
+        node: str,
+        script: str,
+        timeout: float = 90,
+        resources: dict[str, Any] | None = None,
+        image: str = images.BUSYBOX_IMAGE,
     ) -> tuple[dict[str, Any], float]:
-        """A busybox pod running `script` on `node`; its object once Running and seconds to Running."""
+        """A pod of `image` (busybox) running `script` on `node`; its object once Running and seconds to
+        Running."""
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -67,7 +75,7 @@ class Real:
                 "containers": [
                     {
                         "name": "main",
-                        "image": images.BUSYBOX_IMAGE,
+                        "image": image,
                         "imagePullPolicy": "Never",
                         "command": ["sh", "-c", script],
                         "resources": resources or {},
@@ -206,6 +214,47 @@ def test_cluster_dns_resolves_services_for_pods(real: Real) -> None:
     assert "Client sent an HTTP request to an HTTPS server" in answer.stdout, answer
 
 
+def _blob(node: RealNode, digest: str) -> Path:
+    """Where the node's containerd keeps the content `digest`."""
+    content = node.state_dir / "containerd" / "root" / "io.containerd.content.v1.content"
+    return content / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+
+def test_an_imported_image_keeps_its_snapshots_not_its_layers_and_runs(real: Real, tmp_path: Path) -> None:
+    """The layer blobs of an imported image go once it is unpacked; the kubelet still finds the image
+    (the CRI's ImageStatus: pull policy Never) and runs a pod from it."""
+    spec = images.busybox_image(host.BUSYBOX)
+    spec.name = "localhost/mnv2/busybox-marked:1"
+    spec.files["marker"] = (b"imported-without-layers\n", 0o644)
+    archive = tmp_path / "marked.tar"
+    manifest_digest = images.write_oci_archive(spec, archive)
+    layer = "sha256:" + hashlib.sha256(images.layer_tar(spec)).hexdigest()
+    node = real.nodes[0]
+    started = time.monotonic()
+    node.import_image(archive, spec.name)
+    print(f"busybox-sized image imported and its layer dropped in {time.monotonic() - started:.2f} s")
+    # containerd's garbage collector frees the blob's file a moment after its record goes.
+    wait_for(
+        f"layer {layer} gone from {_blob(node, layer).parent}", lambda: not _blob(node, layer).exists(), 30
+    )
+    assert _blob(node, manifest_digest).exists()  # the image's manifest and config stay
+    listed = subprocess.run(
+        node.in_node("ctr", f"--address={node.socket}", "-n", "k8s.io", "content", "ls", "-q"),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert layer not in listed and manifest_digest in listed, listed
+    # Every layer of the images the node imported at start went too: only manifests and configs stay.
+    blobs = sorted(_blob(node, layer).parent.iterdir())
+    assert sum(b.stat().st_size for b in blobs) < 64 * 1024, [(b.name, b.stat().st_size) for b in blobs]
+    real.run_pod("marked", NODES[0], "cat /marker; sleep 3600", image=spec.name)
+    wait_for(
+        "the marker in the pod's log",
+        lambda: "imported-without-layers" in real.kubectl("logs", "marked").stdout,
+        30,
+    )
+    assert real.kubectl("exec", "marked", "--", "ls", "/bin/sleep").stdout.strip() == "/bin/sleep"
+
+
 def test_ascend_node_gives_a_pod_its_device(real: Real) -> None:
     node = real.core.read_node(NODES[1])
     assert node.status.allocatable[ascend.ASCEND_RESOURCE] == "2"
@@ -263,6 +312,11 @@ def test_stop_leaves_no_processes_mounts_namespaces_or_rules(real: Real) -> None
     # The kubelets found the sysctls they want in their mount namespaces: the machine's are unchanged.
     assert _host_sysctls() == real.host_sysctls_before
     assert not list(RUN_ROOT.glob(f"{real.network.slot}/*"))
+    # The nodes' state (images, snapshots, pods' volumes) went with them; their logs stay.
+    for node in stopped:
+        assert not (node.state_dir / "containerd").exists() and not (node.state_dir / "kubelet").exists()
+        assert (node.logs_dir / "containerd.log").stat().st_size > 0
+        assert (node.logs_dir / "kubelet.log").stat().st_size > 0
 
 
 def _host_rules() -> set[str]:

@@ -123,3 +123,59 @@ def test_a_node_network_names_what_the_machine_lacks(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(host, "missing_packages", lambda: ["containerd", "runc"])
     with pytest.raises(realnode.NodeError, match=r"Debian packages containerd runc: `make cluster` installs"):
         NodeNetwork.allocate()
+
+
+def test_the_layers_named_by_an_image_manifest_or_index(tmp_path: Path) -> None:
+    spec = images.ImageSpec("localhost/test/tool:1", files={"tool": (b"x", 0o755)})
+    files, digest = _archive(tmp_path, spec)
+    index = json.loads(files["index.json"])  # an OCI index without a mediaType, as image layouts have it
+    assert images.manifest_children(index) == ([digest], [])
+    manifest = json.loads(files[f"blobs/sha256/{digest.split(':')[1]}"])
+    (layer,) = manifest["layers"]
+    assert images.manifest_children(manifest) == ([], [layer["digest"]])
+    docker = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": "sha256:c"},
+        "layers": [{"digest": "sha256:a"}, {"digest": "sha256:b"}],
+    }
+    assert images.manifest_children(docker) == ([], ["sha256:a", "sha256:b"])
+    docker_list = {
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{"digest": "sha256:m1"}, {"digest": "sha256:m2"}],
+    }
+    assert images.manifest_children(docker_list) == (["sha256:m1", "sha256:m2"], [])
+    with pytest.raises(ValueError, match="application/vnd.docker.container.image.v1"):
+        images.manifest_children({"mediaType": "application/vnd.docker.container.image.v1+json"})
+
+
+def test_the_images_ctr_import_unpacked_are_read_from_its_output() -> None:
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    output = (
+        f"unpacking localhost/mnv2/busybox:1.35 ({a})...done\n"
+        f"unpacking localhost/mnv2-trainer:0.1.0 ({b})...done\n"
+    )
+    assert realnode.unpacked_images(output) == {
+        "localhost/mnv2/busybox:1.35": a,
+        "localhost/mnv2-trainer:0.1.0": b,
+    }
+    # An image ctr did not finish unpacking, and anything else it prints, are not taken.
+    assert realnode.unpacked_images(f"unpacking localhost/x:1 ({a})...\nctr: failed\n") == {}
+
+
+def test_mounts_under_a_folder_deepest_first() -> None:
+    mountinfo = "\n".join(
+        [
+            "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw",
+            "30 22 0:50 / /tmp/node/containerd rw - tmpfs tmpfs rw",
+            "31 30 0:51 / /tmp/node/containerd/root/snap/1/fs rw - overlay overlay rw",
+            "32 22 0:52 / /tmp/node/containerd-other rw - tmpfs tmpfs rw",
+            "33 22 0:53 / /tmp/node/containerd/with\\040space rw - tmpfs tmpfs rw",
+        ]
+    )
+    assert realnode.mounts_under(mountinfo, Path("/tmp/node/containerd")) == [
+        "/tmp/node/containerd/root/snap/1/fs",
+        "/tmp/node/containerd/with space",
+        "/tmp/node/containerd",
+    ]
+    assert realnode.mounts_under(mountinfo, Path("/tmp/elsewhere")) == []
