@@ -27,7 +27,9 @@ hash of its inputs, so a warm run only hashes files (0.3 s). The first run takes
    bundle (what its pip trusts) is mounted read-only at Debian's path during the build's RUN steps, for
    networks that re-sign TLS; the images keep Debian's own.
 4. Each image is written as a docker archive (`buildah push ... docker-archive:<file>:<reference>`),
-   which `ctr -n k8s.io images import <file>` and `podman load -i <file>` take as they are.
+   which `ctr -n k8s.io images import <file>` and `podman load -i <file>` take as they are. A new
+   build of an image keeps two of its archives on the Debian base: its own and the most recently used
+   other one (another checkout's, whose tests may be importing it); older ones and their tags go.
 
 API (for the local cluster's nodes and tests):
 
@@ -109,6 +111,9 @@ TOOLS = {
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # where Debian's pip and OpenSSL read them
 PIP_CACHE_ID = "mnv2-pip"  # the id of the Dockerfiles' `RUN --mount=type=cache`
 PROGRESS_EVERY = 30.0
+# Archives kept per image on the Debian base: the current inputs' and the most recently used other
+# one (e.g. another checkout's, whose tests may be importing it while this one builds).
+KEEP_ARCHIVES = 2
 
 CONTAINERS_CONF = """\
 # Written by mnv2_cluster.imagebuild: buildah and podman for the project's images.
@@ -420,6 +425,7 @@ def build(name: str, force: bool = False, base: str | None = None) -> Path:
     _check_name(name)
     archive = archive_path(name, base)
     if archive.exists() and not force:
+        _touch(archive)
         return archive
     root = repo_root()
     with tempfile.TemporaryDirectory(prefix=f"mnv2-{name}-context-") as tmp:
@@ -437,16 +443,34 @@ def build(name: str, force: bool = False, base: str | None = None) -> Path:
     return archive
 
 
-def _prune(name: str, keep: Path) -> None:
-    """Remove the archives of `name` on the Debian base built from other inputs (the trainer's is
-    ~3.6 GB each) and their tags in the storage; layers still in use stay."""
+def _touch(archive: Path) -> None:
+    """Mark a cached archive as used now: pruning keeps the most recently used ones."""
+    with contextlib.suppress(OSError):
+        os.utime(archive)
+
+
+def _prune(name: str, keep: Path, count: int = KEEP_ARCHIVES) -> None:
+    """Keep `keep` and the `count - 1` most recently used (built or returned from the cache) other
+    archives of `name` on the Debian base; remove the rest (the trainer's is ~3.6 GB each) and their
+    tags in the storage; layers still in use stay."""
     pattern = re.compile(rf"{re.escape(name)}-([^-]+)-([0-9a-f]{{16}})\.tar")
+
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
     with _locked():
-        for old in keep.parent.iterdir():
-            match = pattern.fullmatch(old.name)
-            if match and old != keep:
-                old.unlink(missing_ok=True)
-                buildah("rmi", f"localhost/{name}:{match[1]}-{match[2]}", check=False)
+        others = [
+            (path, match)
+            for path in keep.parent.iterdir()
+            if (match := pattern.fullmatch(path.name)) and path != keep
+        ]
+        others.sort(key=lambda item: used(item[0]), reverse=True)
+        for old, match in others[max(count - 1, 0) :]:
+            old.unlink(missing_ok=True)
+            buildah("rmi", f"localhost/{name}:{match[1]}-{match[2]}", check=False)
 
 
 def _local_tag(name: str, base: str | None = None) -> str:

@@ -3,6 +3,7 @@ configuration, and that a cached archive is returned without running any tool.""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -123,20 +124,39 @@ def test_missing_tools_name_the_install_command(monkeypatch: pytest.MonkeyPatch)
         imagebuild.ensure_tools()
 
 
-def test_a_new_build_prunes_the_archives_of_older_inputs(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_new_build_keeps_the_most_recently_used_other_archive(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     removed: list[tuple[str, ...]] = []
     monkeypatch.setattr(imagebuild, "buildah", lambda *args, check=True: removed.append(args))
     current = imagebuild.archive_path("mnv2-trainer")
     folder = current.parent
     folder.mkdir(parents=True)
-    names = [
-        current.name,
-        "mnv2-trainer-1.2.2-0123456789abcdef.tar",  # older inputs: pruned
-        "mnv2-trainer-1.2.3-on-other-base-0123456789abcdef.tar",  # built with --base: kept
-        "mnv2-operator-1.2.2-0123456789abcdef.tar",  # another image: kept
-    ]
-    for name in names:
+    names = {
+        current.name: 100,
+        "mnv2-trainer-1.2.3-1111111111111111.tar": 300,  # the most recently used other: kept
+        "mnv2-trainer-1.2.3-2222222222222222.tar": 200,  # older: pruned
+        "mnv2-trainer-1.2.2-3333333333333333.tar": 50,  # older: pruned
+        "mnv2-trainer-1.2.3-on-other-base-0123456789abcdef.tar": 10,  # built with --base: kept
+        "mnv2-operator-1.2.2-0123456789abcdef.tar": 10,  # another image: kept
+    }
+    for name, used in names.items():
         (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (used, used))
     imagebuild._prune("mnv2-trainer", keep=current)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(names[:1] + names[2:])
-    assert removed == [("rmi", "localhost/mnv2-trainer:1.2.2-0123456789abcdef")]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        n for n in names if "2222" not in n and "3333" not in n
+    )
+    assert sorted(removed) == [
+        ("rmi", "localhost/mnv2-trainer:1.2.2-3333333333333333"),
+        ("rmi", "localhost/mnv2-trainer:1.2.3-2222222222222222"),
+    ]
+
+
+def test_an_archive_returned_from_the_cache_counts_as_used(repo: Path) -> None:
+    archive = imagebuild.archive_path("mnv2-operator")
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"archive")
+    os.utime(archive, (100, 100))
+    assert imagebuild.build("mnv2-operator") == archive
+    assert archive.stat().st_mtime > 100
