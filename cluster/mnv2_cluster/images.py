@@ -7,7 +7,9 @@ times and owners, so the same inputs give the same digests) into an OCI image la
 - `PAUSE_IMAGE`: the pod sandbox image (containerd's `sandbox_image`), the `pause` binary built
   with the cluster (`cluster/cmd/pause`);
 - `BUSYBOX_IMAGE`: a small image for tests and debugging, Debian's static busybox with its applets
-  (`sh`, `sleep`, `nc`, `wget`, `httpd`, `nslookup`, ...) as links under `/bin`;
+  (`sh`, `sleep`, `nc`, `wget`, `httpd`, `nslookup`, ...) as links under `/bin`; nodes import it under
+  Docker Hub's name for the same release too (`BUSYBOX_HUB_IMAGE`), so a pod naming `busybox:1.35` runs
+  on the local nodes without a registry and on any cluster that pulls from Docker Hub;
 
 and `mnv2_cluster.coredns.image_spec()` writes CoreDNS's the same way.
 """
@@ -23,10 +25,11 @@ from pathlib import Path
 
 PAUSE_IMAGE = "localhost/mnv2/pause:3.10"
 BUSYBOX_IMAGE = "localhost/mnv2/busybox:1.35"
+BUSYBOX_HUB_IMAGE = "docker.io/library/busybox:1.35"  # what `busybox:1.35` in a pod spec means
 BUSYBOX_APPLETS = (
     "sh", "ash", "cat", "echo", "env", "grep", "hostname", "httpd", "id", "ip", "kill", "ls", "mkdir",
     "nc", "nslookup", "ping", "ps", "rm", "sed", "sleep", "test", "true", "false", "wc", "wget",
-    "ssl_client", "head", "tail", "printf", "date", "touch", "timeout",
+    "ssl_client", "head", "tail", "printf", "date", "touch", "timeout", "setsid",
 )  # fmt: skip
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -821,7 +821,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         ]
 
     def _import_images(self, pause: Path) -> None:
-        """The pause and busybox images, and CoreDNS's where it is built, into the node's containerd."""
+        """The pause and busybox images (busybox under Docker Hub's name too), and CoreDNS's where it is
+        built, into the node's containerd."""
         specs = [images.pause_image(pause), images.busybox_image(host.BUSYBOX)]
         coredns_binary = _coredns_binary()
         if coredns_binary is not None:
@@ -834,6 +835,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if not archive.exists():
                 images.write_oci_archive(spec, archive)
             self.import_image(archive, spec.name)
+        tag = self._ctr("images", "tag", "--force", images.BUSYBOX_IMAGE, images.BUSYBOX_HUB_IMAGE)
+        if tag.returncode != 0:
+            raise NodeError(
+                f"naming {images.BUSYBOX_IMAGE} {images.BUSYBOX_HUB_IMAGE} in containerd of node {self.name} "
+                f"failed (exit {tag.returncode}): {tag.stderr.strip()}"
+            )
+
+    def container_pids(self, container_id: str) -> list[int]:
+        """The host pids of a running container's processes, its main process first (what a fault on
+        the node would kill); [] when it runs no process. `container_id` as a pod's status gives it
+        (`containerd://<id>`) or the bare id."""
+        cid = container_id.removeprefix("containerd://")
+        listing = self._ctr("tasks", "ls")
+        if listing.returncode != 0:
+            raise NodeError(f"`ctr tasks ls` on node {self.name} failed: {listing.stderr.strip()}")
+        tasks = listing.stdout.splitlines()[1:]  # TASK PID STATUS
+        main = next(
+            (int(t.split()[1]) for t in tasks if t.split()[0] == cid and t.split()[2] == "RUNNING"), None
+        )
+        if main is None:
+            return []
+        listed = self._ctr("tasks", "ps", cid).stdout.splitlines()[1:]  # PID INFO; none once it ended
+        return [main, *(int(line.split()[0]) for line in listed if int(line.split()[0]) != main)]
 
     def import_image(self, archive: Path, name: str = "", timeout: float = 900.0) -> None:
         """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace), then

@@ -2,10 +2,12 @@
 Kubernetes control plane.
 
 Without options the suite starts the local control plane (`mnv2_cluster.Cluster`: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler built from upstream modules) for the session, and one node
-agent (`mnv2_cluster.node.NodeAgent`, node `node-1`) that runs pods as local processes. With
-`pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need the local one (its
-audit log, identities made from its CA, the node agent's fault injection) skip there, saying so.
+kube-controller-manager, kube-scheduler built from upstream modules) on a node network of its own, and
+one real node (`mnv2_cluster.realnode.RealNode`, node `node-1`: the upstream kubelet on containerd +
+runc, kube-proxy; no cluster DNS, no test needs it) whose containerd has the busybox image the pods
+run. With `pytest --kubeconfig=PATH` it talks to that cluster instead; tests that need the local one
+(its audit log, identities made from its CA, its node's processes and files) skip there, saying so.
+A node that cannot start fails the suite with the missing piece (NodeError), it does not skip.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from mnv2_cluster.launcher import Cluster as LocalCluster
-from mnv2_cluster.node import NodeAgent
+from mnv2_cluster.realnode import NodeNetwork, RealNode
 
 from contract.kit import GADGET_CRD, GROUP, MNV2_CRD, WIDGET_CRD, Cluster, wait_for
 
@@ -34,13 +36,15 @@ def cluster(
     # One control plane for the package (stopped after its last test, not at the end of the whole run).
     # The CRDs exist before the controller manager starts, so garbage collection knows their kinds.
     crds = [WIDGET_CRD, GADGET_CRD, MNV2_CRD]
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), crds=crds).start()
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), network=NodeNetwork.allocate(), crds=crds)
     report = _reporter(request)
-    report(f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}")
     failed_before = request.session.testsfailed
     node = None
     try:
-        node = NodeAgent.for_cluster(local, "node-1").start()
+        local.start()
+        report(f"\nlocal control plane ready in {local.timings['ready']:.1f} s:\n{local.describe()}")
+        node = RealNode(local, "node-1", 1).start()
+        report(f"node {node.name} Ready in {node.timings['ready']:.1f} s")
         yield Cluster(local.kubeconfig, local, cache, node)
     finally:
         report(f"\nlocal control plane after the contract suite:\n{local.describe()}")

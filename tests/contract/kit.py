@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ import pytest
 import yaml
 from mnv2_cluster.launcher import Cluster as LocalCluster
 from mnv2_cluster.launcher import kubectl_binary
-from mnv2_cluster.node import NodeAgent
+from mnv2_cluster.realnode import RealNode
 from support import REPO_ROOT
 
 GROUP = "contract.mnv2.dev"
+#: The image the suite's pods run: Docker Hub's busybox, which the suite's own node has imported under
+#: this name (`mnv2_cluster.images.BUSYBOX_HUB_IMAGE`) and any other cluster pulls.
+BUSYBOX = "busybox:1.35"
 WIDGET_CRD = f"""
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -95,13 +99,13 @@ MNV2_CRD = (REPO_ROOT / "manifests/crd/mobilenetv2trainingjobs.yaml").read_text(
 
 @dataclass
 class Cluster:
-    """The API under test: the local control plane the suite started (`.local`) with one node agent
-    running pods as local processes (`.node`), or the cluster of `--kubeconfig` (both None)."""
+    """The API under test: the local control plane the suite started (`.local`) with one real node
+    (`.node`: the kubelet on containerd + runc), or the cluster of `--kubeconfig` (both None)."""
 
     kubeconfig: Path
     local: LocalCluster | None
     cache_dir: Path
-    node: NodeAgent | None = None
+    node: RealNode | None = None
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None
@@ -139,15 +143,38 @@ class Cluster:
         ]
         if not ready:
             pytest.skip(
-                "no Ready Node in this cluster (pods stay Pending): needs a node joined to the control "
-                "plane (the node agent)"
+                "no Ready Node in this cluster (pods stay Pending): needs a node joined to the control plane"
             )
 
-    def need_node_agent(self, why: str) -> NodeAgent:
-        """The suite's process node agent; skips (saying why) on a cluster without one."""
+    def need_local_node(self, why: str) -> RealNode:
+        """The suite's own node, whose processes and files the test reaches; skips (saying why) against
+        a --kubeconfig cluster, whose nodes are out of reach."""
         if self.node is None:
-            pytest.skip(f"needs the suite's node agent (a --kubeconfig cluster has none): {why}")
+            pytest.skip(
+                f"needs the suite's own node (a --kubeconfig cluster's nodes are out of reach): {why}"
+            )
         return self.node
+
+
+def busybox_pod(
+    name: str, script: str, *, restart: str = "Never", grace: int | None = None, **container: Any
+) -> dict[str, Any]:
+    """A pod labelled `app: ct` whose one container runs `sh -c script` (dedented) in busybox;
+    `container` adds fields to the container (env, volumeMounts, terminationMessagePolicy...)."""
+    spec: dict[str, Any] = {
+        "restartPolicy": restart,
+        "containers": [
+            {"name": "main", "image": BUSYBOX, "command": ["sh", "-c", textwrap.dedent(script)], **container}
+        ],
+    }
+    if grace is not None:
+        spec["terminationGracePeriodSeconds"] = grace
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "ct"}},
+        "spec": spec,
+    }
 
 
 def widget(name: str, size: int = 2, **spec: Any) -> dict[str, Any]:

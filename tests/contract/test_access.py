@@ -11,7 +11,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from contract.kit import GROUP, Cluster, wait_for, widget
+from contract.kit import BUSYBOX, GROUP, Cluster, wait_for, widget
 
 pytestmark = pytest.mark.cluster
 
@@ -124,9 +124,7 @@ RESTRICTED_SECURITY_CONTEXT = {
 def _pod(name: str, **container: object) -> dict:
     return {
         "metadata": {"name": name},
-        "spec": {
-            "containers": [{"name": "main", "image": "python:3.11-slim", "command": ["true"], **container}]
-        },
+        "spec": {"containers": [{"name": "main", "image": BUSYBOX, "command": ["true"], **container}]},
     }
 
 

@@ -7,7 +7,7 @@ import json
 import kubernetes
 import pytest
 
-from contract.kit import GROUP, Cluster, to_yaml, wait_for, widget
+from contract.kit import BUSYBOX, GROUP, Cluster, to_yaml, wait_for, widget
 
 pytestmark = pytest.mark.cluster
 
@@ -63,8 +63,8 @@ def test_get_pods_by_label_prints_default_columns(cluster: Cluster, ns: str) -> 
                 "containers": [
                     {
                         "name": "c",
-                        "image": "python:3.11-slim",
-                        "command": ["python", "-c", "import time; time.sleep(30)"],
+                        "image": BUSYBOX,
+                        "command": ["sleep", "30"],
                     }
                 ],
             },
