@@ -36,12 +36,14 @@ EXITS_ON_SIGTERM = """
 
 def log_of(core: kubernetes.client.CoreV1Api, ns: str, name: str) -> str:
     """The pod's log; '' while its container has not started or has no status yet (the API server
-    answers 400 then) and
-    when it printed nothing yet (the client reads an empty body as None)."""
+    answers 400 then), while its node does not know the pod yet (the kubelet answers 404 for
+    `pods/log`), and when it printed nothing yet (the client reads an empty body as None)."""
     try:
         return core.read_namespaced_pod_log(name, ns) or ""
     except ApiException as e:
         if e.status == 400 and ("is waiting to start" in e.body or "is not available" in e.body):
+            return ""
+        if e.status == 404 and '"kind":"pods/log"' in e.body:
             return ""
         raise
 
