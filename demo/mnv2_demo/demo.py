@@ -1,18 +1,26 @@
-"""`mnv2 demo`: the whole system on one machine, as a user would drive it.
+"""`mnv2 demo`: the whole system on one machine, as a user would drive it, on real nodes.
 
-It builds the local control plane if it is not built yet (`mnv2_cluster.build`, with progress; the
-first build compiles Kubernetes), starts it (etcd, kube-apiserver, kube-controller-manager and
-kube-scheduler, `mnv2_cluster.Cluster`) with the CRD, joins one process node agent (a Node whose pods
-run as local processes), makes the PersistentVolumeClaims the job names (the cluster has no storage
-provisioner), starts the operator as a child process (`mnv2 operator --standalone` with the cluster's
-kubeconfig), applies the example job with the real kubectl, follows the job's status with a one-line
-progress bar, then prints what `kubectl get mnv2` shows, where the checkpoints are, and a PNG of the
-curves. Exit status 0 only when the job Succeeded.
+It checks what the real nodes need first and names each missing piece with its fix (root; the Debian
+packages, the control plane, node binaries and CoreDNS of `make cluster`; the trainer image of `make
+images`). Then it starts the local control plane (etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler, `mnv2_cluster.launcher.Cluster`) with the CRD on a node network of its own, and two real
+nodes (`mnv2_cluster.realnode.RealNode`: the upstream kubelet and kube-proxy on containerd + runc, each in
+network and mount namespaces of its own): `node-1`, a CPU node, and `ascend-1`, an Ascend node whose
+device-plugin stand-in advertises 8 `huawei.com/Ascend910` and which is tainted NoSchedule as Ascend
+nodes are. It imports the trainer image into `node-1` only (CPU pods cannot land on the tainted Ascend
+node; the import runs in the background while the rest starts), starts CoreDNS, binds the
+PersistentVolumeClaims the job names to hostPath volumes (folders of the state folder, which the nodes'
+mount namespaces see), and starts the operator as a child process (`mnv2 operator --standalone`) with
+the chart's RBAC: the chart's ClusterRole bound to the operator's client certificate, and the trainer
+image as its default. It applies the example job with the real kubectl, follows the job's status with a
+one-line progress bar, then prints what `kubectl get mnv2` shows, where the checkpoints are, a PNG of
+the curves, and how long each phase took. Exit status 0 only when the job Succeeded.
 
 Stopping: Ctrl-C at any point stops the operator first (so it does not restart the pods being
-killed), then the node agent, which kills every pod's processes, then the control plane in order.
-The operator runs in its own process group for that reason: the terminal's SIGINT reaches only this
-process, which then stops the others in order.
+killed), then each node (its pods through the CRI, containerd, then whatever still runs in its
+namespaces; its namespaces, mounts, routes and cgroups removed), then the control plane in order and the
+node network's bridge. The operator runs in its own process group for that reason: the terminal's SIGINT
+reaches only this process, which then stops the others in order.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -244,11 +253,17 @@ class OperatorProcess:
                 continue
 
 
-def start_operator(kubeconfig: str | os.PathLike[str], namespace: str, log_path: Path) -> OperatorProcess:
-    """Start `mnv2 operator --standalone -n <namespace>` with KUBECONFIG pointing at the cluster."""
+def start_operator(
+    kubeconfig: str | os.PathLike[str],
+    namespace: str | None,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+) -> OperatorProcess:
+    """Start `mnv2 operator --standalone [-n <namespace>]` (cluster-wide without a namespace) with
+    KUBECONFIG pointing at the cluster (and `env` added to its environment)."""
     port = free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **(env or {}), KUBECONFIG=str(kubeconfig), PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -258,8 +273,7 @@ def start_operator(kubeconfig: str | os.PathLike[str], namespace: str, log_path:
                 "mnv2_operator.cli",
                 "operator",
                 "--standalone",
-                "--namespace",
-                namespace,
+                *(["--namespace", namespace] if namespace else []),
                 "--liveness",
                 health_url,
             ],
@@ -273,36 +287,119 @@ def start_operator(kubeconfig: str | os.PathLike[str], namespace: str, log_path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Control plane + node + CRD + operator, for the demo and the end-to-end tests
+# Control plane + real nodes + DNS + CRD + operator, for the demo and the end-to-end tests
 # --------------------------------------------------------------------------------------------------
 
-NODE_NAME = "node-1"
+CPU_NODE = "node-1"
+ASCEND_NODE = "ascend-1"
+ASCEND_DEVICES = 8
+TRAINER_IMAGE = "mnv2-trainer"
+# The operator's identity: a client certificate bound to the chart's ClusterRole (cluster-wide mode).
+OPERATOR_USER = "mnv2-operator"
+OPERATOR_ROLE = Path("manifests") / "rbac" / "20-clusterrole.yaml"
+# The claims' hostPath folders are writable for any uid (the trainer runs as a non-root user in CPU
+# pods, and a hostPath volume gets no fsGroup), as a local-path provisioner makes its folders.
+VOLUME_MODE = 0o777
 
 
 def claims_of(documents: list[Any]) -> list[tuple[str, str]]:
     """(namespace, claim name) of every PersistentVolumeClaim the manifest's jobs mount, in order."""
     claims: list[tuple[str, str]] = []
+    for namespace, claim, _ in claim_mounts(documents):
+        if (namespace, claim) not in claims:
+            claims.append((namespace, claim))
+    return claims
+
+
+def claim_mounts(documents: list[Any]) -> list[tuple[str, str, str | None]]:
+    """(namespace, claim name, subPath or None) of every claim mount of the manifest's jobs, in order."""
+    mounts: list[tuple[str, str, str | None]] = []
     for doc in documents:
         if not isinstance(doc, Mapping) or doc.get("kind") != C.KIND:
             continue
         namespace = str((doc.get("metadata") or {}).get("namespace") or "default")
         spec = doc.get("spec") or {}
         for part in ("dataset", "output"):
-            claim = ((spec.get(part) or {}).get("pvc") or {}).get("claimName")
-            if claim and (namespace, str(claim)) not in claims:
-                claims.append((namespace, str(claim)))
-    return claims
+            pvc = (spec.get(part) or {}).get("pvc") or {}
+            if pvc.get("claimName"):
+                sub_path = pvc.get("subPath")
+                mount = (namespace, str(pvc["claimName"]), str(sub_path) if sub_path else None)
+                if mount not in mounts:
+                    mounts.append(mount)
+    return mounts
+
+
+def operator_role(cwd: Path | None = None) -> Path:
+    """The chart's ClusterRole as the plain manifests carry it: from the cwd, else from the checkout
+    this package runs from (the demo's trainer image is built from a checkout too).
+
+    Raises:
+        DemoError: neither exists.
+    """
+    for root in (cwd or Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / OPERATOR_ROLE).is_file():
+            return (root / OPERATOR_ROLE).resolve()
+    raise DemoError(f"cannot find {OPERATOR_ROLE}: run `mnv2 demo` from the repository")
+
+
+def operator_binding(role_name: str, user: str = OPERATOR_USER) -> dict[str, Any]:
+    """The ClusterRoleBinding of `role_name` to the operator's user."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{role_name}-demo"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+
+
+def missing_pieces() -> list[str]:
+    """What this machine lacks to run the demo's real nodes, each with its fix; empty when nothing."""
+    from mnv2_cluster import build, coredns, host, imagebuild
+
+    missing = []
+    if os.geteuid() != 0:
+        missing.append(
+            "root: real nodes need network and mount namespaces, a bridge, routes and cgroups "
+            "(run `sudo make demo`, or `mnv2 demo` as root)"
+        )
+    packages = host.missing_packages()
+    if packages:
+        missing.append(
+            f"the Debian packages {' '.join(packages)}: `make cluster` installs them as root "
+            "(python -m mnv2_cluster.host)"
+        )
+    try:
+        build.binaries()
+    except build.BuildError as exc:
+        missing.append(f"the control plane and node binaries ({exc})")
+    try:
+        coredns.binary()
+    except build.BuildError as exc:
+        missing.append(f"CoreDNS ({exc})")
+    try:
+        archive = imagebuild.archive_path(TRAINER_IMAGE)
+    except (OSError, imagebuild.ImageBuildError) as exc:
+        missing.append(f"the trainer image: {exc}")
+    else:
+        if not archive.is_file():
+            missing.append(
+                f"the trainer image of this checkout ({archive}): build it with `make images` "
+                "(python -m mnv2_cluster.imagebuild; ~12 min the first time, ~2 min after a code change)"
+            )
+    return missing
 
 
 @dataclass
 class Cluster:
-    """The running control plane with one process node, the CRD, and the operator watching a namespace."""
+    """The running control plane with its real nodes, cluster DNS, the CRD, and the operator."""
 
     control_plane: Any  # mnv2_cluster.launcher.Cluster
-    node: Any  # mnv2_cluster.node.NodeAgent
+    nodes: dict[str, Any]  # name -> mnv2_cluster.realnode.RealNode
     operator: OperatorProcess
     api_client: Any
     state_dir: Path
+    timings: dict[str, float]
 
     @property
     def kubeconfig(self) -> str:
@@ -313,18 +410,42 @@ class Cluster:
         return _kubectl_stdout(self.control_plane.kubectl(*args, check=False, timeout=120), args)
 
     def apply(self, manifest: Path) -> str:
-        """`kubectl apply -f manifest`, after making the claims its jobs mount; kubectl's output."""
+        """`kubectl apply -f manifest`, after making the claims its jobs mount (hostPath volumes, their
+        subPath folders made too, writable by the trainer's user); kubectl's output."""
         documents = list(yaml.safe_load_all(manifest.read_text(encoding="utf-8")))
-        for namespace, claim in claims_of(documents):
-            self.control_plane.create_local_claim(namespace, claim)
+        for namespace, claim, sub_path in claim_mounts(documents):
+            folder = self.control_plane.create_local_claim(namespace, claim)
+            folder.chmod(VOLUME_MODE)
+            if sub_path:
+                (folder / sub_path).mkdir(parents=True, exist_ok=True)
+                (folder / sub_path).chmod(VOLUME_MODE)
         return self.kubectl("apply", "-f", str(manifest))
 
     def get_job(self, ref: JobRef) -> dict[str, Any]:
         return show.get_job(self.api_client, ref.name, ref.namespace)
 
     def volume(self, claim: str) -> Path:
-        """The folder of a claim made by `apply` (where the node mounts it)."""
+        """The folder of a claim made by `apply` (a hostPath volume the nodes mount)."""
         return self.control_plane.state_dir / "volumes" / "pvc" / claim
+
+    def kill_pod(self, namespace: str, name: str) -> list[int]:
+        """A node fault: SIGKILL every process of the pod's running containers on its node; the pids.
+
+        Raises:
+            DemoError: the pod has no running container.
+        """
+        from kubernetes import client
+        from mnv2_cluster import realnode
+
+        pod = client.CoreV1Api(self.api_client).read_namespaced_pod(name, namespace)
+        ids = [
+            s.container_id.split("://", 1)[1]
+            for s in pod.status.container_statuses or []
+            if s.container_id and s.state and s.state.running
+        ]
+        if not ids:
+            raise DemoError(f"pod {namespace}/{name} has no running container to kill")
+        return [pid for cid in ids for pid in realnode.kill_container(cid)]
 
 
 def _kubectl_stdout(result: subprocess.CompletedProcess[str], args: tuple[str, ...]) -> str:
@@ -355,114 +476,156 @@ def wait_served(api_client: Any, timeout: float = 30.0) -> None:
         time.sleep(0.3)
 
 
+class _Import(threading.Thread):
+    """A node's image import in the background: the node's containerd unpacks while the rest starts."""
+
+    def __init__(self, node: Any, archive: Path, ref: str) -> None:
+        super().__init__(name=f"import {ref} into {node.name}", daemon=True)
+        self.node, self.archive, self.ref = node, archive, ref
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.node.import_image(self.archive, self.ref)
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+        self.seconds = time.monotonic() - started
+
+    def result(self) -> float:
+        """Wait for the import; its seconds. Raises what the import raised."""
+        while self.is_alive():
+            self.join(0.5)  # short joins: Ctrl-C reaches the main thread meanwhile
+        if self.error is not None:
+            raise self.error
+        return self.seconds
+
+
 @contextlib.contextmanager
-def running_cluster(
-    state_dir: Path, namespace: str = "default", log: TextIO = sys.stdout
-) -> Iterator[Cluster]:
-    """Control plane + process node + CRD + operator; everything stopped on exit, operator first.
+def running_cluster(state_dir: Path, log: TextIO = sys.stdout) -> Iterator[Cluster]:
+    """Control plane + a CPU and an Ascend real node + CoreDNS + CRD + the trainer image + operator;
+    everything stopped on exit, operator first.
 
     Cleanup ignores further Ctrl-C: every step has its own timeout, and an interrupted cleanup is
-    exactly what leaves orphan processes behind.
+    exactly what leaves orphan processes, namespaces or mounts behind.
 
     Raises:
-        DemoError: the control plane cannot be built or started, or the node cannot join.
+        DemoError: a piece is missing (root, host packages, binaries, CoreDNS, the trainer image: each
+            named with its fix), or the control plane, a node or cluster DNS cannot start.
     """
     try:
-        from mnv2_cluster import build
+        from mnv2_cluster import imagebuild
         from mnv2_cluster.launcher import Cluster as ControlPlane
         from mnv2_cluster.launcher import ClusterError
-        from mnv2_cluster.node import NodeAgent
+        from mnv2_cluster.realnode import NodeError, NodeNetwork, RealNode, start_cluster_dns
     except ImportError as exc:
         raise DemoError(f"the demo needs the demo extra (pip install 'mnv2-operator[demo]'): {exc}") from exc
 
     from mnv2_operator import crd
 
+    missing = missing_pieces()
+    if missing:
+        raise DemoError("the demo's real nodes need:\n  - " + "\n  - ".join(missing))
+    archive = imagebuild.archive_path(TRAINER_IMAGE)
+    image = imagebuild.image_ref(TRAINER_IMAGE)
+    role_file = operator_role()
     state_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def say(text: str) -> None:
+        print(text, file=log, flush=True)
+
     with contextlib.ExitStack() as stack:
         stack.callback(
             _restore_signals, {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         )
         try:
-            # Instant when built; the first time it compiles Kubernetes, printing progress.
-            build.build()
-        except build.BuildError as exc:
-            raise DemoError(f"building the control plane failed: {exc}") from exc
+            network = NodeNetwork.allocate()
+        except NodeError as exc:
+            raise DemoError(str(exc)) from exc
         # The CRD exists before the controller manager starts, so garbage collection knows its kind.
-        control_plane = ControlPlane(state_dir, crds=[crd.crd_yaml()])
-        # Registered before start(): a Ctrl-C during start-up must still stop what did start.
-        stack.callback(_kill_leftovers, state_dir, log)
+        control_plane = ControlPlane(state_dir, crds=[crd.crd_yaml()], network=network)
+        # Registered before start(): a Ctrl-C during start-up must still stop what did start. The
+        # control plane's stop also removes the node network (bridge, slot).
         stack.callback(_quietly, "stopping the control plane", control_plane.stop, log)
-        print(f"starting the control plane in {state_dir} ...", file=log, flush=True)
+        say(f"starting the control plane in {state_dir} ...")
+        started = time.monotonic()
         try:
             control_plane.start()
         except ClusterError as exc:
             raise DemoError(f"the control plane did not start: {exc}") from exc
-        print(
-            f"control plane ready in {control_plane.timings['ready']:.1f} s "
-            f"(logs: {control_plane.logs_dir}); joining node {NODE_NAME} ...",
-            file=log,
-            flush=True,
+        timings["control plane ready"] = time.monotonic() - started
+        say(
+            f"control plane ready in {timings['control plane ready']:.1f} s at {control_plane.server} "
+            f"(logs: {control_plane.logs_dir})"
         )
-        node = NodeAgent.for_cluster(control_plane, NODE_NAME)
-        stack.callback(_quietly, f"stopping node {NODE_NAME} (and every pod's processes)", node.stop, log)
+        nodes: dict[str, Any] = {}
         try:
-            node.start()
-        except (RuntimeError, TimeoutError) as exc:
+            started = time.monotonic()
+            cpu = RealNode(control_plane, CPU_NODE, 1)
+            stack.callback(
+                _quietly, f"stopping node {CPU_NODE} (its pods, containerd, namespaces)", cpu.stop, log
+            )
+            nodes[CPU_NODE] = cpu.start()
+            say(
+                f"node {CPU_NODE} Ready in {cpu.timings['ready']:.1f} s: the kubelet on containerd, "
+                f"{cpu.ip}, CPU"
+            )
+            # Only the CPU node gets the trainer image: the Ascend node is tainted NoSchedule
+            # (huawei.com/Ascend910), so the CPU job's pods cannot land there.
+            say(
+                f"importing the trainer image {image} ({archive.stat().st_size / 2**30:.1f} GiB) into "
+                f"{CPU_NODE} only ({ASCEND_NODE} is tainted NoSchedule for Ascend jobs; CPU pods do not "
+                "land there) ..."
+            )
+            importing = _Import(cpu, archive, image)
+            importing.start()
+            ascend = RealNode(control_plane, ASCEND_NODE, 2, ascend_devices=ASCEND_DEVICES)
+            stack.callback(_quietly, f"stopping node {ASCEND_NODE}", ascend.stop, log)
+            nodes[ASCEND_NODE] = ascend.start()
+            say(
+                f"node {ASCEND_NODE} Ready in {ascend.timings['ready']:.1f} s: {ascend.ip}, "
+                f"{ASCEND_DEVICES} huawei.com/Ascend910 from the device-plugin stand-in, tainted NoSchedule"
+            )
+            timings["nodes ready"] = time.monotonic() - started
+            say(f"cluster DNS (CoreDNS) Ready in {start_cluster_dns(control_plane):.1f} s")
+        except NodeError as exc:
             raise DemoError(str(exc)) from exc
         api_client = control_plane.api_client()
         wait_served(api_client)
-        print(
-            f"node {NODE_NAME} Ready; starting the operator (log: {state_dir / 'operator.log'}) ...",
-            file=log,
-            flush=True,
+        # The operator as the chart installs it: the chart's ClusterRole, bound to the operator's user.
+        role = yaml.safe_load(role_file.read_text(encoding="utf-8"))
+        control_plane.kubectl("apply", "-f", str(role_file))
+        control_plane.kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump(operator_binding(role["metadata"]["name"]))
         )
-        operator = start_operator(control_plane.kubeconfig, namespace, state_dir / "operator.log")
+        operator_kubeconfig = control_plane.kubeconfig_for_user(OPERATOR_USER)
+        say(
+            f"starting the operator (cluster-wide) as {OPERATOR_USER} with the chart's RBAC "
+            f"(log: {state_dir / 'operator.log'}) ..."
+        )
+        operator = start_operator(
+            operator_kubeconfig,
+            None,  # cluster-wide, as the chart's default values run it (its ClusterRole is for that)
+            state_dir / "operator.log",
+            env={"MNV2_DEFAULT_TRAINER_IMAGE": image},
+        )
         stack.callback(_quietly, "stopping the operator", operator.stop, log)
         operator.wait_ready()
+        try:
+            timings["image import"] = importing.result()
+        except NodeError as exc:
+            raise DemoError(str(exc)) from exc
+        say(f"trainer image imported into {CPU_NODE} in {timings['image import']:.1f} s")
         yield Cluster(
             control_plane=control_plane,
-            node=node,
+            nodes=nodes,
             operator=operator,
             api_client=api_client,
             state_dir=state_dir,
+            timings=timings,
         )
-
-
-def pod_processes(state_dir: Path) -> list[int]:
-    """Live processes of this cluster's pods: they carry the node agent's pod marker and run in a
-    folder under `state_dir` (children inherit both, also those that left the pod's process group:
-    msrun starts its workers with setsid). Linux only (/proc); elsewhere none are found."""
-    from mnv2_cluster.pods import POD_MARKER
-
-    marker = f"{POD_MARKER}=".encode()
-    root = str(state_dir.resolve())
-    pids: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return pids
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if not any(v.startswith(marker) for v in (entry / "environ").read_bytes().split(b"\0")):
-                continue
-            cwd = os.readlink(entry / "cwd")
-        except OSError:  # gone, or not ours
-            continue
-        if cwd == root or cwd.startswith(root + os.sep):
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_leftovers(state_dir: Path, log: TextIO) -> None:
-    """After the node stopped: SIGKILL pod processes that escaped it (a real node's container
-    runtime ends every process of a container)."""
-    leftovers = pod_processes(state_dir)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    if leftovers:
-        print(f"killed {len(leftovers)} leftover pod process(es): {leftovers}", file=log, flush=True)
 
 
 def _quietly(what: str, stop: Callable[[], None], log: TextIO) -> None:
@@ -579,15 +742,17 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     # SIGTERM (`timeout`, `kill`, a closing terminal) takes the same orderly path as Ctrl-C.
     previous_handlers = _signals_as_interrupt()
     try:
-        with running_cluster(state_dir, ref.namespace, log=out) as cluster:
+        with running_cluster(state_dir, log=out) as cluster:
             for namespace, claim in claims_of(list(yaml.safe_load_all(manifest.read_text(encoding="utf-8")))):
                 print(
-                    f"PersistentVolumeClaim {namespace}/{claim}: a local volume, {cluster.volume(claim)}",
+                    f"PersistentVolumeClaim {namespace}/{claim}: a hostPath volume on {cluster.volume(claim)}",
                     file=out,
                 )
             print(f"$ kubectl apply -f {manifest}", file=out)
             print(cluster.apply(manifest).rstrip(), file=out, flush=True)
+            training = time.monotonic()
             job = follow_job(lambda: cluster.get_job(ref), cluster.operator.alive, out=out)
+            cluster.timings["training"] = time.monotonic() - training
             succeeded = job["status"]["phase"] == "Succeeded"
             report(cluster, ref, job, out, time.monotonic() - started)
             if args.keep:
@@ -661,7 +826,8 @@ def report(cluster: Cluster, ref: JobRef, job: Mapping[str, Any], out: TextIO, e
             logs = cluster.kubectl("logs", f"{ref.name}-worker-0", "-n", ref.namespace, "--tail=30")
             print(f"last lines of {ref.name}-worker-0:\n{logs.rstrip()}", file=out)
         print(f"operator log: {cluster.operator.log_path}", file=out)
-    print(f"\ndone in {show.fmt_duration(elapsed)}", file=out, flush=True)
+    phases = ", ".join(f"{what} {seconds:.0f} s" for what, seconds in cluster.timings.items())
+    print(f"\ndone in {show.fmt_duration(elapsed)} ({phases})", file=out, flush=True)
 
 
 def keep_running(cluster: Cluster, ref: JobRef, out: TextIO) -> None:

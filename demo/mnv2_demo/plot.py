@@ -122,8 +122,8 @@ def plot_curves(
 def metrics_path_from_status(job: Mapping[str, Any]) -> Path | None:
     """Where the job's metrics.jsonl should be, from the checkpoint paths in its status.
 
-    The trainer writes metrics.jsonl next to its checkpoints (in --ckpt_save_dir). On the demo's cluster those
-    paths are local folders; on a real cluster they are inside the pod's volume.
+    The trainer writes metrics.jsonl next to its checkpoints (in --ckpt_save_dir). Those paths are inside
+    the pod's volume (`/output/ckpt/...`); on this machine only when the volume is mounted at that path.
     """
     checkpoints = (job.get("status") or {}).get("checkpoints") or {}
     for key in ("latest", "best"):
@@ -140,7 +140,7 @@ def plot_cli(
 
     A path to an existing file (or anything ending in `.jsonl`) is read directly. Otherwise `source` is
     a job name: its metrics.jsonl is found next to the checkpoints its status names, which works when
-    that folder is reachable from here (the demo's node agent maps volumes to local folders).
+    that folder is reachable from here; otherwise the error says how to copy the file out.
     """
     try:
         if source.endswith(".jsonl") or Path(source).is_file():

@@ -89,6 +89,65 @@ def test_claims_of_the_jobs_in_a_manifest() -> None:
     assert demo.claims_of(docs) == [("ml", "data"), ("ml", "runs"), ("default", "runs")]
 
 
+def test_claim_mounts_keep_each_sub_path() -> None:
+    docs = [
+        {"kind": "MobileNetV2TrainingJob", "metadata": {"name": "a"},
+         "spec": {"dataset": {"pvc": {"claimName": "runs", "subPath": "data"}},
+                  "output": {"pvc": {"claimName": "runs", "subPath": "a"}}}},
+        {"kind": "MobileNetV2TrainingJob", "metadata": {"name": "b"},
+         "spec": {"output": {"pvc": {"claimName": "runs"}}}},
+    ]  # fmt: skip
+    assert demo.claim_mounts(docs) == [
+        ("default", "runs", "data"),
+        ("default", "runs", "a"),
+        ("default", "runs", None),
+    ]
+    assert demo.claims_of(docs) == [("default", "runs")]
+
+
+def test_the_operator_runs_with_the_charts_cluster_role() -> None:
+    # The plain manifests' ClusterRole is the chart's (tools/manifests.py renders it; a test checks drift).
+    role = yaml.safe_load(demo.operator_role(cwd=REPO_ROOT).read_text(encoding="utf-8"))
+    assert demo.operator_role(cwd=REPO_ROOT / "demo") == demo.operator_role(cwd=REPO_ROOT)  # the checkout's
+    assert role["kind"] == "ClusterRole"
+    binding = demo.operator_binding(role["metadata"]["name"])
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": demo.OPERATOR_USER}
+    ]
+
+
+def test_missing_pieces_name_each_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mnv2_cluster import build, coredns, host, imagebuild
+
+    def not_built() -> None:
+        raise build.BuildError("not built: build them with `make cluster`")
+
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(host, "missing_packages", lambda: ["containerd", "runc"])
+    monkeypatch.setattr(build, "binaries", not_built)
+    monkeypatch.setattr(coredns, "binary", not_built)
+    monkeypatch.setattr(imagebuild, "archive_path", lambda name: tmp_path / f"{name}.tar")
+    missing = demo.missing_pieces()
+    assert len(missing) == 5, missing
+    root, packages, binaries, dns, image = missing
+    assert root.startswith("root:") and "sudo make demo" in root
+    assert "containerd runc" in packages and "`make cluster`" in packages
+    assert "`make cluster`" in binaries and dns.startswith("CoreDNS") and "`make cluster`" in dns
+    assert str(tmp_path / "mnv2-trainer.tar") in image and "`make images`" in image
+
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(host, "missing_packages", lambda: [])
+    monkeypatch.setattr(build, "binaries", lambda: {})
+    monkeypatch.setattr(coredns, "binary", lambda: tmp_path / "coredns")
+    (tmp_path / "mnv2-trainer.tar").write_bytes(b"")
+    assert demo.missing_pieces() == []
+
+
 @pytest.fixture
 def answering_server() -> Iterator[str]:
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
