@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/operator_scale.py [--jobs 100,500,1000] [--pod-seconds 5] [--smoke] [--profile]
 
 For each N: a fresh local control plane (``mnv2_cluster.launcher.Cluster``: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler built from upstream) with the CRD and one simulated node agent
-sized for N pods (``NodeAgent(mode="simulated")``, in this process), the operator as its own process
+kube-controller-manager, kube-scheduler built from upstream) with the CRD and one simulated node
+sized for N pods (``mnv2_cluster.simulated.SimulatedNode``, in this process), the operator as its own process
 (``mnv2 operator --standalone``, cluster-wide, like the chart's Deployment, as a user of its own so
 the audit log tells its requests apart), then N one-node CPU jobs created concurrently through the API
-(16 client threads). The real scheduler binds each pod; the node agent marks it Running at once and
+(16 client threads). The real scheduler binds each pod; the simulated node marks it Running at once and
 ends it with exit code 0 ``--pod-seconds`` later. Measured:
 
 * time until every job has its pod, and the per-job latency (creation -> pod seen; 1 s polling);
@@ -19,7 +19,7 @@ ends it with exit code 0 ``--pod-seconds`` later. Measured:
   pods, and merge patches of children (none expected without gang restarts: a second reconcile
   racing the first shows up here);
 * the operator's peak RSS (``VmHWM``) and CPU seconds, the control plane's CPU seconds (its four
-  processes) and this process's (node agent and polling), so the time can be attributed.
+  processes) and this process's (simulated node and polling), so the time can be attributed.
 
 ``--profile`` runs the operator under cProfile and prints its top functions (cumulative time).
 Goal: 1000 jobs all with pods within 60 s, operator under 200 MB.
@@ -186,7 +186,7 @@ def run_point(
 ) -> dict[str, Any]:
     import kubernetes
     from mnv2_cluster.launcher import Cluster
-    from mnv2_cluster.node import NodeAgent
+    from mnv2_cluster.simulated import SimulatedNode
     from mnv2_operator import crd
 
     with tempfile.TemporaryDirectory(prefix=f"mnv2-bench-op{n}-") as tmp:
@@ -197,10 +197,9 @@ def run_point(
         try:
             cluster.start()
             # Sized for every job's pod (a kubelet's default is 110 pods).
-            node = NodeAgent.for_cluster(
+            node = SimulatedNode.for_cluster(
                 cluster,
                 "sim-0",
-                mode="simulated",
                 capacity={"cpu": str(4 * n), "memory": f"{16 * n}Gi", "pods": str(n + 10)},
             )
             node.default_outcome = (pod_seconds, 0)

@@ -1,7 +1,7 @@
 """Shared pytest options.
 
 `--kubeconfig` points suites marked `cluster` at another Kubernetes cluster instead of the local
-control plane they start (`mnv2_cluster`); tests that need the local one (its node agents, its audit
+control plane they start (`mnv2_cluster`); tests that need the local one (its nodes, its audit
 log, identities made from its CA) start it anyway or skip, saying so.
 """
 

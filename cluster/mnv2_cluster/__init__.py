@@ -10,7 +10,8 @@ Not part of the operator's runtime (its image never imports this package); insta
 - `launcher.Cluster`: etcd, kube-apiserver (RBAC, default admission with PodSecurity and
   NodeRestriction, audit log), kube-controller-manager and kube-scheduler on loopback (or on a node
   network's bridge address), stopped in order.
-- `node.NodeAgent`: a Node whose pods run as local processes (docs/node-agent.md).
+- `simulated.SimulatedNode`: a test double of a Node whose pods run nothing and end when a test says
+  (the operator's integration tests; docs/simulated-nodes.md).
 - `realnode.RealNode`, `realnode.NodeNetwork`: a real Node, the upstream kubelet and kube-proxy on
   containerd + runc with CNI networking in a network namespace of its own (docs/real-nodes.md);
   `host` installs the Debian packages it runs on, `images` writes its pause and busybox images.

@@ -4,7 +4,7 @@ A real node (`mnv2_cluster.realnode.RealNode`) runs the kubelet on containerd + 
 reference plugins, kube-proxy writes iptables rules, and its test image is Debian's static busybox.
 `python -m mnv2_cluster.host` (what `make cluster` runs) installs the missing packages with apt-get
 when run as root; otherwise it says which ones are missing and how to install them, and leaves the
-rest of the project (the control plane, the process node agent) working without them.
+rest of the project (the control plane, simulated nodes) working without them.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> int:
     try:
         installed = ensure_packages()
     except HostError as e:
-        # Not fatal here: the control plane and the process node agent work without these.
+        # Not fatal here: the control plane and simulated nodes work without these.
         print(f"note: {e}", file=sys.stderr)
         return 0
     if installed:

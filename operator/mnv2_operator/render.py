@@ -210,7 +210,7 @@ def trainer_command(name: str, namespace: str, spec: S.JobSpec, index: int, atte
     if spec.accelerator.type == "ascend" and spec.accelerator.bind_core:
         # Pins each worker to the cores of its NPU's NUMA node, as MindCV's distributed commands do.
         msrun.append("--bind_core=True")
-    # Paths go as flags (never only in the config file): the process node agent maps mount paths in flags.
+    # Paths go as flags (never only in the config file): the command line shows where everything is.
     if spec.mode == "train":
         trainer = ["python", "-m", TRAIN_ENTRY, "--config", CONFIG_PATH, "--data_dir", S.DATA_MOUNT]
         trainer += ["--ckpt_save_dir", CKPT_DIR, "--resume", spec.resume]

@@ -69,8 +69,8 @@ DEFAULT_CLUSTER_TIMEOUT = 600
 DEFAULT_MULTI_NODE_CLUSTER_TIMEOUT = 1800
 DEFAULT_RECIPE = "mobilenet_v2_0.75_ascend"
 
-#: Where the pod mounts things. The trainer gets these paths as command-line flags (the process node agent's
-#: process kubelet maps mount paths in flags to local folders), so they are part of the contract.
+#: Where the pod mounts things. The trainer gets these paths as command-line flags, so they are part of
+#: the contract (docs/interfaces.md).
 DATA_MOUNT = "/data"
 OUTPUT_MOUNT = "/output"
 CONFIG_MOUNT = "/etc/mnv2"

@@ -1,14 +1,13 @@
 """A local cluster for the tests: the upstream control plane (`mnv2_cluster.launcher.Cluster`: etcd,
-kube-apiserver with RBAC, admission and an audit log, kube-controller-manager, kube-scheduler) with
-node agents joined to it as real Nodes (`mnv2_cluster.node.NodeAgent`).
+kube-apiserver with RBAC, admission and an audit log, kube-controller-manager, kube-scheduler), with
+simulated Nodes (`mnv2_cluster.simulated.SimulatedNode`) or real ones (`mnv2_cluster.realnode.RealNode`).
 
     with local_cluster(tmp / "cluster", crds=[crd.crd_yaml()], simulated=["sim-0"]) as local:
         local.control_plane.kubectl("apply", "-f", ...)
         local.finish("ns", "job-worker-0", exit_code=0)   # a simulated pod ends now
 
-Simulated nodes run no process: their pods go Running and end when a test says (`finish`); process
-nodes run each pod's command as local processes. Everything started is stopped in order (nodes, then
-the control plane), also when a start fails half way.
+Simulated nodes run nothing: their pods go Running and end when a test says (`finish`). Everything
+started is stopped in order (nodes, then the control plane), also when a start fails half way.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mnv2_cluster.launcher import Cluster
-from mnv2_cluster.node import NodeAgent
+from mnv2_cluster.simulated import SimulatedNode
 
 T = TypeVar("T")
 
@@ -59,18 +58,18 @@ def object_requests(
 
 @dataclass
 class LocalCluster:
-    """A started control plane and its started node agents (by node name)."""
+    """A started control plane and its started simulated nodes (by node name)."""
 
     control_plane: Cluster
-    nodes: dict[str, NodeAgent] = field(default_factory=dict)
+    nodes: dict[str, SimulatedNode] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
         return self.control_plane.kubeconfig
 
-    def node_of(self, namespace: str, pod: str, timeout: float = 30.0) -> NodeAgent:
-        """The agent running `pod` (this pod: a pod made again under the same name is waited for),
-        once the scheduler has bound it and the agent has started it."""
+    def node_of(self, namespace: str, pod: str, timeout: float = 30.0) -> SimulatedNode:
+        """The node running `pod` (this pod: a pod made again under the same name is waited for),
+        once the scheduler has bound it and the node has seen it."""
         core = self._core()
 
         def bound() -> Any:
@@ -78,20 +77,18 @@ class LocalCluster:
             return current if current.spec.node_name else None
 
         current = wait_for(f"pod {namespace}/{pod} bound to a node", bound, timeout)
-        agent = self.nodes[current.spec.node_name]
+        node = self.nodes[current.spec.node_name]
         uid = current.metadata.uid
         wait_for(
-            f"pod {namespace}/{pod} started by {agent.name}",
-            lambda: agent.has_pod(namespace, pod, uid),
-            timeout,
+            f"pod {namespace}/{pod} seen by {node.name}", lambda: node.has_pod(namespace, pod, uid), timeout
         )
-        return agent
+        return node
 
     def finish(
         self, namespace: str, pod: str, exit_code: int, reason: str | None = None, message: str | None = None
     ) -> None:
         """End a pod of a simulated node with `exit_code` (reason `Error` when not 0, unless given);
-        `message` becomes its container's termination message."""
+        `message` becomes its containers' termination message."""
         reason = reason if reason is not None else ("Error" if exit_code else None)
         self.node_of(namespace, pod).finish(
             namespace, pod, exit_code=exit_code, reason=reason, message=message
@@ -111,26 +108,23 @@ def local_cluster(
     *,
     crds: Sequence[str] = (),
     simulated: Sequence[str] = (),
-    process: Sequence[str] = (),
     node_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[LocalCluster]:
     """Start the control plane (with `crds` created before the controller manager starts, so garbage
-    collection knows their kinds) and the named node agents (`node_options`: a node's further
-    `NodeAgent` arguments, by name); stop all of it on exit."""
+    collection knows their kinds) and the named simulated nodes (`node_options`: a node's further
+    `SimulatedNode` arguments, by name); stop all of it on exit."""
     control_plane = Cluster(state_dir, crds=list(crds))
     local = LocalCluster(control_plane)
     try:
         control_plane.start()
-        for names, mode in ((simulated, "simulated"), (process, "process")):
-            for name in names:
-                options = (node_options or {}).get(name, {})
-                agent = NodeAgent.for_cluster(control_plane, name, mode=mode, **options)  # type: ignore[arg-type]
-                local.nodes[name] = agent
-                agent.start()
+        for name in simulated:
+            node = SimulatedNode.for_cluster(control_plane, name, **(node_options or {}).get(name, {}))
+            local.nodes[name] = node
+            node.start()
         yield local
     finally:
-        for agent in local.nodes.values():
-            agent.stop()
+        for node in local.nodes.values():
+            node.stop()
         control_plane.stop()
 
 

@@ -1,6 +1,5 @@
-"""Pods that run a Python snippet, and the reads of their state, shared by the contract suite (any
-cluster, so the pods name a real image) and the node agent's tests (which ignore the image and run
-the command as local processes)."""
+"""Pods that run a Python snippet (they name a real image, so they run on any cluster), and the reads
+of pods' state the cluster tests share."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from support import REPO_ROOT
 # Top-level module -> why the operator must not import it.
 FORBIDDEN = {
     "mnv2_demo": "the demo package (the demo extra)",
-    "mnv2_cluster": "the local cluster's launcher and node agent (the cluster extra)",
+    "mnv2_cluster": "the local cluster's launcher and nodes (the cluster extra)",
     "matplotlib": "plotting (the demo extra)",
     "mindspore": "the trainer's framework (the trainer extra)",
     "mindcv": "a test dependency",
@@ -230,7 +230,7 @@ def test_the_check_finds_lazy_relative_and_indirect_imports(tmp_path: Path) -> N
         "mnv2_operator/c.py": "from mnv2_trainer import deep\n",
         "mnv2_operator/cli.py": (
             "def demo():\n    try:\n        from mnv2_demo import demo\n    except ImportError:\n        pass\n"
-            "def unguarded():\n    import mnv2_cluster.node\n"
+            "def unguarded():\n    import mnv2_cluster.simulated\n"
         ),
         "mnv2_operator/d.py": "import importlib\nimportlib.import_module('support.rbac')\n",
         "mnv2_trainer/__init__.py": "import numpy\n",
@@ -242,7 +242,7 @@ def test_the_check_finds_lazy_relative_and_indirect_imports(tmp_path: Path) -> N
     assert forbidden_imports(tmp_path, "mnv2_operator") == [
         "mnv2_operator.a:2 -> matplotlib.pyplot (plotting (the demo extra))",
         "mnv2_operator.c:1 -> mnv2_trainer:1 -> numpy (a trainer dependency)",
-        "mnv2_operator.cli:7 -> mnv2_cluster.node (the local cluster's launcher and node agent (the cluster extra))",
+        "mnv2_operator.cli:7 -> mnv2_cluster.simulated (the local cluster's launcher and nodes (the cluster extra))",
         "mnv2_operator.d:2 -> support.rbac (the tests' helpers)",
     ]
     (tmp_path / "mnv2_operator/e.py").write_text("import importlib\nimportlib.import_module(name)\n")

@@ -18,7 +18,7 @@ This launcher runs the command it is given (msrun and its arguments) as a child 
   leaves behind become its children; once msrun has ended it stops them (SIGTERM, then SIGKILL after
   ``STOP_TIMEOUT``) and reaps every zombie, then exits with msrun's status (``128 + n`` for a signal).
 
-It works the same as PID 1 of a container and as an ordinary process (the process node agent),
+It works the same as PID 1 of a container and as an ordinary process (the tests run it both ways),
 needs no init binary in the image, and passes msrun's output through untouched.
 """
 

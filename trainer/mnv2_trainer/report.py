@@ -198,9 +198,8 @@ def kubernetes_patcher(name: str, namespace: str) -> Callable[[dict[str, Any]], 
     It takes the status fields (``{"progress": ...}``) and sends ``{"status": {...}}``.
 
     The cluster and credentials come from the project's one bootstrap,
-    :func:`mnv2_operator.kube.client_configuration`: ``$KUBECONFIG`` when set (the process node
-    agent sets it for pod processes where it cannot mount the token at its in-cluster path), else
-    the pod's ServiceAccount.
+    :func:`mnv2_operator.kube.client_configuration`: ``$KUBECONFIG`` when set (as for every client of
+    the project, e.g. a trainer run by hand), else the pod's ServiceAccount.
     """
     state: dict[str, Any] = {}
 

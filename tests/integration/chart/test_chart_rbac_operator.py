@@ -6,8 +6,8 @@ chart's Deployment) runs as that ServiceAccount, with a bound token. It goes thr
 exercises every kind of request it can make: watching jobs and pods, creating every child (a gang job
 gets a Volcano PodGroup), a worker failure with a gang restart (pod deletes; the job's own children
 are read and patched again), a job blocked by someone else's pod, success, deletion of the job by
-ttlSecondsAfterFinished, an invalid spec (status patch + Events). Pods run on two simulated node
-agents, which end them when the test says.
+ttlSecondsAfterFinished, an invalid spec (status patch + Events). Pods run on two simulated nodes,
+which end them when the test says.
 
 The API server's audit log holds every request with the user who made it and the answer: none of the
 operator's may be refused (a missing permission is a real 403), and each one is evaluated against the

@@ -1,16 +1,15 @@
 """The local control plane (etcd, kube-apiserver, controller manager, scheduler built from upstream)
-with node agents: `node-process` and `node-process-2` run pods as local processes; `node-ascend` is labelled and sized
-as MindCluster labels an Ascend training server (8 `huawei.com/Ascend910`) and simulates its pods."""
+with two simulated nodes: `node-sim`, and `node-ascend`, labelled and sized as MindCluster labels an
+Ascend training server (8 `huawei.com/Ascend910`). The real-node modules start clusters of their own."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import kubernetes
 import pytest
 from mnv2_cluster.launcher import Cluster
-from mnv2_cluster.node import NodeAgent, ascend_node_options
+from mnv2_cluster.simulated import SimulatedNode, ascend_node_options
 from support.cluster import LocalCluster, local_cluster
 
 
@@ -19,11 +18,10 @@ def local_nodes(
     tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None
 ) -> Iterator[LocalCluster]:
     if kubeconfig_option:
-        pytest.skip("node agents join the local control plane: its CA signs their credentials")
+        pytest.skip("simulated nodes join the local control plane: its CA signs their credentials")
     with local_cluster(
         tmp_path_factory.mktemp("cluster"),
-        process=["node-process", "node-process-2"],
-        simulated=["node-ascend"],
+        simulated=["node-sim", "node-ascend"],
         node_options={"node-ascend": ascend_node_options()},
     ) as started:
         yield started
@@ -35,7 +33,7 @@ def local(local_nodes: LocalCluster) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def nodes(local_nodes: LocalCluster) -> dict[str, NodeAgent]:
+def nodes(local_nodes: LocalCluster) -> dict[str, SimulatedNode]:
     return local_nodes.nodes
 
 
@@ -50,18 +48,5 @@ def core(api: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
 
 
 @pytest.fixture(scope="module")
-def rbac(api: kubernetes.client.ApiClient) -> kubernetes.client.RbacAuthorizationV1Api:
-    return kubernetes.client.RbacAuthorizationV1Api(api)
-
-
-@pytest.fixture(scope="module")
 def coordination(api: kubernetes.client.ApiClient) -> kubernetes.client.CoordinationV1Api:
     return kubernetes.client.CoordinationV1Api(api)
-
-
-@pytest.fixture
-def kubectl(local: Cluster) -> Callable[..., subprocess.CompletedProcess[str]]:
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return local.kubectl(*args, timeout=timeout)
-
-    return run

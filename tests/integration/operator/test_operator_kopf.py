@@ -1,7 +1,7 @@
 """The operator (kopf, in-process through KopfRunner) against the real control plane with simulated nodes.
 
 The local control plane (etcd, kube-apiserver, controller manager, scheduler built from upstream) gets
-two simulated node agents: the scheduler binds each pod to one of them, the pod goes Running by
+two simulated nodes (docs/simulated-nodes.md): the scheduler binds each pod to one of them, the pod goes Running by
 itself and ends when a test calls `cluster.finish(ns, pod, exit_code)`, which lets each test drive the
 gang through every transition in seconds. The operator runs as its own user, with exactly the rules the
 chart grants the operator (the real authorizer refuses whatever it would refuse the installed operator),

@@ -8,7 +8,7 @@
   backoff count by rewriting `phase` or `restarts`.
 
 Written against the public API (Kubernetes client); cases that need a pod to end a certain way use
-the local cluster's simulated node agents and are skipped on another cluster.
+the local cluster's simulated nodes and are skipped on another cluster.
 """
 
 from __future__ import annotations
