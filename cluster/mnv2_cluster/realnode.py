@@ -632,8 +632,15 @@ class RealNode:
         from mnv2_cluster import ascend
 
         binary = self._binaries(("ascend-device-plugin",))["ascend-device-plugin"]
+        # The plugin binds its socket in that folder: a unix socket's path has at most 107 bytes, which
+        # a state folder under pytest's temporary folders exceeds. A link under the short run folder
+        # names the same folder.
+        self.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+        plugin_dir = self.run_dir / "device-plugins"
+        plugin_dir.unlink(missing_ok=True)
+        plugin_dir.symlink_to(self.device_plugin_dir)
         self._device_plugin = ascend.start_device_plugin(
-            self.device_plugin_dir,
+            plugin_dir,
             self.state_dir / "dev",
             log=self.logs_dir / "ascend-device-plugin.log",
             count=self.ascend_devices,
