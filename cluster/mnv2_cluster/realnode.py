@@ -894,23 +894,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 f"failed (exit {tag.returncode}): {tag.stderr.strip()}"
             )
 
-    def container_pids(self, container_id: str) -> list[int]:
-        """The host pids of a running container's processes, its main process first (what a fault on
-        the node would kill); [] when it runs no process. `container_id` as a pod's status gives it
-        (`containerd://<id>`) or the bare id."""
-        cid = container_id.removeprefix("containerd://")
-        listing = self._ctr("tasks", "ls")
-        if listing.returncode != 0:
-            raise NodeError(f"`ctr tasks ls` on node {self.name} failed: {listing.stderr.strip()}")
-        tasks = listing.stdout.splitlines()[1:]  # TASK PID STATUS
-        main = next(
-            (int(t.split()[1]) for t in tasks if t.split()[0] == cid and t.split()[2] == "RUNNING"), None
-        )
-        if main is None:
-            return []
-        listed = self._ctr("tasks", "ps", cid).stdout.splitlines()[1:]  # PID INFO; none once it ended
-        return [main, *(int(line.split()[0]) for line in listed if int(line.split()[0]) != main)]
-
     def import_image(self, archive: Path, name: str = "", timeout: float = 900.0) -> None:
         """Import an OCI or Docker image archive into the node's containerd (the CRI's namespace), then
         drop the image's layer blobs from its content store: once unpacked, the snapshots are what the

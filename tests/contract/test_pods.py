@@ -16,6 +16,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
+from mnv2_cluster.realnode import container_pids
 from support.pods import field_env, gone, phase
 
 from contract.kit import Cluster, busybox_pod, wait_for
@@ -318,6 +319,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
@@ -335,14 +343,17 @@ SPAWN = """
 
 def _container_processes(cluster: Cluster, core, ns: str, name: str) -> tuple[int, int]:
     """The host pids of the pod's main process and its `setsid sleep 300` child, once both run."""
-    node = cluster.need_local_node("reaches the container's processes on the node")
+    cluster.need_local_node("reaches the container's processes on the node")
     wait_for(lambda: "up" in log_of(core, ns, name), 60, f"{name} to start")
     cid = core.read_namespaced_pod(name, ns).status.container_statuses[0].container_id
+    cid = cid.removeprefix("containerd://")
 
     def found() -> tuple[int, int] | None:
-        pids = node.container_pids(cid)
-        child = next((p for p in pids[1:] if _cmdline(p) == ["sleep", "300"]), None)
-        return (pids[0], child) if child else None
+        pids = container_pids(cid)  # from the container's cgroup
+        # The main process: the one whose parent (the runtime's shim) is not in the container.
+        main = next((p for p in pids if _parent(p) not in pids), None)
+        child = next((p for p in pids if _cmdline(p) == ["sleep", "300"]), None)
+        return (main, child) if main and child else None
 
     return wait_for(found, 10, f"the processes of {name}'s container")
 
