@@ -214,8 +214,14 @@ def test_label_selectors_on_list(core, ns: str, selector: str, expected: list[st
     }
     for name, lab in labels.items():
         core.create_namespaced_config_map(ns, {"metadata": {"name": name, "labels": lab}})
+    # The controller manager publishes kube-root-ca.crt into a new namespace a moment after it exists.
+    wait_for(
+        lambda: any(c.metadata.name == "kube-root-ca.crt" for c in core.list_namespaced_config_map(ns).items),
+        20,
+        "kube-root-ca.crt in a new namespace",
+    )
     got = sorted(c.metadata.name for c in core.list_namespaced_config_map(ns, label_selector=selector).items)
-    # A namespace is never empty: kube-root-ca.crt (no labels) matches the negative selectors too.
+    # kube-root-ca.crt (no labels) matches the negative selectors too.
     assert [n for n in got if n in labels] == expected
     assert ("kube-root-ca.crt" in got) == selector.startswith(("!", "tier!=", "tier notin"))
 
