@@ -345,17 +345,20 @@ def _container_processes(cluster: Cluster, core, ns: str, name: str) -> tuple[in
     """The host pids of the pod's main process and its `setsid sleep 300` child, once both run."""
     cluster.need_local_node("reaches the container's processes on the node")
     wait_for(lambda: "up" in log_of(core, ns, name), 60, f"{name} to start")
-    cid = core.read_namespaced_pod(name, ns).status.container_statuses[0].container_id
-    cid = cid.removeprefix("containerd://")
 
     def found() -> tuple[int, int] | None:
-        pids = container_pids(cid)  # from the container's cgroup
+        # The log can show "up" before the kubelet's status manager has written the container's id.
+        statuses = core.read_namespaced_pod(name, ns).status.container_statuses or []
+        cid = statuses[0].container_id if statuses else None
+        if not cid:
+            return None
+        pids = container_pids(cid.removeprefix("containerd://"))  # from the container's cgroup
         # The main process: the one whose parent (the runtime's shim) is not in the container.
         main = next((p for p in pids if _parent(p) not in pids), None)
         child = next((p for p in pids if _cmdline(p) == ["sleep", "300"]), None)
         return (main, child) if main and child else None
 
-    return wait_for(found, 10, f"the processes of {name}'s container")
+    return wait_for(found, 30, f"the processes of {name}'s container")
 
 
 def test_a_killed_container_fails_the_pod_with_137_and_takes_its_other_sessions(
