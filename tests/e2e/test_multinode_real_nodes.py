@@ -92,23 +92,6 @@ def digits_job() -> dict[str, Any]:
     return job
 
 
-def output_volume(core: Any, folder: Path) -> None:
-    """The claim `runs`, bound to a hostPath volume on `folder` (writable by the trainer's user)."""
-    folder.mkdir(parents=True)
-    folder.chmod(0o777)
-    core.create_persistent_volume({
-        "metadata": {"name": f"{JOB}-runs"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(folder)},
-                 "claimRef": {"namespace": NS, "name": "runs"}},
-    })  # fmt: skip
-    core.create_namespaced_persistent_volume_claim(NS, {
-        "metadata": {"name": "runs"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{JOB}-runs",
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None) -> Iterator[Env]:
     if kubeconfig_option:
@@ -140,13 +123,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, kubeconfig_option: str | None)
             )
             admin = cluster.api_client()
             grant_chart_rbac(admin, OPERATOR_USER)
-            output_volume(kubernetes.client.CoreV1Api(admin), tmp / "runs")
+            output = cluster.create_local_claim(NS, "runs")
+            output.chmod(0o777)  # the trainer runs as a non-root user; a hostPath volume gets no fsGroup
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("KUBECONFIG", str(cluster.kubeconfig_for_user(OPERATOR_USER)))
                 # As the chart's jobDefaults.trainerImage sets it: the image the nodes hold.
                 mp.setenv("MNV2_DEFAULT_TRAINER_IMAGE", ref)
                 with operator(NS):
-                    yield Env(cluster, tmp / "runs", timings)
+                    yield Env(cluster, output, timings)
     except NodeError as err:
         pytest.fail(f"a real node cannot run here: {err}")
 
